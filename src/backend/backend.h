@@ -1,0 +1,117 @@
+// The compute interface the model is written against. A backend implements every op
+// for its device (cpu: oneDNN + OpenMP loops; cuda: cuBLASLt + own kernels). Model code
+// only ever sees this table and opaque device pointers, never a backend's headers.
+//
+// Conventions: row-major tensors; token activations are (B, T, D); ops named *_backward
+// overwrite their input-gradient outputs unless the comment says "+=" (parameter
+// gradients always accumulate, so gradient accumulation over micro-batches is free).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { OPT_SGD, OPT_ADAM, OPT_ADAMW, OPT_RMSPROP } OptimizerKind;
+
+// One optimizer update over a contiguous range of parameters.
+typedef struct {
+    OptimizerKind kind;
+    float lr;
+    float momentum;      // sgd
+    float beta1, beta2;  // adam, adamw
+    float rho;           // rmsprop
+    float epsilon;
+    float weight_decay;  // decoupled: p -= lr * wd * p (0 for ranges without decay)
+    int t;               // 1-based update count (adam bias correction)
+    float grad_scale;    // gradients are multiplied by this first (global-norm clipping)
+} OptimStep;
+
+typedef struct Backend Backend;
+struct Backend {
+    const char *name;
+    void *impl;
+
+    // Memory. alloc returns NULL (with vit_fail) when out of memory.
+    void *(*alloc)(Backend *be, size_t bytes);
+    void (*release)(Backend *be, void *p);
+    void (*upload)(Backend *be, void *dst, const void *src, size_t bytes);
+    void (*download)(Backend *be, void *dst, const void *src, size_t bytes);
+    void (*zero)(Backend *be, void *p, size_t bytes);
+    void (*synchronize)(Backend *be);
+
+    // C[b] = alpha * op(A[b]) @ op(B[b]) (+ bias broadcast over rows) (+ C[b] if accumulate)
+    // for b < batch; C is M x N, op(A) is M x K, op(B) is K x N; A/B/C of consecutive
+    // batches are contiguous. bias may be NULL. Returns VIT_ERR on failure.
+    int (*gemm)(Backend *be, int batch, int M, int N, int K, const float *A, int transA,
+                const float *B, int transB, float *C, const float *bias, float alpha, int accumulate);
+    // dbias[j] += sum_i dout[i*N + j]
+    void (*bias_backward)(Backend *be, float *dbias, const float *dout, int M, int N);
+
+    // LayerNorm over the last dimension C, saving mean and 1/std per row.
+    void (*layernorm_forward)(Backend *be, float *out, float *mean, float *rstd, const float *inp,
+                              const float *scale, const float *bias, int rows, int C, float eps);
+    // dinp += ..., dscale += ..., dbias += ...
+    void (*layernorm_backward)(Backend *be, float *dinp, float *dscale, float *dbias, const float *dout,
+                               const float *inp, const float *scale, const float *mean, const float *rstd,
+                               int rows, int C);
+
+    void (*gelu_forward)(Backend *be, float *out, const float *inp, size_t n, int tanh_approx);
+    // dinp = dout * gelu'(inp); dinp may alias dout
+    void (*gelu_backward)(Backend *be, float *dinp, const float *inp, const float *dout, size_t n, int tanh_approx);
+    void (*tanh_forward)(Backend *be, float *out, const float *inp, size_t n);
+    // dinp = dout * (1 - out^2); dinp may alias dout
+    void (*tanh_backward)(Backend *be, float *dinp, const float *out, const float *dout, size_t n);
+
+    // Inverted dropout with the counter-based mask rng_keep(seed, step, site, i); the
+    // backward pass regenerates the same mask. out/dinp may alias their inputs.
+    void (*dropout_forward)(Backend *be, float *out, const float *inp, size_t n, float rate,
+                            uint64_t seed, uint32_t step, uint32_t site);
+    void (*dropout_backward)(Backend *be, float *dinp, const float *dout, size_t n, float rate,
+                             uint64_t seed, uint32_t step, uint32_t site);
+
+    // out = a + b (out may alias a or b)
+    void (*add)(Backend *be, float *out, const float *a, const float *b, size_t n);
+    // out *= s
+    void (*scale)(Backend *be, float *x, size_t n, float s);
+    // Sum of squares of x, returned to the host in double precision.
+    double (*sum_squares)(Backend *be, const float *x, size_t n);
+
+    // uint8 images (B, S, S, C) -> patches (B, G*G, P*P*C) in [-1, 1], row-major patch
+    // order, each patch flattened (py, px, c) as the HWIO embedding kernel expects.
+    void (*patchify)(Backend *be, float *patches, const uint8_t *images, int B, int S, int C, int P);
+    // x[b,0] = cls + pos[0]; x[b,t] = emb[b,t-1] + pos[t]
+    void (*tokens_forward)(Backend *be, float *x, const float *emb, const float *cls, const float *pos,
+                           int B, int T, int D);
+    // demb = dx[:,1:]; dcls += sum_b dx[b,0]; dpos += sum_b dx[b]
+    void (*tokens_backward)(Backend *be, float *demb, float *dcls, float *dpos, const float *dx,
+                            int B, int T, int D);
+    // out[b] = x[b,0,:]
+    void (*gather_cls)(Backend *be, float *out, const float *x, int B, int T, int D);
+    // dx = 0 except dx[b,0,:] = dcls[b]
+    void (*scatter_cls)(Backend *be, float *dx, const float *dcls, int B, int T, int D);
+
+    // Multi-head attention on q, k, v of shape (B, T, H*hd), out (B, T, H*hd).
+    // The backend saves what its backward needs in `state` (attention_state_floats) and
+    // uses `scratch` (attention_scratch_floats) as it likes.
+    size_t (*attention_state_floats)(Backend *be, int B, int T, int H, int hd);
+    size_t (*attention_scratch_floats)(Backend *be, int B, int T, int H, int hd);
+    int (*attention_forward)(Backend *be, float *out, float *state, float *scratch, const float *q,
+                             const float *k, const float *v, int B, int T, int H, int hd);
+    int (*attention_backward)(Backend *be, float *dq, float *dk, float *dv, const float *dout,
+                              const float *state, float *scratch, const float *q, const float *k,
+                              const float *v, int B, int T, int H, int hd);
+
+    // Softmax cross-entropy with label smoothing: probs (B,K), per-sample losses (B).
+    void (*xent_forward)(Backend *be, float *probs, float *losses, const float *logits, const int *labels,
+                         int B, int K, float smoothing);
+    // dlogits = scale * (probs - smoothed one-hot)
+    void (*xent_backward)(Backend *be, float *dlogits, const float *probs, const int *labels, int B, int K,
+                          float smoothing, float scale);
+
+    // One optimizer update of n parameters with slots m and v (unused slots may be NULL).
+    void (*optimizer_update)(Backend *be, float *params, const float *grads, float *m, float *v, size_t n,
+                             const OptimStep *s);
+
+    void (*destroy)(Backend *be);
+};
+
+// Creates the CPU backend with `threads` OpenMP threads (0 = all cores).
+Backend *backend_cpu_create(int threads);

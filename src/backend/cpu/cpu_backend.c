@@ -1,0 +1,63 @@
+// The CPU backend: memory is plain aligned host memory; ops live in cpu_*.c.
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cpu.h"
+#include "util/status.h"
+
+static void *cpu_alloc(Backend *be, size_t bytes) {
+    void *p = NULL;
+    size_t rounded = (bytes + 63) / 64 * 64;
+    if (posix_memalign(&p, 64, rounded ? rounded : 64)) {
+        vit_fail("out of memory allocating %.1f MiB", bytes / 1048576.0);
+        return NULL;
+    }
+    return p;
+}
+
+static void cpu_release(Backend *be, void *p) { free(p); }
+static void cpu_copy(Backend *be, void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void cpu_zero(Backend *be, void *p, size_t bytes) { memset(p, 0, bytes); }
+static void cpu_synchronize(Backend *be) {}
+
+static void cpu_destroy(Backend *be) {
+    CpuState *s = be->impl;
+    cpu_gemm_cache_destroy(s->gemm);
+    free(s->partials);
+    free(s);
+    free(be);
+}
+
+Backend *backend_cpu_create(int threads) {
+    Backend *be = calloc(1, sizeof *be);
+    CpuState *s = calloc(1, sizeof *s);
+    if (!be || !s) {
+        free(be);
+        free(s);
+        vit_fail("out of memory creating the CPU backend");
+        return NULL;
+    }
+    if (threads > 0) omp_set_num_threads(threads);
+    s->threads = omp_get_max_threads();
+    s->gemm = cpu_gemm_cache_create();
+    if (!s->gemm) {
+        free(be);
+        free(s);
+        vit_fail("oneDNN: cannot create a CPU engine");
+        return NULL;
+    }
+    be->name = "cpu";
+    be->impl = s;
+    be->alloc = cpu_alloc;
+    be->release = cpu_release;
+    be->upload = cpu_copy;
+    be->download = cpu_copy;
+    be->zero = cpu_zero;
+    be->synchronize = cpu_synchronize;
+    be->gemm = cpu_gemm;
+    be->destroy = cpu_destroy;
+    cpu_install_ops(be);
+    cpu_install_attention(be);
+    cpu_install_optimizer(be);
+    return be;
+}

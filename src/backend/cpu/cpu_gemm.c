@@ -1,0 +1,138 @@
+// Matrix products through oneDNN's matmul primitive. A primitive is created once per
+// distinct (shape, transposes, bias, alpha, accumulate) and reused: creation costs far
+// more than a small product.
+#include <oneapi/dnnl/dnnl.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cpu.h"
+#include "util/status.h"
+
+typedef struct {
+    int batch, M, N, K, transA, transB, has_bias, accumulate;
+    float alpha;
+    dnnl_primitive_t prim;
+    dnnl_memory_t src, weights, bias, dst;
+} GemmEntry;
+
+struct GemmCache {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    GemmEntry *entries;
+    int count, capacity;
+};
+
+GemmCache *cpu_gemm_cache_create(void) {
+    GemmCache *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    if (dnnl_engine_create(&c->engine, dnnl_cpu, 0) != dnnl_success ||
+        dnnl_stream_create(&c->stream, c->engine, dnnl_stream_default_flags) != dnnl_success) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void cpu_gemm_cache_destroy(GemmCache *c) {
+    if (!c) return;
+    for (int i = 0; i < c->count; i++) {
+        GemmEntry *e = &c->entries[i];
+        dnnl_primitive_destroy(e->prim);
+        dnnl_memory_destroy(e->src);
+        dnnl_memory_destroy(e->weights);
+        if (e->bias) dnnl_memory_destroy(e->bias);
+        dnnl_memory_destroy(e->dst);
+    }
+    free(c->entries);
+    dnnl_stream_destroy(c->stream);
+    dnnl_engine_destroy(c->engine);
+    free(c);
+}
+
+// A logical rows x cols matrix per batch; `trans` means it is stored cols x rows.
+static void matrix_desc(dnnl_memory_desc_t *md, int batch, int rows, int cols, int trans) {
+    if (batch == 1) {
+        dnnl_dims_t dims = {rows, cols};
+        dnnl_dims_t strides = {trans ? 1 : cols, trans ? rows : 1};
+        dnnl_memory_desc_init_by_strides(md, 2, dims, dnnl_f32, strides);
+    } else {
+        dnnl_dims_t dims = {batch, rows, cols};
+        dnnl_dims_t strides = {(dnnl_dim_t)rows * cols, trans ? 1 : cols, trans ? rows : 1};
+        dnnl_memory_desc_init_by_strides(md, 3, dims, dnnl_f32, strides);
+    }
+}
+
+static int create_entry(GemmCache *c, GemmEntry *e) {
+    dnnl_memory_desc_t a_md, b_md, c_md, bias_md;
+    matrix_desc(&a_md, e->batch, e->M, e->K, e->transA);
+    matrix_desc(&b_md, e->batch, e->K, e->N, e->transB);
+    matrix_desc(&c_md, e->batch, e->M, e->N, 0);
+    if (e->has_bias && e->batch == 1) matrix_desc(&bias_md, 1, 1, e->N, 0);
+    if (e->has_bias && e->batch > 1) {  // one bias row broadcast over the batch
+        dnnl_dims_t dims = {1, 1, e->N};
+        dnnl_memory_desc_init_by_tag(&bias_md, 3, dims, dnnl_f32, dnnl_abc);
+    }
+    dnnl_matmul_desc_t desc;
+    if (dnnl_matmul_desc_init(&desc, &a_md, &b_md, e->has_bias ? &bias_md : NULL, &c_md) != dnnl_success)
+        return vit_fail("oneDNN: matmul %dx%dx%d (batch %d): descriptor rejected", e->M, e->N, e->K, e->batch);
+    dnnl_primitive_attr_t attr;
+    dnnl_primitive_attr_create(&attr);
+    if (e->alpha != 1.0f) dnnl_primitive_attr_set_output_scales(attr, 1, 0, &e->alpha);
+    if (e->accumulate) {
+        dnnl_post_ops_t po;
+        dnnl_post_ops_create(&po);
+        dnnl_post_ops_append_sum(po, 1.0f);
+        dnnl_primitive_attr_set_post_ops(attr, po);
+        dnnl_post_ops_destroy(po);
+    }
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t st = dnnl_primitive_desc_create(&pd, &desc, attr, c->engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (st != dnnl_success)
+        return vit_fail("oneDNN: matmul %dx%dx%d (batch %d): no implementation (status %d)", e->M, e->N, e->K,
+                        e->batch, (int)st);
+    st = dnnl_primitive_create(&e->prim, pd);
+    dnnl_primitive_desc_destroy(pd);
+    if (st != dnnl_success) return vit_fail("oneDNN: matmul primitive creation failed (status %d)", (int)st);
+    dnnl_memory_create(&e->src, &a_md, c->engine, DNNL_MEMORY_NONE);
+    dnnl_memory_create(&e->weights, &b_md, c->engine, DNNL_MEMORY_NONE);
+    dnnl_memory_create(&e->dst, &c_md, c->engine, DNNL_MEMORY_NONE);
+    e->bias = NULL;
+    if (e->has_bias) dnnl_memory_create(&e->bias, &bias_md, c->engine, DNNL_MEMORY_NONE);
+    return VIT_OK;
+}
+
+int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
+             int transB, float *C, const float *bias, float alpha, int accumulate) {
+    GemmCache *c = ((CpuState *)be->impl)->gemm;
+    GemmEntry key = {batch, M, N, K, transA, transB, bias != NULL, accumulate, alpha, 0, 0, 0, 0, 0};
+    GemmEntry *e = NULL;
+    for (int i = 0; i < c->count && !e; i++) {
+        GemmEntry *x = &c->entries[i];
+        if (x->batch == batch && x->M == M && x->N == N && x->K == K && x->transA == transA &&
+            x->transB == transB && x->has_bias == key.has_bias && x->accumulate == accumulate && x->alpha == alpha)
+            e = x;
+    }
+    if (!e) {
+        if (c->count == c->capacity) {
+            int cap = c->capacity ? 2 * c->capacity : 32;
+            GemmEntry *n = realloc(c->entries, (size_t)cap * sizeof *n);
+            if (!n) return vit_fail("out of memory for the matmul cache");
+            c->entries = n;
+            c->capacity = cap;
+        }
+        e = &c->entries[c->count];
+        *e = key;
+        if (create_entry(c, e) != VIT_OK) return VIT_ERR;
+        c->count++;
+    }
+    dnnl_memory_set_data_handle(e->src, (void *)A);
+    dnnl_memory_set_data_handle(e->weights, (void *)B);
+    dnnl_memory_set_data_handle(e->dst, C);
+    dnnl_exec_arg_t args[4] = {
+        {DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, e->weights}, {DNNL_ARG_DST, e->dst}, {DNNL_ARG_BIAS, e->bias}};
+    if (bias) dnnl_memory_set_data_handle(e->bias, (void *)bias);
+    dnnl_status_t st = dnnl_primitive_execute(e->prim, c->stream, bias ? 4 : 3, args);
+    if (st == dnnl_success) st = dnnl_stream_wait(c->stream);
+    if (st != dnnl_success) return vit_fail("oneDNN: matmul %dx%dx%d failed (status %d)", M, N, K, (int)st);
+    return VIT_OK;
+}

@@ -1,0 +1,306 @@
+// Everything of the CPU backend that is not a matrix product: OpenMP loops over rows.
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cpu.h"
+#include "util/rng.h"
+#include "util/status.h"
+
+double *cpu_partials(Backend *be, size_t n) {
+    CpuState *s = be->impl;
+    if (n > s->partials_floats) {
+        free(s->partials);
+        s->partials = malloc(n * sizeof(double));
+        if (!s->partials) abort();  // bounded by CHUNKS x width: a few MiB at most
+        s->partials_floats = n;
+    }
+    return s->partials;
+}
+
+// Column sums of the rows x cols matrix `x` (optionally multiplied elementwise by `y`),
+// added to acc. Rows are split into fixed chunks so the result is thread-count independent.
+static void column_sums(Backend *be, float *acc, const float *x, int rows, int cols) {
+    int chunks = rows < CPU_REDUCE_CHUNKS ? rows : CPU_REDUCE_CHUNKS;
+    double *part = cpu_partials(be, (size_t)chunks * cols);
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < chunks; c++) {
+        double *p = part + (size_t)c * cols;
+        for (int j = 0; j < cols; j++) p[j] = 0;
+        int r0 = (int)((long)rows * c / chunks), r1 = (int)((long)rows * (c + 1) / chunks);
+        for (int i = r0; i < r1; i++) {
+            const float *row = x + (size_t)i * cols;
+            for (int j = 0; j < cols; j++) p[j] += row[j];
+        }
+    }
+    for (int j = 0; j < cols; j++) {
+        double s = 0;
+        for (int c = 0; c < chunks; c++) s += part[(size_t)c * cols + j];
+        acc[j] += (float)s;
+    }
+}
+
+static void bias_backward(Backend *be, float *dbias, const float *dout, int M, int N) {
+    column_sums(be, dbias, dout, M, N);
+}
+
+static void layernorm_forward(Backend *be, float *out, float *mean, float *rstd, const float *inp,
+                              const float *scale, const float *bias, int rows, int C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < rows; i++) {
+        const float *x = inp + (size_t)i * C;
+        float *y = out + (size_t)i * C;
+        double m = 0;
+        for (int j = 0; j < C; j++) m += x[j];
+        m /= C;
+        double v = 0;
+        for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
+        v /= C;
+        float s = (float)(1.0 / sqrt(v + eps)), mf = (float)m;
+        for (int j = 0; j < C; j++) y[j] = (x[j] - mf) * s * scale[j] + bias[j];
+        mean[i] = mf;
+        rstd[i] = s;
+    }
+}
+
+static void layernorm_backward(Backend *be, float *dinp, float *dscale, float *dbias, const float *dout,
+                               const float *inp, const float *scale, const float *mean, const float *rstd,
+                               int rows, int C) {
+    int chunks = rows < CPU_REDUCE_CHUNKS ? rows : CPU_REDUCE_CHUNKS;
+    double *part = cpu_partials(be, (size_t)chunks * 2 * C);
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < chunks; c++) {
+        double *ps = part + (size_t)c * 2 * C, *pb = ps + C;
+        for (int j = 0; j < 2 * C; j++) ps[j] = 0;
+        int r0 = (int)((long)rows * c / chunks), r1 = (int)((long)rows * (c + 1) / chunks);
+        for (int i = r0; i < r1; i++) {
+            const float *x = inp + (size_t)i * C, *dy = dout + (size_t)i * C;
+            float *dx = dinp + (size_t)i * C;
+            float m = mean[i], r = rstd[i];
+            // dx = r * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * scale
+            double sg = 0, sgx = 0;
+            for (int j = 0; j < C; j++) {
+                float xhat = (x[j] - m) * r, g = dy[j] * scale[j];
+                sg += g;
+                sgx += g * xhat;
+                ps[j] += dy[j] * xhat;
+                pb[j] += dy[j];
+            }
+            float mg = (float)(sg / C), mgx = (float)(sgx / C);
+            for (int j = 0; j < C; j++) {
+                float xhat = (x[j] - m) * r;
+                dx[j] += r * (dy[j] * scale[j] - mg - xhat * mgx);
+            }
+        }
+    }
+    for (int j = 0; j < C; j++) {
+        double s = 0, b = 0;
+        for (int c = 0; c < chunks; c++) {
+            s += part[(size_t)c * 2 * C + j];
+            b += part[(size_t)c * 2 * C + C + j];
+        }
+        dscale[j] += (float)s;
+        dbias[j] += (float)b;
+    }
+}
+
+#define SQRT_2_OVER_PI 0.7978845608028654f
+#define INV_SQRT_2 0.7071067811865476f
+#define INV_SQRT_2PI 0.3989422804014327f
+
+static void gelu_forward(Backend *be, float *out, const float *inp, size_t n, int tanh_approx) {
+    if (tanh_approx) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float x = inp[i];
+            out[i] = 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x)));
+        }
+    } else {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * INV_SQRT_2));
+    }
+}
+
+static void gelu_backward(Backend *be, float *dinp, const float *inp, const float *dout, size_t n,
+                          int tanh_approx) {
+    if (tanh_approx) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float x = inp[i], u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x), t = tanhf(u);
+            float du = SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * x * x);
+            dinp[i] = dout[i] * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
+        }
+    } else {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float x = inp[i];
+            float cdf = 0.5f * (1.0f + erff(x * INV_SQRT_2)), pdf = INV_SQRT_2PI * expf(-0.5f * x * x);
+            dinp[i] = dout[i] * (cdf + x * pdf);
+        }
+    }
+}
+
+static void tanh_forward(Backend *be, float *out, const float *inp, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = tanhf(inp[i]);
+}
+
+static void tanh_backward(Backend *be, float *dinp, const float *out, const float *dout, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) dinp[i] = dout[i] * (1.0f - out[i] * out[i]);
+}
+
+static void dropout_apply(float *out, const float *inp, size_t n, float rate, uint64_t seed, uint32_t step,
+                          uint32_t site) {
+    float keep = 1.0f - rate, inv = 1.0f / keep;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = rng_keep(seed, step, site, i, keep) ? inp[i] * inv : 0.0f;
+}
+
+static void dropout_forward(Backend *be, float *out, const float *inp, size_t n, float rate, uint64_t seed,
+                            uint32_t step, uint32_t site) {
+    dropout_apply(out, inp, n, rate, seed, step, site);
+}
+
+// The mask is a pure function of (seed, step, site, i), so backward regenerates it.
+static void dropout_backward(Backend *be, float *dinp, const float *dout, size_t n, float rate, uint64_t seed,
+                             uint32_t step, uint32_t site) {
+    dropout_apply(dinp, dout, n, rate, seed, step, site);
+}
+
+static void add(Backend *be, float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void scale(Backend *be, float *x, size_t n, float s) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+static double sum_squares(Backend *be, const float *x, size_t n) {
+    double part[CPU_REDUCE_CHUNKS];
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < CPU_REDUCE_CHUNKS; c++) {
+        size_t i0 = n * c / CPU_REDUCE_CHUNKS, i1 = n * (c + 1) / CPU_REDUCE_CHUNKS;
+        double s = 0;
+        for (size_t i = i0; i < i1; i++) s += (double)x[i] * x[i];
+        part[c] = s;
+    }
+    double s = 0;
+    for (int c = 0; c < CPU_REDUCE_CHUNKS; c++) s += part[c];
+    return s;
+}
+
+static void patchify(Backend *be, float *patches, const uint8_t *images, int B, int S, int C, int P) {
+    int G = S / P, len = P * P * C;
+    const float k = 2.0f / 255.0f;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < G * G; g++) {
+            int gy = g / G, gx = g % G;
+            float *dst = patches + ((size_t)b * G * G + g) * len;
+            for (int py = 0; py < P; py++) {
+                const uint8_t *src = images + (((size_t)b * S + gy * P + py) * S + gx * P) * C;
+                for (int i = 0; i < P * C; i++) dst[py * P * C + i] = (float)src[i] * k - 1.0f;
+            }
+        }
+}
+
+static void tokens_forward(Backend *be, float *x, const float *emb, const float *cls, const float *pos, int B,
+                           int T, int D) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            float *dst = x + ((size_t)b * T + t) * D;
+            const float *src = t == 0 ? cls : emb + ((size_t)b * (T - 1) + t - 1) * D;
+            const float *p = pos + (size_t)t * D;
+            for (int j = 0; j < D; j++) dst[j] = src[j] + p[j];
+        }
+}
+
+static void tokens_backward(Backend *be, float *demb, float *dcls, float *dpos, const float *dx, int B, int T,
+                            int D) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int t = 1; t < T; t++)
+            memcpy(demb + ((size_t)b * (T - 1) + t - 1) * D, dx + ((size_t)b * T + t) * D, D * sizeof(float));
+    // dpos[t] += sum_b dx[b, t]; fixed summation order over b.
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        for (int j = 0; j < D; j++) {
+            double s = 0;
+            for (int b = 0; b < B; b++) s += dx[((size_t)b * T + t) * D + j];
+            dpos[(size_t)t * D + j] += (float)s;
+            if (t == 0) dcls[j] += (float)s;
+        }
+    }
+}
+
+static void gather_cls(Backend *be, float *out, const float *x, int B, int T, int D) {
+    for (int b = 0; b < B; b++) memcpy(out + (size_t)b * D, x + (size_t)b * T * D, D * sizeof(float));
+}
+
+static void scatter_cls(Backend *be, float *dx, const float *dcls, int B, int T, int D) {
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        float *dst = dx + (size_t)b * T * D;
+        memcpy(dst, dcls + (size_t)b * D, D * sizeof(float));
+        memset(dst + D, 0, (size_t)(T - 1) * D * sizeof(float));
+    }
+}
+
+static void xent_forward(Backend *be, float *probs, float *losses, const float *logits, const int *labels, int B,
+                         int K, float smoothing) {
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        const float *z = logits + (size_t)b * K;
+        float *p = probs + (size_t)b * K;
+        double mx = z[0];
+        for (int k = 1; k < K; k++)
+            if (z[k] > mx) mx = z[k];
+        double sum = 0;
+        for (int k = 0; k < K; k++) sum += exp(z[k] - mx);
+        double lse = mx + log(sum);
+        double loss = 0;  // -sum_k target_k * log p_k, target = (1-s) onehot + s/K
+        for (int k = 0; k < K; k++) {
+            double logp = z[k] - lse;
+            p[k] = (float)exp(logp);
+            double target = smoothing / K + (k == labels[b] ? 1.0 - smoothing : 0.0);
+            loss -= target * logp;
+        }
+        losses[b] = (float)loss;
+    }
+}
+
+static void xent_backward(Backend *be, float *dlogits, const float *probs, const int *labels, int B, int K,
+                          float smoothing, float scale_) {
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < K; k++) {
+            float target = smoothing / K + (k == labels[b] ? 1.0f - smoothing : 0.0f);
+            dlogits[(size_t)b * K + k] = scale_ * (probs[(size_t)b * K + k] - target);
+        }
+}
+
+void cpu_install_ops(Backend *be) {
+    be->bias_backward = bias_backward;
+    be->layernorm_forward = layernorm_forward;
+    be->layernorm_backward = layernorm_backward;
+    be->gelu_forward = gelu_forward;
+    be->gelu_backward = gelu_backward;
+    be->tanh_forward = tanh_forward;
+    be->tanh_backward = tanh_backward;
+    be->dropout_forward = dropout_forward;
+    be->dropout_backward = dropout_backward;
+    be->add = add;
+    be->scale = scale;
+    be->sum_squares = sum_squares;
+    be->patchify = patchify;
+    be->tokens_forward = tokens_forward;
+    be->tokens_backward = tokens_backward;
+    be->gather_cls = gather_cls;
+    be->scatter_cls = scatter_cls;
+    be->xent_forward = xent_forward;
+    be->xent_backward = xent_backward;
+}

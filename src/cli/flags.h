@@ -1,0 +1,32 @@
+// The flag table: names (with the recipe's spellings), defaults and help text in one place.
+// Parsing, --help and the "set by the user" bookkeeping are all driven by it.
+#pragma once
+#include "options.h"
+
+typedef enum { FLAG_INT, FLAG_LONG, FLAG_FLOAT, FLAG_STRING, FLAG_BOOL } FlagType;
+
+typedef struct {
+    const char *name;       // without the leading "--"
+    const char *alias;      // another accepted spelling ("-d", "--dataset"), or NULL
+    FlagType type;
+    unsigned offset;        // into Options
+    unsigned size;          // of the field (strings)
+    const char *def;        // default as text ("" = empty / unset)
+    const char *help;
+    const char *later;      // non-NULL: parsed, but not supported yet; says what will own it
+    int ignored;            // accepted for compatibility and ignored with a note
+} Flag;
+
+typedef struct {
+    Options o;
+    unsigned char set[128];  // set[i]: flag i given on the command line
+} ParsedOptions;
+
+extern const Flag g_flags[];
+extern const int g_flag_count;
+
+// Fills defaults, then parses argv (after the subcommand). Errors name the flag.
+int flags_parse(ParsedOptions *p, int argc, char **argv);
+// Whether the user gave the flag called `name`.
+int flags_given(const ParsedOptions *p, const char *name);
+void flags_print_help(const char *command, const char *summary);

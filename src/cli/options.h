@@ -1,0 +1,42 @@
+// Every command-line setting of `vit`, filled from the flag table in flags.c.
+#pragma once
+
+typedef struct {
+    // data
+    char dataset_dir[1024];
+    char data_format[16];
+    char train_subset[256], val_subset[256];
+    int synthetic_data;
+    // model
+    char model[64];
+    int hidden_size, num_layers, num_heads, mlp_dim, patch_size, image_size, channels, num_classes;
+    int representation_size;
+    float dropout;
+    char gelu[8];
+    char head_init[16];
+    // training
+    char optimizer[16];
+    float momentum, beta1, beta2, epsilon, weight_decay, clip_norm, label_smoothing;
+    char dtype[16];
+    int batch_size, grad_accum_steps, epochs, steps_per_epoch, validation_steps;
+    char lr_sched[32];
+    float initial_lr, final_lr;
+    int warmup_steps;
+    long long seed;
+    int deterministic;
+    char device[16];
+    int threads;
+    int json;
+    // weights, checkpoints, logs (later issues own most of these)
+    char weights_path[1024], pretrained[1024];
+    int from_scratch;
+    char resume_from_checkpoint_path[1024], evaluate_checkpoint_path[1024];
+    int resume_from_epoch;
+    char save_dir[1024], log_dir[1024];
+    int save_summary_steps;
+    char profile[64];
+    int distributed;
+    int base_tf_server_port;
+    char recipe_cache[1024];
+    int dump_config;
+} Options;

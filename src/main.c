@@ -1,0 +1,29 @@
+// vit: Vision Transformer training and inference. Dispatches to one subcommand.
+#include <stdio.h>
+#include <string.h>
+#include "cli/commands.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: vit <command> [flags]\n"
+            "commands:\n"
+            "  train      train or fine-tune a ViT (see vit train --help)\n"
+            "  info       parameter count, tokens and FLOPs of a model\n"
+            "  evaluate, predict, export, prep: not supported yet\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "train")) return cmd_train(argc - 2, argv + 2);
+    if (!strcmp(cmd, "info")) return cmd_info(argc - 2, argv + 2);
+    if (!strcmp(cmd, "evaluate") || !strcmp(cmd, "predict") || !strcmp(cmd, "export") || !strcmp(cmd, "prep")) {
+        fprintf(stderr, "vit %s: not supported yet\n", cmd);
+        return 2;
+    }
+    fprintf(stderr, "vit: unknown command '%s' (commands: train, info; see vit --help)\n", cmd);
+    return 2;
+}

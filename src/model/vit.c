@@ -1,0 +1,305 @@
+// ViT forward and backward, top to bottom. Shapes: B images, T = 1 + G*G tokens, D hidden,
+// N = B*T token rows; Dense kernels are (in, out) so y = x @ kernel + bias.
+#include "vit.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "util/status.h"
+
+static const float LN_EPS = 1e-6f;
+
+// Dropout sites: three per block (attention output, GELU output, MLP output).
+static uint32_t site(int layer, int k) { return (uint32_t)(layer * 3 + k); }
+
+typedef struct {
+    Backend *be;
+    size_t bytes;
+    int failed;
+} Planner;
+
+static void *plan(Planner *p, size_t bytes) {
+    if (p->failed) return NULL;
+    void *ptr = p->be->alloc(p->be, bytes);
+    if (!ptr) {
+        p->failed = 1;
+        return NULL;
+    }
+    p->bytes += bytes;
+    return ptr;
+}
+#define PLAN_F(n) ((float *)plan(&pl, (size_t)(n) * sizeof(float)))
+
+int vit_create(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training) {
+    memset(m, 0, sizeof *m);
+    if (config_validate(cfg)) return VIT_ERR;
+    if (batch < 1) return vit_fail("--batch_size %d: must be positive", batch);
+    m->cfg = *cfg;
+    m->be = be;
+    m->batch = batch;
+    m->training = training;
+    params_build(&m->table, &m->off, cfg);
+
+    const ViTConfig *c = cfg;
+    size_t B = batch, T = config_tokens(c), D = c->hidden, M = c->mlp, N = B * T, G2 = (size_t)config_grid(c) * config_grid(c);
+    size_t R = c->representation, K = c->classes, H = c->heads, hd = D / H;
+    Planner pl = {be, 0, 0};
+    m->params = PLAN_F(m->table.total);
+    if (training) m->grads = PLAN_F(m->table.total);
+    size_t param_bytes = pl.bytes;
+
+    m->images = plan(&pl, B * c->image * c->image * c->channels);
+    m->labels = plan(&pl, B * sizeof(int));
+    m->patches = PLAN_F(B * G2 * c->patch * c->patch * c->channels);
+    m->emb = PLAN_F(B * G2 * D);
+    m->x = calloc((size_t)c->layers + 1, sizeof *m->x);
+    m->blocks = calloc((size_t)c->layers, sizeof *m->blocks);
+    if (!m->x || !m->blocks) return vit_fail("out of memory planning activations");
+    m->x[0] = PLAN_F(N * D);
+    size_t att_state = be->attention_state_floats(be, (int)B, (int)T, (int)H, (int)hd);
+    for (int l = 0; l < c->layers; l++) {
+        BlockActs *a = &m->blocks[l];
+        // Inference keeps nothing per layer: every block reuses the buffers of block 0.
+        if (!training && l > 0) {
+            *a = m->blocks[0];
+            m->x[l + 1] = m->x[(l + 1) % 2];
+            continue;
+        }
+        a->ln1 = PLAN_F(N * D);
+        a->ln1_mean = PLAN_F(N);
+        a->ln1_rstd = PLAN_F(N);
+        a->q = PLAN_F(N * D);
+        a->k = PLAN_F(N * D);
+        a->v = PLAN_F(N * D);
+        a->att_state = PLAN_F(att_state);
+        a->att_out = PLAN_F(N * D);
+        a->resid1 = PLAN_F(N * D);
+        a->ln2 = PLAN_F(N * D);
+        a->ln2_mean = PLAN_F(N);
+        a->ln2_rstd = PLAN_F(N);
+        a->fc1 = PLAN_F(N * M);
+        a->gelu = PLAN_F(N * M);
+        m->x[l + 1] = PLAN_F(N * D);
+    }
+    m->cls_x = PLAN_F(B * D);
+    m->cls_ln = PLAN_F(B * D);
+    m->cls_mean = PLAN_F(B);
+    m->cls_rstd = PLAN_F(B);
+    if (R) m->pre = PLAN_F(B * R);
+    m->logits = PLAN_F(B * K);
+    m->probs = PLAN_F(B * K);
+    m->losses = PLAN_F(B);
+    m->s_nd1 = PLAN_F(N * D);
+    m->att_scratch = PLAN_F(be->attention_scratch_floats(be, (int)B, (int)T, (int)H, (int)hd));
+    if (training) {
+        m->s_nd2 = PLAN_F(N * D);
+        m->dq = PLAN_F(N * D);
+        m->dk = PLAN_F(N * D);
+        m->dv = PLAN_F(N * D);
+        m->s_nm = PLAN_F(N * M);
+        m->dres = PLAN_F(N * D);
+        m->dlogits = PLAN_F(B * K);
+        if (R) m->dpre = PLAN_F(B * R);
+        m->dcls_ln = PLAN_F(B * D);
+        m->dcls_x = PLAN_F(B * D);
+        m->demb = PLAN_F(B * G2 * D);
+    }
+    if (pl.failed) return VIT_ERR;
+    m->activation_bytes = pl.bytes - param_bytes;
+    m->host_logits = malloc(B * K * sizeof(float));
+    m->host_losses = malloc(B * sizeof(float));
+    if (!m->host_logits || !m->host_losses) return vit_fail("out of memory");
+    return VIT_OK;
+}
+
+void vit_destroy(ViT *m) {
+    Backend *be = m->be;
+    if (!be) return;
+    // Free every distinct device pointer once (inference aliases block buffers).
+    float **ptrs[] = {&m->params, &m->grads, &m->patches, &m->emb, &m->cls_x, &m->cls_ln, &m->cls_mean,
+                      &m->cls_rstd, &m->pre, &m->logits, &m->probs, &m->losses, &m->s_nd1, &m->s_nd2,
+                      &m->dq, &m->dk, &m->dv, &m->s_nm, &m->att_scratch, &m->dres, &m->dlogits, &m->dpre,
+                      &m->dcls_ln, &m->dcls_x, &m->demb};
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) be->release(be, *ptrs[i]);
+    be->release(be, m->images);
+    be->release(be, m->labels);
+    int L = m->cfg.layers, owned = m->training ? L : (L > 0 ? 1 : 0);
+    for (int l = 0; l < owned && m->blocks; l++) {
+        BlockActs *a = &m->blocks[l];
+        float *bp[] = {a->ln1, a->ln1_mean, a->ln1_rstd, a->q, a->k, a->v, a->att_state, a->att_out,
+                       a->resid1, a->ln2, a->ln2_mean, a->ln2_rstd, a->fc1, a->gelu};
+        for (size_t i = 0; i < sizeof bp / sizeof bp[0]; i++) be->release(be, bp[i]);
+    }
+    if (m->x) {
+        int xs = m->training ? L + 1 : (L > 0 ? 2 : 1);
+        for (int i = 0; i < xs; i++) be->release(be, m->x[i]);
+    }
+    free(m->x);
+    free(m->blocks);
+    free(m->host_logits);
+    free(m->host_losses);
+    params_free(&m->table, &m->off);
+    memset(m, 0, sizeof *m);
+}
+
+int vit_init_params(ViT *m, uint64_t seed) {
+    float *host = malloc(m->table.total * sizeof(float));
+    if (!host) return vit_fail("out of memory initialising %zu parameters", m->table.total);
+    params_init(&m->table, host, seed);
+    m->be->upload(m->be, m->params, host, m->table.total * sizeof(float));
+    free(host);
+    return VIT_OK;
+}
+
+// y (rows, out) = x (rows, in) @ W (in, out) + b
+static int linear_forward(Backend *be, float *y, const float *x, const float *W, const float *b, int rows, int in,
+                          int out) {
+    return be->gemm(be, 1, rows, out, in, x, 0, W, 0, y, b, 1.0f, 0);
+}
+
+// dx (=, or += when accumulate_dx) = dy @ W^T; dW += x^T @ dy; db += colsum(dy). dx may be NULL.
+static int linear_backward(Backend *be, float *dx, float *dW, float *db, const float *dy, const float *x,
+                           const float *W, int rows, int in, int out, int accumulate_dx) {
+    if (dx && be->gemm(be, 1, rows, in, out, dy, 0, W, 1, dx, NULL, 1.0f, accumulate_dx)) return VIT_ERR;
+    if (be->gemm(be, 1, in, out, rows, x, 1, dy, 0, dW, NULL, 1.0f, 1)) return VIT_ERR;
+    be->bias_backward(be, db, dy, rows, out);
+    return VIT_OK;
+}
+
+int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int training, float smoothing,
+                uint64_t seed, uint32_t step) {
+    const ViTConfig *c = &m->cfg;
+    Backend *be = m->be;
+    if (B < 1 || B > m->batch) return vit_fail("batch of %d images, model planned for 1..%d", B, m->batch);
+    if (training && !m->training) return vit_fail("training forward pass on an inference-only model");
+    const float *p = m->params;
+    const ParamOffsets *o = &m->off;
+    int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T, G2 = config_grid(c) * config_grid(c);
+    int H = c->heads, hd = D / H, R = c->representation, K = c->classes, pin = c->patch * c->patch * c->channels;
+    float drop = training ? c->dropout : 0.0f;
+
+    be->upload(be, m->images, images, (size_t)B * c->image * c->image * c->channels);
+    if (labels) be->upload(be, m->labels, labels, (size_t)B * sizeof(int));
+
+    // Patch embedding as a matrix product over extracted patches, then class token + position.
+    be->patchify(be, m->patches, m->images, B, c->image, c->channels, c->patch);
+    if (linear_forward(be, m->emb, m->patches, p + o->embed_kernel, p + o->embed_bias, B * G2, pin, D)) return VIT_ERR;
+    be->tokens_forward(be, m->x[0], m->emb, p + o->cls, p + o->pos, B, T, D);
+
+    for (int l = 0; l < c->layers; l++) {
+        const BlockOffsets *w = &o->blocks[l];
+        BlockActs *a = &m->blocks[l];
+        const float *x = m->x[l];
+        float *out = m->x[l + 1];
+        // x + Dropout(MHSA(LN0(x)))
+        be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, p + w->ln0_scale, p + w->ln0_bias, N, D, LN_EPS);
+        if (linear_forward(be, a->q, a->ln1, p + w->q_kernel, p + w->q_bias, N, D, D) ||
+            linear_forward(be, a->k, a->ln1, p + w->k_kernel, p + w->k_bias, N, D, D) ||
+            linear_forward(be, a->v, a->ln1, p + w->v_kernel, p + w->v_bias, N, D, D) ||
+            be->attention_forward(be, a->att_out, a->att_state, m->att_scratch, a->q, a->k, a->v, B, T, H, hd) ||
+            linear_forward(be, m->s_nd1, a->att_out, p + w->out_kernel, p + w->out_bias, N, D, D))
+            return VIT_ERR;
+        if (drop > 0) be->dropout_forward(be, m->s_nd1, m->s_nd1, (size_t)N * D, drop, seed, step, site(l, 0));
+        be->add(be, a->resid1, x, m->s_nd1, (size_t)N * D);
+        // x + Dropout(Dense_1(Dropout(GELU(Dense_0(LN2(x))))))
+        be->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->resid1, p + w->ln2_scale, p + w->ln2_bias, N, D,
+                              LN_EPS);
+        if (linear_forward(be, a->fc1, a->ln2, p + w->fc1_kernel, p + w->fc1_bias, N, D, Mlp)) return VIT_ERR;
+        be->gelu_forward(be, a->gelu, a->fc1, (size_t)N * Mlp, c->gelu_tanh);
+        if (drop > 0) be->dropout_forward(be, a->gelu, a->gelu, (size_t)N * Mlp, drop, seed, step, site(l, 1));
+        if (linear_forward(be, m->s_nd1, a->gelu, p + w->fc2_kernel, p + w->fc2_bias, N, Mlp, D)) return VIT_ERR;
+        if (drop > 0) be->dropout_forward(be, m->s_nd1, m->s_nd1, (size_t)N * D, drop, seed, step, site(l, 2));
+        be->add(be, out, a->resid1, m->s_nd1, (size_t)N * D);
+    }
+
+    // Only the class token reaches the head, so the final LayerNorm runs on those rows alone.
+    be->gather_cls(be, m->cls_x, m->x[c->layers], B, T, D);
+    be->layernorm_forward(be, m->cls_ln, m->cls_mean, m->cls_rstd, m->cls_x, p + o->norm_scale, p + o->norm_bias, B, D,
+                          LN_EPS);
+    const float *head_in = m->cls_ln;
+    if (R) {
+        if (linear_forward(be, m->pre, m->cls_ln, p + o->pre_kernel, p + o->pre_bias, B, D, R)) return VIT_ERR;
+        be->tanh_forward(be, m->pre, m->pre, (size_t)B * R);
+        head_in = m->pre;
+    }
+    if (linear_forward(be, m->logits, head_in, p + o->head_kernel, p + o->head_bias, B, R ? R : D, K)) return VIT_ERR;
+    be->download(be, m->host_logits, m->logits, (size_t)B * K * sizeof(float));
+    if (labels) {
+        be->xent_forward(be, m->probs, m->losses, m->logits, m->labels, B, K, smoothing);
+        be->download(be, m->host_losses, m->losses, (size_t)B * sizeof(float));
+    }
+    return VIT_OK;
+}
+
+int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed, uint32_t step) {
+    const ViTConfig *c = &m->cfg;
+    Backend *be = m->be;
+    if (!m->training) return vit_fail("backward pass on an inference-only model");
+    const float *p = m->params;
+    float *g = m->grads;
+    const ParamOffsets *o = &m->off;
+    int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T, G2 = config_grid(c) * config_grid(c);
+    int H = c->heads, hd = D / H, R = c->representation, K = c->classes, pin = c->patch * c->patch * c->channels;
+    float drop = c->dropout;
+
+    // Head, pre_logits, final LayerNorm (class tokens only), back into the residual stream.
+    be->xent_backward(be, m->dlogits, m->probs, m->labels, B, K, smoothing, loss_scale);
+    if (R) {
+        if (linear_backward(be, m->dpre, g + o->head_kernel, g + o->head_bias, m->dlogits, m->pre, p + o->head_kernel,
+                            B, R, K, 0))
+            return VIT_ERR;
+        be->tanh_backward(be, m->dpre, m->pre, m->dpre, (size_t)B * R);
+        if (linear_backward(be, m->dcls_ln, g + o->pre_kernel, g + o->pre_bias, m->dpre, m->cls_ln, p + o->pre_kernel,
+                            B, D, R, 0))
+            return VIT_ERR;
+    } else if (linear_backward(be, m->dcls_ln, g + o->head_kernel, g + o->head_bias, m->dlogits, m->cls_ln,
+                               p + o->head_kernel, B, D, K, 0)) {
+        return VIT_ERR;
+    }
+    be->zero(be, m->dcls_x, (size_t)B * D * sizeof(float));
+    be->layernorm_backward(be, m->dcls_x, g + o->norm_scale, g + o->norm_bias, m->dcls_ln, m->cls_x, p + o->norm_scale,
+                           m->cls_mean, m->cls_rstd, B, D);
+    be->scatter_cls(be, m->dres, m->dcls_x, B, T, D);
+
+    // dres holds d(loss)/d(block output); each block turns it into d(loss)/d(block input).
+    // Gradients live at the same offsets as the parameters (g + w->..., p + w->...).
+    for (int l = c->layers - 1; l >= 0; l--) {
+        const BlockOffsets *w = &o->blocks[l];
+        BlockActs *a = &m->blocks[l];
+        // MLP branch
+        const float *dz = m->dres;
+        if (drop > 0) {
+            be->dropout_backward(be, m->s_nd1, m->dres, (size_t)N * D, drop, seed, step, site(l, 2));
+            dz = m->s_nd1;
+        }
+        if (linear_backward(be, m->s_nm, g + w->fc2_kernel, g + w->fc2_bias, dz, a->gelu, p + w->fc2_kernel, N, Mlp,
+                            D, 0))
+            return VIT_ERR;
+        if (drop > 0) be->dropout_backward(be, m->s_nm, m->s_nm, (size_t)N * Mlp, drop, seed, step, site(l, 1));
+        be->gelu_backward(be, m->s_nm, a->fc1, m->s_nm, (size_t)N * Mlp, c->gelu_tanh);
+        if (linear_backward(be, m->s_nd2, g + w->fc1_kernel, g + w->fc1_bias, m->s_nm, a->ln2, p + w->fc1_kernel, N,
+                            D, Mlp, 0))
+            return VIT_ERR;
+        be->layernorm_backward(be, m->dres, g + w->ln2_scale, g + w->ln2_bias, m->s_nd2, a->resid1,
+                               p + w->ln2_scale, a->ln2_mean, a->ln2_rstd, N, D);
+        // Attention branch
+        const float *datt = m->dres;
+        if (drop > 0) {
+            be->dropout_backward(be, m->s_nd1, m->dres, (size_t)N * D, drop, seed, step, site(l, 0));
+            datt = m->s_nd1;
+        }
+        if (linear_backward(be, m->s_nd2, g + w->out_kernel, g + w->out_bias, datt, a->att_out, p + w->out_kernel, N,
+                            D, D, 0) ||
+            be->attention_backward(be, m->dq, m->dk, m->dv, m->s_nd2, a->att_state, m->att_scratch, a->q, a->k, a->v,
+                                   B, T, H, hd) ||
+            linear_backward(be, m->s_nd1, g + w->q_kernel, g + w->q_bias, m->dq, a->ln1, p + w->q_kernel, N, D, D, 0) ||
+            linear_backward(be, m->s_nd1, g + w->k_kernel, g + w->k_bias, m->dk, a->ln1, p + w->k_kernel, N, D, D, 1) ||
+            linear_backward(be, m->s_nd1, g + w->v_kernel, g + w->v_bias, m->dv, a->ln1, p + w->v_kernel, N, D, D, 1))
+            return VIT_ERR;
+        be->layernorm_backward(be, m->dres, g + w->ln0_scale, g + w->ln0_bias, m->s_nd1, m->x[l], p + w->ln0_scale,
+                               a->ln1_mean, a->ln1_rstd, N, D);
+    }
+
+    be->tokens_backward(be, m->demb, g + o->cls, g + o->pos, m->dres, B, T, D);
+    return linear_backward(be, NULL, g + o->embed_kernel, g + o->embed_bias, m->demb, m->patches, p + o->embed_kernel,
+                           B * G2, pin, D, 0);
+}

@@ -1,0 +1,64 @@
+// The Vision Transformer, forward and backward, written out layer by layer against the
+// backend op table. Activations are planned from (config, micro-batch) and allocated once.
+#pragma once
+#include <stdint.h>
+#include "backend/backend.h"
+#include "config.h"
+#include "params.h"
+
+// What one encoder block keeps from its forward pass for the backward pass.
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd;  // LayerNorm_0 output and statistics
+    float *q, *k, *v;                  // projections (B, T, D)
+    float *att_state;                  // backend-defined (softmax probabilities on the CPU)
+    float *att_out;                    // heads merged, input of the out projection
+    float *resid1;                     // x + attention branch
+    float *ln2, *ln2_mean, *ln2_rstd;  // LayerNorm_2
+    float *fc1;                        // MLP pre-activation (B, T, mlp)
+    float *gelu;                       // GELU output after dropout (input of Dense_1)
+} BlockActs;
+
+typedef struct {
+    ViTConfig cfg;
+    ParamTable table;
+    ParamOffsets off;
+    Backend *be;
+    int batch;          // micro-batch the activations are planned for
+    int training;       // gradients and backward buffers allocated
+
+    float *params, *grads;      // device, table.total floats each (grads NULL for inference)
+
+    // activations (device)
+    uint8_t *images;            // (B, S, S, C)
+    int *labels;                // (B)
+    float *patches, *emb;       // (B*G*G, P*P*C), (B*G*G, D)
+    float **x;                  // layers+1 residual-stream tensors (B, T, D)
+    BlockActs *blocks;
+    float *cls_x, *cls_ln, *cls_mean, *cls_rstd;  // final LayerNorm on the class tokens only
+    float *pre;                 // tanh(pre_logits) (B, R)
+    float *logits, *probs, *losses;
+    // scratch (device)
+    float *s_nd1, *s_nd2, *dq, *dk, *dv, *s_nm, *att_scratch;
+    float *dres, *dlogits, *dpre, *dcls_ln, *dcls_x, *demb;
+
+    // host copies of the last forward pass's outputs
+    float *host_logits, *host_losses;
+
+    size_t activation_bytes;    // device memory planned for activations and scratch
+} ViT;
+
+// Builds the parameter table and plans all buffers for micro-batches of up to `batch`.
+// Parameters are left uninitialised: call vit_init_params or upload into m->params.
+int vit_create(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training);
+void vit_destroy(ViT *m);
+// Initialises parameters on the host as the official code does and uploads them.
+int vit_init_params(ViT *m, uint64_t seed);
+
+// Forward pass over B <= batch images (host uint8 (B, S, S, C)). With labels (host, B
+// ints in 0..classes-1) it also computes per-sample losses. Copies logits (and losses)
+// to m->host_logits / m->host_losses. `training` enables dropout, keyed by (seed, step).
+int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int training, float smoothing,
+                uint64_t seed, uint32_t step);
+// Backward pass of the last forward pass (which must have had labels): adds
+// loss_scale * d(sum of per-sample losses)/d(params) into m->grads.
+int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed, uint32_t step);

@@ -1,0 +1,58 @@
+#include "optimizer.h"
+#include <math.h>
+#include <string.h>
+#include <strings.h>
+#include "util/status.h"
+
+int optim_config_default(OptimConfig *o, const char *name) {
+    memset(o, 0, sizeof *o);
+    o->clip_norm = 1.0f;
+    o->beta1 = 0.9f;
+    o->beta2 = 0.999f;
+    if (!strcasecmp(name, "sgd")) {
+        o->kind = OPT_SGD;
+        o->momentum = 0.9f;
+    } else if (!strcasecmp(name, "adam")) {
+        o->kind = OPT_ADAM;
+        o->epsilon = 1e-2f;  // the recipe's Keras setting
+    } else if (!strcasecmp(name, "adamw")) {
+        o->kind = OPT_ADAMW;
+        o->epsilon = 1e-8f;
+        o->weight_decay = 0.01f;
+    } else if (!strcasecmp(name, "rmsprop")) {
+        o->kind = OPT_RMSPROP;
+        o->rho = 0.9f;
+        o->epsilon = 1e-2f;
+    } else {
+        return vit_fail("--optimizer %s: expected sgd, adam, adamw or rmsprop", name);
+    }
+    return VIT_OK;
+}
+
+const char *optim_name(OptimizerKind k) {
+    static const char *names[] = {"sgd", "adam", "adamw", "rmsprop"};
+    return names[k];
+}
+
+int optim_uses_m(OptimizerKind k) { return k != OPT_RMSPROP; }
+int optim_uses_v(OptimizerKind k) { return k != OPT_SGD; }
+
+int optim_step(Backend *be, const ParamTable *table, float *params, float *grads, float *m, float *v,
+               const OptimConfig *o, float lr, int t, double *norm) {
+    double n = sqrt(be->sum_squares(be, grads, table->total));
+    *norm = n;
+    if (!isfinite(n)) return vit_fail("gradient norm is %g", n);
+    OptimStep s = {o->kind, lr, o->momentum, o->beta1, o->beta2, o->rho, o->epsilon, 0.0f, t, 1.0f};
+    if (o->clip_norm > 0 && n > o->clip_norm) s.grad_scale = (float)(o->clip_norm / n);
+    // Walk the table, merging neighbouring tensors that share the decay setting into one call.
+    int i = 0;
+    while (i < table->count) {
+        int decay = table->entries[i].decay, j = i;
+        size_t start = table->entries[i].offset, len = 0;
+        while (j < table->count && table->entries[j].decay == decay) len += table->entries[j++].size;
+        s.weight_decay = decay ? o->weight_decay : 0.0f;
+        be->optimizer_update(be, params + start, grads + start, m ? m + start : NULL, v ? v + start : NULL, len, &s);
+        i = j;
+    }
+    return VIT_OK;
+}

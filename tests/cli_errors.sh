@@ -1,0 +1,90 @@
+#!/bin/sh
+# Bad input gets a one-line error naming the flag or file, a nonzero exit, never a crash.
+VIT=${VIT:-./vit}
+passed=0
+failed=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+FM=/usr/share/datasets/fashion-mnist
+SMALL="--model ViT-Ti_4 --hidden_size 16 --num_layers 1 --num_heads 2 --mlp_dim 32 --epochs 1 --steps_per_epoch 1 --validation_steps 0 --grad_accum_steps 1 --batch_size 2"
+
+# expect_error NAME PATTERN ARGS...: exit code 1..127 (not a signal), one stderr line containing PATTERN
+expect_error() {
+    name=$1 pattern=$2
+    shift 2
+    "$VIT" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null
+    rc=$?
+    lines=$(grep -c . "$tmp/err")
+    if [ $rc -ge 1 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && grep -q -- "$pattern" "$tmp/err"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAIL $name: exit $rc, stderr:"
+        sed 's/^/    /' "$tmp/err"
+    fi
+}
+
+expect_ok() {
+    name=$1
+    shift
+    if "$VIT" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAIL $name: exit $?"
+        sed 's/^/    /' "$tmp/err"
+    fi
+}
+
+# flags
+expect_error "unknown flag" "unknown flag --bogus" train --bogus 1
+expect_error "unknown command" "unknown command" frobnicate
+expect_error "missing value" "--batch_size: missing value" train --batch_size
+expect_error "non-integer" "--batch_size x: expected an integer" train --batch_size x
+expect_error "batch 0" "--batch_size 0" train --synthetic_data $SMALL --batch_size 0
+expect_error "negative lr" "--initial_lr -0.1" train --synthetic_data $SMALL --initial_lr -0.1
+expect_error "nan lr" "--initial_lr nan" train --synthetic_data $SMALL --initial_lr nan
+expect_error "heads not dividing hidden" "--num_heads 3 does not divide --hidden_size 16" train --synthetic_data $SMALL --num_heads 3
+expect_error "image not divisible by patch" "--image_size 30 is not divisible by --patch_size 4" train --synthetic_data $SMALL --image_size 30
+expect_error "bad model" "--model ViT-Q_16" train --model ViT-Q_16
+expect_error "bad optimizer" "--optimizer lamb" train --synthetic_data $SMALL --optimizer lamb
+expect_error "bad schedule" "lr_sched" train --synthetic_data $SMALL --lr_sched cosine
+expect_error "bad dtype" "--dtype fp8" train --synthetic_data $SMALL -d fp8
+expect_error "bf16 later" "not supported yet" train --synthetic_data $SMALL -d bf16
+expect_error "HPU refused" "--device HPU" train --synthetic_data $SMALL --device HPU
+expect_error "deterministic needs seed" "--deterministic needs --seed" train --synthetic_data $SMALL --deterministic
+expect_error "label smoothing range" "--label_smoothing 1.5" train --synthetic_data $SMALL --label_smoothing 1.5
+expect_error "later flag" "--distributed: not supported yet" train --synthetic_data $SMALL --distributed
+expect_error "info bad heads" "does not divide" info --model ViT-B_16 --num_heads 7
+expect_ok "compat flag ignored" train --synthetic_data $SMALL --base_tf_server_port 9000
+expect_ok "help" train --help
+
+# data
+expect_error "missing dataset dir" "--dataset_dir $tmp/nope: no such folder" train $SMALL --dataset_dir "$tmp/nope"
+mkdir -p "$tmp/empty"
+expect_error "no IDX files" "no IDX files" train $SMALL --dataset_dir "$tmp/empty"
+if [ -d "$FM" ]; then
+    # truncated image file
+    mkdir -p "$tmp/trunc"
+    cp "$FM"/*labels* "$FM"/t10k-images* "$tmp/trunc/"
+    gzip -dc "$FM/train-images-idx3-ubyte.gz" | head -c 100000 >"$tmp/trunc/train-images-idx3-ubyte"
+    expect_error "truncated IDX" "train-images-idx3-ubyte" train $SMALL --dataset_dir "$tmp/trunc"
+    # image/label count mismatch: t10k labels paired with train images
+    mkdir -p "$tmp/mismatch"
+    cp "$FM"/train-images* "$FM"/t10k-* "$tmp/mismatch/"
+    cp "$FM/t10k-labels-idx1-ubyte.gz" "$tmp/mismatch/train-labels-idx1-ubyte.gz"
+    expect_error "count mismatch" "labels" train $SMALL --dataset_dir "$tmp/mismatch"
+    # swapped files: labels where images belong (bad magic)
+    mkdir -p "$tmp/swapped"
+    cp "$FM"/t10k-* "$FM"/train-labels* "$tmp/swapped/"
+    cp "$FM/train-labels-idx1-ubyte.gz" "$tmp/swapped/train-images-idx3-ubyte.gz"
+    expect_error "bad magic" "magic" train $SMALL --dataset_dir "$tmp/swapped"
+    # not gzip data behind a .gz name
+    mkdir -p "$tmp/garbage"
+    cp "$FM"/t10k-* "$FM"/train-labels* "$tmp/garbage/"
+    head -c 5000 /dev/urandom | gzip -c | head -c 3000 >"$tmp/garbage/train-images-idx3-ubyte.gz"
+    expect_error "corrupt gzip" "train-images-idx3-ubyte" train $SMALL --dataset_dir "$tmp/garbage"
+    expect_error "image size vs IDX" "--image_size 32" train $SMALL --dataset_dir "$FM" --image_size 32
+fi
+echo "cli_errors: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

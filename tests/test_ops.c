@@ -1,0 +1,390 @@
+// Every CPU backend op: forward against a naive fp64 loop, backward against central
+// finite differences of a random projection L = sum(out * R).
+#include <omp.h>
+#include <string.h>
+#include "backend/backend.h"
+#include "check.h"
+#include "util/rng.h"
+
+static Backend *be;
+
+static float *randn(size_t n, uint32_t stream, float s) {
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = (float)(s * rng_normal(42, stream, i));
+    return x;
+}
+
+static double dotf(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+// ---- gemm -------------------------------------------------------------------------------
+static void test_gemm(void) {
+    int cases[][7] = {  // batch, M, N, K, transA, transB, accumulate
+        {1, 5, 7, 3, 0, 0, 0}, {1, 33, 17, 65, 1, 0, 0}, {1, 16, 9, 31, 0, 1, 0},
+        {3, 8, 6, 5, 1, 1, 0}, {4, 13, 11, 7, 0, 1, 1}, {2, 9, 10, 12, 1, 0, 1}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int bt = cases[c][0], M = cases[c][1], N = cases[c][2], K = cases[c][3], ta = cases[c][4], tb = cases[c][5],
+            acc = cases[c][6];
+        float *A = randn((size_t)bt * M * K, 1, 1), *B = randn((size_t)bt * K * N, 2, 1),
+              *C = randn((size_t)bt * M * N, 3, 1), *bias = randn(N, 4, 1);
+        double *ref = malloc(sizeof(double) * bt * M * N);
+        int use_bias = c % 2 == 0;
+        float alpha = c == 3 ? 0.25f : 1.0f;
+        for (int b = 0; b < bt; b++)
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double s = 0;
+                    for (int k = 0; k < K; k++) {
+                        double a = ta ? A[(size_t)b * M * K + k * M + i] : A[(size_t)b * M * K + i * K + k];
+                        double w = tb ? B[(size_t)b * K * N + j * K + k] : B[(size_t)b * K * N + k * N + j];
+                        s += a * w;
+                    }
+                    s *= alpha;
+                    if (use_bias) s += bias[j];
+                    if (acc) s += C[(size_t)b * M * N + i * N + j];
+                    ref[(size_t)b * M * N + i * N + j] = s;
+                }
+        int rc = be->gemm(be, bt, M, N, K, A, ta, B, tb, C, use_bias ? bias : NULL, alpha, acc);
+        double md = 0;
+        for (size_t i = 0; i < (size_t)bt * M * N; i++) md = fmax(md, fabs(C[i] - ref[i]));
+        CHECK(rc == 0 && md < 1e-4, "gemm case %zu: max diff %g", c, md);
+        free(A), free(B), free(C), free(bias), free(ref);
+    }
+}
+
+// ---- layernorm --------------------------------------------------------------------------
+static double ln_loss(const float *x, const float *w, const float *b, const float *R, int rows, int C) {
+    float *out = malloc(sizeof(float) * rows * C), *mean = malloc(sizeof(float) * rows), *rstd = malloc(sizeof(float) * rows);
+    be->layernorm_forward(be, out, mean, rstd, x, w, b, rows, C, 1e-6f);
+    double l = dotf(out, R, (size_t)rows * C);
+    free(out), free(mean), free(rstd);
+    return l;
+}
+
+static void test_layernorm(void) {
+    int rows = 6, C = 37;
+    float *x = randn((size_t)rows * C, 10, 2), *w = randn(C, 11, 1), *b = randn(C, 12, 1), *R = randn((size_t)rows * C, 13, 1);
+    for (int i = 0; i < rows * C; i++) x[i] += 0.5f;
+    float *out = malloc(sizeof(float) * rows * C), *mean = malloc(sizeof(float) * rows), *rstd = malloc(sizeof(float) * rows);
+    be->layernorm_forward(be, out, mean, rstd, x, w, b, rows, C, 1e-6f);
+    double md = 0;
+    for (int i = 0; i < rows; i++) {
+        double m = 0, v = 0;
+        for (int j = 0; j < C; j++) m += x[i * C + j];
+        m /= C;
+        for (int j = 0; j < C; j++) v += (x[i * C + j] - m) * (x[i * C + j] - m);
+        v /= C;
+        for (int j = 0; j < C; j++) md = fmax(md, fabs(out[i * C + j] - ((x[i * C + j] - m) / sqrt(v + 1e-6) * w[j] + b[j])));
+    }
+    CHECK(md < 1e-5, "layernorm forward: max diff %g", md);
+    float *dx = calloc((size_t)rows * C, sizeof(float)), *dw = calloc(C, sizeof(float)), *db = calloc(C, sizeof(float));
+    be->layernorm_backward(be, dx, dw, db, R, x, w, mean, rstd, rows, C);
+    float *targets[3] = {x, w, b}, *grads[3] = {dx, dw, db};
+    int sizes[3] = {rows * C, C, C};
+    const char *names[3] = {"dx", "dscale", "dbias"};
+    for (int t = 0; t < 3; t++) {
+        double worst = 0;
+        for (int i = 0; i < sizes[t]; i += 3) {
+            float keep = targets[t][i], h = 1e-2f;
+            targets[t][i] = keep + h;
+            double lp = ln_loss(x, w, b, R, rows, C);
+            targets[t][i] = keep - h;
+            double lm = ln_loss(x, w, b, R, rows, C);
+            targets[t][i] = keep;
+            double fd = (lp - lm) / (2 * h);
+            worst = fmax(worst, fabs(fd - grads[t][i]) / fmax(1.0, fabs(fd)));
+        }
+        CHECK(worst < 2e-3, "layernorm backward %s vs finite differences: %g", names[t], worst);
+    }
+    free(x), free(w), free(b), free(R), free(out), free(mean), free(rstd), free(dx), free(dw), free(db);
+}
+
+// ---- elementwise ------------------------------------------------------------------------
+static void test_activations(void) {
+    size_t n = 301;
+    float *x = randn(n, 20, 2), *out = malloc(n * sizeof(float)), *d = malloc(n * sizeof(float)),
+          *ones = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) ones[i] = 1.0f;
+    for (int approx = 0; approx < 2; approx++) {
+        be->gelu_forward(be, out, x, n, approx);
+        be->gelu_backward(be, d, x, ones, n, approx);
+        double mf = 0, mb = 0;
+        for (size_t i = 0; i < n; i++) {
+            double v = x[i];
+            double ref = approx ? 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)))
+                                : 0.5 * v * (1 + erf(v / sqrt(2.0)));
+            mf = fmax(mf, fabs(out[i] - ref));
+            double h = 1e-3, vp = v + h, vm = v - h, fp, fm;
+            if (approx) {
+                fp = 0.5 * vp * (1 + tanh(sqrt(2 / M_PI) * (vp + 0.044715 * vp * vp * vp)));
+                fm = 0.5 * vm * (1 + tanh(sqrt(2 / M_PI) * (vm + 0.044715 * vm * vm * vm)));
+            } else {
+                fp = 0.5 * vp * (1 + erf(vp / sqrt(2.0)));
+                fm = 0.5 * vm * (1 + erf(vm / sqrt(2.0)));
+            }
+            mb = fmax(mb, fabs(d[i] - (fp - fm) / (2 * h)));
+        }
+        CHECK(mf < 1e-6, "gelu(%s) forward: max diff %g", approx ? "tanh" : "erf", mf);
+        CHECK(mb < 1e-5, "gelu(%s) backward vs finite differences: %g", approx ? "tanh" : "erf", mb);
+    }
+    be->tanh_forward(be, out, x, n);
+    be->tanh_backward(be, d, out, ones, n);
+    double mf = 0, mb = 0;
+    for (size_t i = 0; i < n; i++) {
+        mf = fmax(mf, fabs(out[i] - tanh(x[i])));
+        mb = fmax(mb, fabs(d[i] - (tanh(x[i] + 1e-3) - tanh(x[i] - 1e-3)) / 2e-3));
+    }
+    CHECK(mf < 1e-6 && mb < 1e-5, "tanh forward %g backward %g", mf, mb);
+    free(x), free(out), free(d), free(ones);
+}
+
+static void test_dropout(void) {
+    size_t n = 100000;
+    float *x = malloc(n * sizeof(float)), *y1 = malloc(n * sizeof(float)), *y2 = malloc(n * sizeof(float)),
+          *g = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = 1.0f;
+    float rate = 0.3f;
+    be->dropout_forward(be, y1, x, n, rate, 7, 3, 5);
+    size_t kept = 0, wrong = 0;
+    for (size_t i = 0; i < n; i++) {
+        kept += y1[i] != 0;
+        wrong += y1[i] != 0 && fabsf(y1[i] - 1.0f / 0.7f) > 1e-6f;
+    }
+    double frac = (double)kept / n;
+    CHECK(fabs(frac - 0.7) < 0.01 && wrong == 0, "dropout keeps %.4f (expected 0.7), %zu badly scaled", frac, wrong);
+    be->dropout_backward(be, g, x, n, rate, 7, 3, 5);
+    CHECK(!memcmp(g, y1, n * sizeof(float)), "dropout backward regenerates the forward mask");
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    be->dropout_forward(be, y2, x, n, rate, 7, 3, 5);
+    omp_set_num_threads(threads);
+    CHECK(!memcmp(y1, y2, n * sizeof(float)), "dropout mask independent of the thread count");
+    be->dropout_forward(be, y2, x, n, rate, 7, 4, 5);
+    CHECK(memcmp(y1, y2, n * sizeof(float)) != 0, "dropout mask changes with the step");
+    free(x), free(y1), free(y2), free(g);
+}
+
+// ---- attention --------------------------------------------------------------------------
+static void naive_attention(double *out, const float *q, const float *k, const float *v, int B, int T, int H, int hd) {
+    int D = H * hd;
+    double *s = malloc(sizeof(double) * T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                double mx = -1e300, sum = 0;
+                for (int j = 0; j < T; j++) {
+                    double d = 0;
+                    for (int c = 0; c < hd; c++)
+                        d += (double)q[(b * T + i) * D + h * hd + c] * k[(b * T + j) * D + h * hd + c];
+                    s[j] = d / sqrt(hd);
+                    mx = fmax(mx, s[j]);
+                }
+                for (int j = 0; j < T; j++) sum += (s[j] = exp(s[j] - mx));
+                for (int c = 0; c < hd; c++) {
+                    double o = 0;
+                    for (int j = 0; j < T; j++) o += s[j] / sum * v[(b * T + j) * D + h * hd + c];
+                    out[(b * T + i) * D + h * hd + c] = o;
+                }
+            }
+    free(s);
+}
+
+static void test_attention(void) {
+    int B = 2, T = 7, H = 3, hd = 4, D = H * hd;
+    size_t n = (size_t)B * T * D;
+    float *q = randn(n, 30, 1), *k = randn(n, 31, 1), *v = randn(n, 32, 1), *R = randn(n, 33, 1);
+    float *out = malloc(n * sizeof(float)), *state = malloc(be->attention_state_floats(be, B, T, H, hd) * sizeof(float));
+    float *scratch = malloc(be->attention_scratch_floats(be, B, T, H, hd) * sizeof(float));
+    double *ref = malloc(n * sizeof(double));
+    int rc = be->attention_forward(be, out, state, scratch, q, k, v, B, T, H, hd);
+    naive_attention(ref, q, k, v, B, T, H, hd);
+    double md = 0;
+    for (size_t i = 0; i < n; i++) md = fmax(md, fabs(out[i] - ref[i]));
+    CHECK(rc == 0 && md < 1e-5, "attention forward: max diff %g", md);
+    float *dq = malloc(n * sizeof(float)), *dk = malloc(n * sizeof(float)), *dv = malloc(n * sizeof(float));
+    rc = be->attention_backward(be, dq, dk, dv, R, state, scratch, q, k, v, B, T, H, hd);
+    CHECK(rc == 0, "attention backward runs");
+    float *ins[3] = {q, k, v}, *grads[3] = {dq, dk, dv};
+    const char *names[3] = {"dq", "dk", "dv"};
+    for (int t = 0; t < 3; t++) {
+        double worst = 0;
+        for (size_t i = 0; i < n; i += 5) {
+            float keep = ins[t][i];
+            double lp, lm, h = 1e-3;
+            ins[t][i] = keep + (float)h;
+            naive_attention(ref, q, k, v, B, T, H, hd);
+            lp = 0;
+            for (size_t j = 0; j < n; j++) lp += ref[j] * R[j];
+            ins[t][i] = keep - (float)h;
+            naive_attention(ref, q, k, v, B, T, H, hd);
+            lm = 0;
+            for (size_t j = 0; j < n; j++) lm += ref[j] * R[j];
+            ins[t][i] = keep;
+            double fd = (lp - lm) / (2 * h);
+            worst = fmax(worst, fabs(fd - grads[t][i]) / fmax(1.0, fabs(fd)));
+        }
+        CHECK(worst < 1e-3, "attention backward %s vs finite differences: %g", names[t], worst);
+    }
+    free(q), free(k), free(v), free(R), free(out), free(state), free(scratch), free(ref), free(dq), free(dk), free(dv);
+}
+
+// ---- loss -------------------------------------------------------------------------------
+static void test_xent(void) {
+    int B = 5, K = 9;
+    float *z = randn((size_t)B * K, 40, 2), *p = malloc(sizeof(float) * B * K), *l = malloc(sizeof(float) * B),
+          *dz = malloc(sizeof(float) * B * K);
+    int labels[5] = {0, 8, 3, 3, 5};
+    for (int si = 0; si < 2; si++) {
+        float s = si ? 0.1f : 0.0f;
+        be->xent_forward(be, p, l, z, labels, B, K, s);
+        be->xent_backward(be, dz, p, labels, B, K, s, 1.0f);
+        double md = 0, mg = 0;
+        for (int b = 0; b < B; b++) {
+            double mx = -1e300, sum = 0;
+            for (int k = 0; k < K; k++) mx = fmax(mx, z[b * K + k]);
+            for (int k = 0; k < K; k++) sum += exp(z[b * K + k] - mx);
+            double ref = 0;
+            for (int k = 0; k < K; k++) {
+                double logp = z[b * K + k] - mx - log(sum);
+                ref -= (s / K + (k == labels[b] ? 1 - s : 0)) * logp;
+            }
+            md = fmax(md, fabs(l[b] - ref));
+            for (int k = 0; k < K; k++) {  // finite difference of this sample's loss
+                double h = 1e-3, lp, lm;
+                float keep = z[b * K + k];
+                z[b * K + k] = keep + (float)h;
+                be->xent_forward(be, p, l, z, labels, B, K, s);
+                lp = l[b];
+                z[b * K + k] = keep - (float)h;
+                be->xent_forward(be, p, l, z, labels, B, K, s);
+                lm = l[b];
+                z[b * K + k] = keep;
+                mg = fmax(mg, fabs((lp - lm) / (2 * h) - dz[b * K + k]));
+            }
+            be->xent_forward(be, p, l, z, labels, B, K, s);
+        }
+        CHECK(md < 1e-5, "cross-entropy (smoothing %g) forward: max diff %g", s, md);
+        CHECK(mg < 2e-3, "cross-entropy (smoothing %g) backward vs finite differences: %g", s, mg);
+    }
+    free(z), free(p), free(l), free(dz);
+}
+
+// ---- data movement ----------------------------------------------------------------------
+static void test_tokens(void) {
+    int B = 2, S = 8, C = 3, P = 4, G = S / P, T = 1 + G * G, D = 5, len = P * P * C;
+    uint8_t img[2 * 8 * 8 * 3];
+    for (size_t i = 0; i < sizeof img; i++) img[i] = (uint8_t)(i * 37 + 11);
+    float *patches = malloc(sizeof(float) * B * G * G * len);
+    be->patchify(be, patches, img, B, S, C, P);
+    int bad = 0;
+    for (int b = 0; b < B; b++)
+        for (int gy = 0; gy < G; gy++)
+            for (int gx = 0; gx < G; gx++)
+                for (int py = 0; py < P; py++)
+                    for (int px = 0; px < P; px++)
+                        for (int c = 0; c < C; c++) {
+                            float want = img[((b * S + gy * P + py) * S + gx * P + px) * C + c] * (2.0f / 255.0f) - 1.0f;
+                            float got = patches[((b * G * G) + gy * G + gx) * len + (py * P + px) * C + c];
+                            bad += got != want;
+                        }
+    CHECK(bad == 0, "patchify: %d values out of place", bad);
+    float *emb = randn((size_t)B * (T - 1) * D, 50, 1), *cls = randn(D, 51, 1), *pos = randn((size_t)T * D, 52, 1);
+    float *x = malloc(sizeof(float) * B * T * D), *dx = randn((size_t)B * T * D, 53, 1);
+    be->tokens_forward(be, x, emb, cls, pos, B, T, D);
+    bad = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < D; j++) {
+                float want = (t ? emb[(b * (T - 1) + t - 1) * D + j] : cls[j]) + pos[t * D + j];
+                bad += fabsf(x[(b * T + t) * D + j] - want) > 1e-6f;
+            }
+    CHECK(bad == 0, "tokens forward: %d wrong", bad);
+    float *demb = malloc(sizeof(float) * B * (T - 1) * D), *dcls = calloc(D, sizeof(float)), *dpos = calloc((size_t)T * D, sizeof(float));
+    be->tokens_backward(be, demb, dcls, dpos, dx, B, T, D);
+    bad = 0;
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < D; j++) {
+            double s = 0;
+            for (int b = 0; b < B; b++) s += dx[(b * T + t) * D + j];
+            bad += fabs(dpos[t * D + j] - s) > 1e-6;
+            if (t == 0) bad += fabs(dcls[j] - s) > 1e-6;
+            for (int b = 0; t && b < B; b++) bad += demb[(b * (T - 1) + t - 1) * D + j] != dx[(b * T + t) * D + j];
+        }
+    CHECK(bad == 0, "tokens backward: %d wrong", bad);
+    float *cl = malloc(sizeof(float) * B * D);
+    be->gather_cls(be, cl, x, B, T, D);
+    be->scatter_cls(be, dx, cl, B, T, D);
+    bad = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < D; j++) bad += dx[(b * T + t) * D + j] != (t ? 0.0f : x[b * T * D + j]);
+    CHECK(bad == 0, "gather/scatter of class tokens: %d wrong", bad);
+    float *colsum = calloc(D, sizeof(float));
+    be->bias_backward(be, colsum, x, B * T, D);
+    double md = 0;
+    for (int j = 0; j < D; j++) {
+        double s = 0;
+        for (int i = 0; i < B * T; i++) s += x[i * D + j];
+        md = fmax(md, fabs(colsum[j] - s));
+    }
+    CHECK(md < 1e-5, "bias backward (column sums): %g", md);
+    double ss = be->sum_squares(be, x, (size_t)B * T * D), ref = dotf(x, x, (size_t)B * T * D);
+    CHECK(fabs(ss - ref) < 1e-9 * ref, "sum of squares %g vs %g", ss, ref);
+    free(patches), free(emb), free(cls), free(pos), free(x), free(dx), free(demb), free(dcls), free(dpos), free(cl), free(colsum);
+}
+
+// ---- optimizer --------------------------------------------------------------------------
+static void test_optimizer(void) {
+    size_t n = 257;
+    for (int kind = OPT_SGD; kind <= OPT_RMSPROP; kind++) {
+        float *p = randn(n, 60, 1), *g = randn(n, 61, 1), *m = calloc(n, sizeof(float)), *v = calloc(n, sizeof(float));
+        double *rp = malloc(n * sizeof(double)), *rm = calloc(n, sizeof(double)), *rv = calloc(n, sizeof(double));
+        for (size_t i = 0; i < n; i++) rp[i] = p[i];
+        OptimStep s = {(OptimizerKind)kind, 0.05f, 0.9f, 0.9f, 0.999f, 0.9f, kind == OPT_ADAMW ? 1e-8f : 1e-2f, 0.1f, 0, 0.5f};
+        for (int t = 1; t <= 3; t++) {
+            s.t = t;
+            be->optimizer_update(be, p, g, m, v, n, &s);
+            for (size_t i = 0; i < n; i++) {
+                double gi = g[i] * 0.5, w = rp[i] * (1 - 0.05 * 0.1), b1 = 0.9, b2 = 0.999;
+                switch (kind) {
+                case OPT_SGD: rm[i] = 0.9 * rm[i] - 0.05 * gi; rp[i] = w + rm[i]; break;
+                case OPT_ADAM:
+                    rm[i] = b1 * rm[i] + (1 - b1) * gi;
+                    rv[i] = b2 * rv[i] + (1 - b2) * gi * gi;
+                    rp[i] = w - 0.05 * sqrt(1 - pow(b2, t)) / (1 - pow(b1, t)) * rm[i] / (sqrt(rv[i]) + 1e-2);
+                    break;
+                case OPT_ADAMW:
+                    rm[i] = b1 * rm[i] + (1 - b1) * gi;
+                    rv[i] = b2 * rv[i] + (1 - b2) * gi * gi;
+                    rp[i] = w - 0.05 * (rm[i] / (1 - pow(b1, t))) / (sqrt(rv[i] / (1 - pow(b2, t))) + 1e-8);
+                    break;
+                case OPT_RMSPROP:
+                    rv[i] = 0.9 * rv[i] + 0.1 * gi * gi;
+                    rp[i] = w - 0.05 * gi / (sqrt(rv[i]) + 1e-2);
+                    break;
+                }
+            }
+        }
+        double md = 0;
+        for (size_t i = 0; i < n; i++) md = fmax(md, fabs(p[i] - rp[i]));
+        CHECK(md < 1e-5, "optimizer %d after 3 updates: max diff %g", kind, md);
+        free(p), free(g), free(m), free(v), free(rp), free(rm), free(rv);
+    }
+}
+
+int main(void) {
+    be = backend_cpu_create(0);
+    test_gemm();
+    test_layernorm();
+    test_activations();
+    test_dropout();
+    test_attention();
+    test_xent();
+    test_tokens();
+    test_optimizer();
+    be->destroy(be);
+    return check_report("ops");
+}
