@@ -2,7 +2,7 @@
 # the Debian packages; `make asan` runs the fast tests under AddressSanitizer/UBSan.
 CC      ?= cc
 OPT     ?= -O3 -march=native
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -fopenmp -Isrc -MMD -MP
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -fno-trapping-math -fno-math-errno -fopenmp -Isrc -MMD -MP
 LDLIBS  += -ldnnl -lz -lm -fopenmp
 BUILD   ?= build
 

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 #include "cpu.h"
+#include "cpu_math.h"
 #include "util/status.h"
 
 // (B, T, H*hd) <-> (B, H, T, hd)
@@ -45,11 +46,12 @@ static int attention_forward(Backend *be, float *out, float *probs, float *scrat
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < rows; i++) {
         float *s = probs + (size_t)i * T;
-        float mx = s[0];
+        float mx = s[0], sum = 0;
+#pragma omp simd reduction(max : mx)
         for (int j = 1; j < T; j++) mx = s[j] > mx ? s[j] : mx;
-        float sum = 0;
+#pragma omp simd reduction(+ : sum)
         for (int j = 0; j < T; j++) {
-            s[j] = expf(s[j] - mx);
+            s[j] = cpu_expf(s[j] - mx);
             sum += s[j];
         }
         float inv = 1.0f / sum;
@@ -81,6 +83,7 @@ static int attention_backward(Backend *be, float *dq, float *dk, float *dv, cons
         const float *p = probs + (size_t)i * T;
         float *d = dS + (size_t)i * T;
         float dot = 0;
+#pragma omp simd reduction(+ : dot)
         for (int j = 0; j < T; j++) dot += p[j] * d[j];
         for (int j = 0; j < T; j++) d[j] = p[j] * (d[j] - dot);
     }

@@ -1,8 +1,10 @@
 // Matrix products through oneDNN's matmul primitive. A primitive is created once per
 // distinct (shape, transposes, bias, alpha, accumulate) and reused: creation costs far
-// more than a small product.
+// more than a small product. All primitives share one user-managed scratchpad that grows
+// while primitives are created (the first step) and is then reused: no allocation per call.
 #include <oneapi/dnnl/dnnl.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include "cpu.h"
 #include "util/status.h"
@@ -11,7 +13,8 @@ typedef struct {
     int batch, M, N, K, transA, transB, has_bias, accumulate;
     float alpha;
     dnnl_primitive_t prim;
-    dnnl_memory_t src, weights, bias, dst;
+    dnnl_memory_t src, weights, bias, dst, scratch;
+    size_t scratch_bytes;
 } GemmEntry;
 
 struct GemmCache {
@@ -19,6 +22,8 @@ struct GemmCache {
     dnnl_stream_t stream;
     GemmEntry *entries;
     int count, capacity;
+    void *scratch;
+    size_t scratch_bytes;
 };
 
 GemmCache *cpu_gemm_cache_create(void) {
@@ -41,8 +46,10 @@ void cpu_gemm_cache_destroy(GemmCache *c) {
         dnnl_memory_destroy(e->weights);
         if (e->bias) dnnl_memory_destroy(e->bias);
         dnnl_memory_destroy(e->dst);
+        dnnl_memory_destroy(e->scratch);
     }
     free(c->entries);
+    free(c->scratch);
     dnnl_stream_destroy(c->stream);
     dnnl_engine_destroy(c->engine);
     free(c);
@@ -76,6 +83,7 @@ static int create_entry(GemmCache *c, GemmEntry *e) {
         return vit_fail("oneDNN: matmul %dx%dx%d (batch %d): descriptor rejected", e->M, e->N, e->K, e->batch);
     dnnl_primitive_attr_t attr;
     dnnl_primitive_attr_create(&attr);
+    dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
     if (e->alpha != 1.0f) dnnl_primitive_attr_set_output_scales(attr, 1, 0, &e->alpha);
     if (e->accumulate) {
         dnnl_post_ops_t po;
@@ -91,6 +99,9 @@ static int create_entry(GemmCache *c, GemmEntry *e) {
         return vit_fail("oneDNN: matmul %dx%dx%d (batch %d): no implementation (status %d)", e->M, e->N, e->K,
                         e->batch, (int)st);
     st = dnnl_primitive_create(&e->prim, pd);
+    const dnnl_memory_desc_t *scratch_md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    e->scratch_bytes = scratch_md ? dnnl_memory_desc_get_size(scratch_md) : 0;
+    dnnl_memory_create(&e->scratch, scratch_md, c->engine, DNNL_MEMORY_NONE);
     dnnl_primitive_desc_destroy(pd);
     if (st != dnnl_success) return vit_fail("oneDNN: matmul primitive creation failed (status %d)", (int)st);
     dnnl_memory_create(&e->src, &a_md, c->engine, DNNL_MEMORY_NONE);
@@ -104,7 +115,8 @@ static int create_entry(GemmCache *c, GemmEntry *e) {
 int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
              int transB, float *C, const float *bias, float alpha, int accumulate) {
     GemmCache *c = ((CpuState *)be->impl)->gemm;
-    GemmEntry key = {batch, M, N, K, transA, transB, bias != NULL, accumulate, alpha, 0, 0, 0, 0, 0};
+    GemmEntry key = {.batch = batch, .M = M, .N = N, .K = K, .transA = transA, .transB = transB,
+                     .has_bias = bias != NULL, .accumulate = accumulate, .alpha = alpha};
     GemmEntry *e = NULL;
     for (int i = 0; i < c->count && !e; i++) {
         GemmEntry *x = &c->entries[i];
@@ -124,14 +136,25 @@ int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int tr
         *e = key;
         if (create_entry(c, e) != VIT_OK) return VIT_ERR;
         c->count++;
+        if (e->scratch_bytes > c->scratch_bytes) {
+            free(c->scratch);
+            c->scratch = NULL;
+            if (posix_memalign(&c->scratch, 64, e->scratch_bytes))
+                return vit_fail("out of memory for the matmul scratchpad (%zu bytes)", e->scratch_bytes);
+            c->scratch_bytes = e->scratch_bytes;
+        }
     }
     dnnl_memory_set_data_handle(e->src, (void *)A);
     dnnl_memory_set_data_handle(e->weights, (void *)B);
     dnnl_memory_set_data_handle(e->dst, C);
-    dnnl_exec_arg_t args[4] = {
-        {DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, e->weights}, {DNNL_ARG_DST, e->dst}, {DNNL_ARG_BIAS, e->bias}};
+    dnnl_memory_set_data_handle(e->scratch, c->scratch);
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, e->src},
+                               {DNNL_ARG_WEIGHTS, e->weights},
+                               {DNNL_ARG_DST, e->dst},
+                               {DNNL_ARG_SCRATCHPAD, e->scratch},
+                               {DNNL_ARG_BIAS, e->bias}};
     if (bias) dnnl_memory_set_data_handle(e->bias, (void *)bias);
-    dnnl_status_t st = dnnl_primitive_execute(e->prim, c->stream, bias ? 4 : 3, args);
+    dnnl_status_t st = dnnl_primitive_execute(e->prim, c->stream, bias ? 5 : 4, args);
     if (st == dnnl_success) st = dnnl_stream_wait(c->stream);
     if (st != dnnl_success) return vit_fail("oneDNN: matmul %dx%dx%d failed (status %d)", M, N, K, (int)st);
     return VIT_OK;
