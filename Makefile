@@ -12,7 +12,7 @@ TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
 DEBIAN_PACKAGES := build-essential libdnnl-dev zlib1g-dev dataset-fashion-mnist python3
 
-.PHONY: all test deps asan clean fixtures bench
+.PHONY: all test deps asan clean fixtures demo
 all: vit
 
 vit: $(BUILD)/src/main.o $(BUILD)/libvit.a
@@ -32,6 +32,10 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libvit.a
 
 tests: $(TESTS)
 
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libvit.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libvit.a $(LDLIBS)
+
 test: vit $(TESTS)
 	@sh tests/run.sh $(BUILD) ./vit
 
@@ -49,6 +53,10 @@ tests-asan: $(TESTS)
 deps:
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(DEBIAN_PACKAGES)
+
+# The README's first command: a small ViT learns Fashion-MNIST (flags in tests/demo.flags).
+demo: vit
+	./vit train $$(cat tests/demo.flags)
 
 fixtures:
 	python3 tools/make_fixtures.py tests/fixtures

@@ -30,9 +30,8 @@ check "2 epochs x 6 micro-steps / accumulation 2 = 6 updates (got $steps)" $?
 
 # The demo: a small ViT learns Fashion-MNIST to >= 85% test accuracy in 2 epochs.
 if [ -z "$VIT_SKIP_LONG" ] && [ -d "$FM" ]; then
-    "$VIT" train --dataset_dir "$FM" --model ViT-Ti_4 --hidden_size 64 --num_layers 4 --num_heads 4 --mlp_dim 256 \
-        --optimizer adamw --weight_decay 0.05 --initial_lr 3e-3 --warmup_steps 100 --batch_size 128 \
-        --grad_accum_steps 1 --epochs 2 --seed 0 --json >"$tmp/demo.json" 2>"$tmp/demo.err"
+    # shellcheck disable=SC2046
+    "$VIT" train $(cat "$(dirname "$0")/demo.flags") --json >"$tmp/demo.json" 2>"$tmp/demo.err"
     check "demo run succeeds" $?
     cat "$tmp/demo.json"
     top1=$(json_field "$tmp/demo.json" val_top1)

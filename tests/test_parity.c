@@ -108,6 +108,17 @@ int main(int argc, char **argv) {
     }
     printf("parity: logits %.2g, loss %.2g, worst gradient %.2g (relative)\n", rl, rloss, worst);
 
+    // The inference-only model (one set of block buffers, no gradients) gives the same logits.
+    ViT inf;
+    CHECK(vit_create(&inf, &c, be, B, 0) == 0, "inference model builds");
+    load_params(&inf);
+    CHECK(vit_forward(&inf, micro_images(0, (size_t)B * img_bytes), NULL, B, 0, 0.0f, 0, 0) == 0, "inference forward");
+    double ri = check_rel_diff(inf.host_logits, tensor("logits%s%s", "", "", (size_t)B * K), (size_t)B * K);
+    CHECK(ri <= 1e-5, "inference-only logits: relative difference %.3g", ri);
+    CHECK(inf.activation_bytes < m.activation_bytes, "inference plans less memory (%zu vs %zu bytes)",
+          inf.activation_bytes, m.activation_bytes);
+    vit_destroy(&inf);
+
     // Label smoothing 0.1 on the same batch.
     CHECK(vit_forward(&m, micro_images(0, (size_t)B * img_bytes), micro_labels(0, B), B, 0, 0.1f, 0, 0) == 0, "forward");
     loss = 0;
