@@ -17,7 +17,7 @@ pythons="python3"
 # run NAME "VIT FLAGS" "TORCH FLAGS" GFLOP_PER_IMAGE
 run() {
     name=$1 vflags=$2 tflags=$3 gflop=$4
-    v=$(./vit train --synthetic_data --threads "$threads" --grad_accum_steps 1 --epochs 1 --validation_steps 0 \
+    v=$(./vit train --synthetic_data --from_scratch --save_dir= --threads "$threads" --grad_accum_steps 1 --epochs 1 --validation_steps 0 \
         --optimizer adamw --seed 1 --json $vflags 2>/dev/null | sed -n 's/.*"images_per_sec": \([0-9.]*\).*/\1/p')
     line="$name: vit $v img/s ($(awk -v v="$v" -v g="$gflop" -v c="$ceiling" 'BEGIN{printf "%.0f%% of the %s GFLOP/s ceiling", 100*v*g/c, c}'))"
     for py in $pythons; do

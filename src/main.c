@@ -9,7 +9,10 @@ static void usage(FILE *f) {
             "commands:\n"
             "  train      train or fine-tune a ViT (see vit train --help)\n"
             "  info       parameter count, tokens and FLOPs of a model\n"
-            "  evaluate, predict, export, prep: not supported yet\n");
+            "  evaluate   loss and top-1/top-5 of a checkpoint or official weights on the validation set\n"
+            "  predict    top-5 classes of JPEG/PNG images\n"
+            "  export     a checkpoint's weights as an official-format .npz\n"
+            "  prep       not supported yet\n");
 }
 
 int main(int argc, char **argv) {
@@ -20,10 +23,13 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (!strcmp(cmd, "train")) return cmd_train(argc - 2, argv + 2);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 2, argv + 2);
-    if (!strcmp(cmd, "evaluate") || !strcmp(cmd, "predict") || !strcmp(cmd, "export") || !strcmp(cmd, "prep")) {
+    if (!strcmp(cmd, "evaluate")) return cmd_evaluate(argc - 2, argv + 2);
+    if (!strcmp(cmd, "export")) return cmd_export(argc - 2, argv + 2);
+    if (!strcmp(cmd, "predict")) return cmd_predict(argc - 2, argv + 2);
+    if (!strcmp(cmd, "prep")) {
         fprintf(stderr, "vit %s: not supported yet\n", cmd);
         return 2;
     }
-    fprintf(stderr, "vit: unknown command '%s' (commands: train, info; see vit --help)\n", cmd);
+    fprintf(stderr, "vit: unknown command '%s' (commands: train, info, evaluate, predict, export; see vit --help)\n", cmd);
     return 2;
 }

@@ -6,7 +6,7 @@ failed=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 FM=/usr/share/datasets/fashion-mnist
-SMALL="--model ViT-Ti_4 --hidden_size 16 --num_layers 1 --num_heads 2 --mlp_dim 32 --epochs 1 --steps_per_epoch 1 --validation_steps 0 --grad_accum_steps 1 --batch_size 2"
+SMALL="--from_scratch --save_dir= --model ViT-Ti_4 --hidden_size 16 --num_layers 1 --num_heads 2 --mlp_dim 32 --epochs 1 --steps_per_epoch 1 --validation_steps 0 --grad_accum_steps 1 --batch_size 2"
 
 # expect_error NAME PATTERN ARGS...: exit code 1..127 (not a signal), one stderr line containing PATTERN
 expect_error() {
@@ -58,6 +58,24 @@ expect_error "later flag" "--distributed: not supported yet" train --synthetic_d
 expect_error "info bad heads" "does not divide" info --model ViT-B_16 --num_heads 7
 expect_ok "compat flag ignored" train --synthetic_data $SMALL --base_tf_server_port 9000
 expect_ok "help" train --help
+
+# weights and checkpoints
+expect_error "missing official weights" "no official weights at $tmp/nowhere/weights/ViT-B_16_imagenet21k.npz" \
+    train --synthetic_data --model ViT-B_16 --weights_path "$tmp/nowhere"
+expect_error "missing weights names --from_scratch" "--from_scratch" train --synthetic_data --weights_path "$tmp/nowhere"
+head -c 3000 /dev/urandom >"$tmp/garbage.npz"
+expect_error "garbage npz" "$tmp/garbage.npz" train $SMALL --synthetic_data --from_scratch=false --pretrained "$tmp/garbage.npz"
+printf 'PK\003\004garbage' >"$tmp/short.npz"
+expect_error "truncated zip" "$tmp/short.npz" evaluate --synthetic_data --pretrained "$tmp/short.npz"
+printf '\377\377\377\377\377\377\377\177{}' >"$tmp/absurd.safetensors"
+expect_error "absurd safetensors header length" "$tmp/absurd.safetensors" evaluate --synthetic_data --checkpoint "$tmp/absurd.safetensors"
+printf '\010\000\000\000\000\000\000\000{"a":[}' >"$tmp/badjson.safetensors"
+expect_error "bad JSON header" "$tmp/badjson.safetensors" evaluate --synthetic_data --checkpoint "$tmp/badjson.safetensors"
+expect_error "missing checkpoint" "$tmp/none.safetensors" evaluate --synthetic_data --checkpoint "$tmp/none.safetensors"
+expect_error "export needs --out" "export needs --checkpoint FILE and --out" export --checkpoint "$tmp/none.safetensors"
+expect_error "unwritable save dir" "--save_dir /proc/vit-test" train --synthetic_data --from_scratch --save_dir /proc/vit-test
+expect_error "bad head init" "--head_init" train --synthetic_data --from_scratch --head_init ones
+expect_error "predict without images" "needs image files" predict --checkpoint "$tmp/none.safetensors"
 
 # data
 expect_error "missing dataset dir" "--dataset_dir $tmp/nope: no such folder" train $SMALL --dataset_dir "$tmp/nope"

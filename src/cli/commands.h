@@ -2,3 +2,6 @@
 #pragma once
 int cmd_train(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_evaluate(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_predict(int argc, char **argv);

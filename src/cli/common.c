@@ -1,6 +1,11 @@
 #include "common.h"
 #include <string.h>
 #include <strings.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include "io/checkpoint.h"
+#include "io/npz.h"
+#include "model/weights.h"
 #include "util/status.h"
 
 int cli_check_supported(const ParsedOptions *p) {
@@ -60,4 +65,92 @@ int cli_model_config(const ParsedOptions *p, const Dataset *data, ViTConfig *c) 
     else
         return vit_fail("--gelu %s: expected erf or tanh", o->gelu);
     return config_validate(c);
+}
+
+void cli_expand_home(const char *in, char *out, size_t n) {
+    const char *home = getenv("HOME");
+    if (in[0] == '~' && (in[1] == '/' || in[1] == 0) && home)
+        snprintf(out, n, "%s%s", home, in + 1);
+    else
+        snprintf(out, n, "%s", in);
+}
+
+int cli_weights_file(const ParsedOptions *p, char *out, size_t n) {
+    const Options *o = &p->o;
+    struct stat st;
+    if (*o->pretrained) {
+        cli_expand_home(o->pretrained, out, n);
+        if (stat(out, &st) != 0) return vit_fail("--pretrained %s: no such file", o->pretrained);
+        return VIT_OK;
+    }
+    char dir[1024];
+    cli_expand_home(o->weights_path, dir, sizeof dir);
+    snprintf(out, n, "%s/weights/%s_imagenet21k.npz", dir, o->model);
+    if (stat(out, &st) != 0)
+        return vit_fail("no official weights at %s (--weights_path %s); put %s_imagenet21k.npz there, or pass "
+                        "--pretrained FILE, or --from_scratch to train from random initialisation",
+                        out, o->weights_path, o->model);
+    return VIT_OK;
+}
+
+int cli_open_data(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Dataset *val) {
+    const Options *o = &p->o;
+    Dataset scratch;
+    if (!train) train = &scratch;
+    memset(train, 0, sizeof *train);
+    memset(val, 0, sizeof *val);
+    if (o->synthetic_data) {
+        if (!c) return VIT_OK;  // sized once the model is known
+        long B = o->batch_size, n_train = (long)(o->steps_per_epoch ? o->steps_per_epoch : 10) * B;
+        long n_val = (long)(o->validation_steps > 0 ? o->validation_steps : 2) * B;
+        if (n_train > 2000000000L || n_val > 2000000000L)
+            return vit_fail("--steps_per_epoch x --batch_size: too many synthetic images");
+        uint64_t seed = (uint64_t)(o->seed >= 0 ? o->seed : 0);
+        if (train != &scratch) dataset_synthetic(train, "synthetic", (int)n_train, c->image, c->channels, c->classes, seed);
+        dataset_synthetic(val, "synthetic-val", (int)n_val, c->image, c->channels, c->classes, seed ^ 0x5eedull);
+        return VIT_OK;
+    }
+    if (strcasecmp(o->data_format, "auto") && strcasecmp(o->data_format, "idx") &&
+        strcasecmp(o->data_format, "tfrecord") && strcasecmp(o->data_format, "folder"))
+        return vit_fail("--data_format %s: expected auto, idx, tfrecord or folder", o->data_format);
+    struct stat st;
+    if (stat(o->dataset_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return vit_fail("--dataset_dir %s: no such folder", o->dataset_dir);
+    if (strcasecmp(o->data_format, "tfrecord") == 0 || strcasecmp(o->data_format, "folder") == 0)
+        return vit_fail("--data_format %s: not supported yet (the ImageNet pipeline arrives later); use idx",
+                        o->data_format);
+    if (!idx_dir_looks_like_idx(o->dataset_dir))
+        return vit_fail("--dataset_dir %s: no IDX files (train-images-idx3-ubyte[.gz]) there; TFRecord and "
+                        "image-folder data are not supported yet",
+                        o->dataset_dir);
+    int rc = dataset_open_idx(train, val, o->dataset_dir);
+    if (train == &scratch) dataset_free(&scratch);
+    return rc;
+}
+
+int cli_load_model(const ParsedOptions *p, const Dataset *data, Backend *be, int batch, ViT *m, FILE *report) {
+    const Options *o = &p->o;
+    if (*o->checkpoint) {
+        Checkpoint ck;
+        if (checkpoint_open(&ck, o->checkpoint)) return VIT_ERR;
+        int rc = vit_create(m, &ck.cfg, be, batch, 0);
+        float *host = rc == VIT_OK ? malloc(m->table.total * sizeof(float)) : NULL;
+        if (rc == VIT_OK && !host) rc = vit_fail("out of memory loading %s", o->checkpoint);
+        if (rc == VIT_OK) rc = checkpoint_copy(&ck, o->checkpoint, &m->table, host, NULL, NULL);
+        if (rc == VIT_OK) be->upload(be, m->params, host, m->table.total * sizeof(float));
+        free(host);
+        checkpoint_close(&ck);
+        return rc;
+    }
+    char path[2048];
+    if (cli_weights_file(p, path, sizeof path)) return VIT_ERR;
+    NpzFile f;
+    if (npz_read(&f, path)) return VIT_ERR;
+    ViTConfig c;
+    int rc = cli_model_config(p, data, &c);
+    if (rc == VIT_OK && !flags_given(p, "representation_size")) c.representation = weights_npz_representation(&f);
+    if (rc == VIT_OK) rc = vit_create(m, &c, be, batch, 0);
+    if (rc == VIT_OK) rc = weights_load_npz(m, &f, path, !strcasecmp(o->head_init, "glorot"), 0, report);
+    npz_free(&f);
+    return rc;
 }

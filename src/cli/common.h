@@ -4,9 +4,24 @@
 #include "data/dataset.h"
 #include "flags.h"
 #include "model/config.h"
+#include "model/vit.h"
+#include <stdio.h>
 
 // Errors for flags that parse but are not supported yet, --dtype, --device.
 int cli_check_supported(const ParsedOptions *p);
 // Preset + overrides; `data` (may be NULL) supplies image size, channels and classes
 // unless the flags set them, and is checked against them.
 int cli_model_config(const ParsedOptions *p, const Dataset *data, ViTConfig *c);
+
+// "~/x" -> "$HOME/x".
+void cli_expand_home(const char *in, char *out, size_t n);
+// The official weights this run starts from: --pretrained, else
+// <weights_path>/weights/<model>_imagenet21k.npz; VIT_ERR (naming the path) when missing.
+int cli_weights_file(const ParsedOptions *p, char *out, size_t n);
+// The evaluation data: the IDX t10k split under --dataset_dir, or synthetic images at the
+// model's size. train may be NULL (then only val is opened).
+int cli_open_data(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Dataset *val);
+// A model for evaluate/predict/export, from --checkpoint (config from its metadata) or from
+// official weights (--pretrained or the default file; config from the flags and the file).
+// `data` (may be NULL) supplies image size, channels and classes as for training.
+int cli_load_model(const ParsedOptions *p, const Dataset *data, Backend *be, int batch, ViT *m, FILE *report);

@@ -9,7 +9,6 @@
 #include "util/status.h"
 
 #define F(field, type) offsetof(Options, field), sizeof(((Options *)0)->field)
-#define LATER_CKPT "checkpoints and resume arrive with the checkpoint support"
 
 const Flag g_flags[] = {
     // data
@@ -67,17 +66,24 @@ const Flag g_flags[] = {
     {"json", NULL, FLAG_BOOL, F(json, 0), "0", "print one JSON object with the results at the end", NULL, 0},
     // weights, checkpoints, logs
     {"weights_path", NULL, FLAG_STRING, F(weights_path, 0), "~/.keras", "folder holding weights/<model>_imagenet21k.npz",
-     "loading official weights arrives with the .npz import", 0},
-    {"pretrained", NULL, FLAG_STRING, F(pretrained, 0), "", "explicit .npz weights file",
-     "loading official weights arrives with the .npz import", 0},
+     NULL, 0},
+    {"pretrained", NULL, FLAG_STRING, F(pretrained, 0), "", "explicit .npz weights file (official naming)", NULL, 0},
     {"from_scratch", NULL, FLAG_BOOL, F(from_scratch, 0), "0",
-     "random initialisation instead of official weights (the only mode so far)", NULL, 0},
+     "random initialisation instead of the official weights", NULL, 0},
     {"resume_from_checkpoint_path", NULL, FLAG_STRING, F(resume_from_checkpoint_path, 0), "",
-     "resume a run from a checkpoint", LATER_CKPT, 0},
-    {"resume_from_epoch", NULL, FLAG_INT, F(resume_from_epoch, 0), "0", "initial epoch", LATER_CKPT, 0},
+     "continue a run exactly from a vitc checkpoint (.safetensors); an .npz loads weights only", NULL, 0},
+    {"resume_from_epoch", NULL, FLAG_INT, F(resume_from_epoch, 0), "0",
+     "initial epoch for weight-only resume (the schedule continues from it)", NULL, 0},
     {"evaluate_checkpoint_path", NULL, FLAG_STRING, F(evaluate_checkpoint_path, 0), "",
-     "evaluate a checkpoint on the validation set and exit", LATER_CKPT, 0},
-    {"save_dir", NULL, FLAG_STRING, F(save_dir, 0), "saves", "checkpoint folder", NULL, 0},
+     "evaluate a checkpoint on the validation set and exit", NULL, 0},
+    {"save_dir", NULL, FLAG_STRING, F(save_dir, 0), "saves", "checkpoint folder; '' = no checkpoints", NULL, 0},
+    {"checkpoint_every_steps", NULL, FLAG_INT, F(checkpoint_every_steps, 0), "0",
+     "also write a checkpoint every N optimizer updates", NULL, 0},
+    {"keep_checkpoints", NULL, FLAG_INT, F(keep_checkpoints, 0), "0",
+     "keep only the newest K epoch/step checkpoints of the run (0 = all)", NULL, 0},
+    {"checkpoint", NULL, FLAG_STRING, F(checkpoint, 0), "", "evaluate/predict/export: a vitc checkpoint", NULL, 0},
+    {"out", NULL, FLAG_STRING, F(out, 0), "", "export: the .npz to write", NULL, 0},
+    {"labels", NULL, FLAG_STRING, F(labels, 0), "", "predict: class names, one per line", NULL, 0},
     {"log_dir", NULL, FLAG_STRING, F(log_dir, 0), "logs", "TensorBoard folder", NULL, 0},
     {"save_summary_steps", NULL, FLAG_INT, F(save_summary_steps, 0), "0", "TensorBoard scalars every N steps",
      "TensorBoard summaries arrive with the observability support", 0},
@@ -158,7 +164,13 @@ int flags_parse(ParsedOptions *p, int argc, char **argv) {
             }
         }
         if (!f) {
-            if (strncmp(arg, "--", 2) != 0) return vit_fail("unexpected argument '%s' (flags start with --)", arg);
+            if (strncmp(arg, "--", 2) != 0 || !strcmp(arg, "--")) {
+                char **grown = realloc(p->positional, (size_t)(p->n_positional + 1) * sizeof *grown);
+                if (!grown) return vit_fail("out of memory parsing arguments");
+                p->positional = grown;
+                p->positional[p->n_positional++] = argv[i];
+                continue;
+            }
             const char *eq = strchr(arg, '=');
             size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
             f = find_flag(arg + 2, len);
@@ -180,6 +192,29 @@ int flags_parse(ParsedOptions *p, int argc, char **argv) {
         if (f->ignored) fprintf(stderr, "note: %s is accepted for compatibility and ignored\n", shown);
     }
     return VIT_OK;
+}
+
+int flags_no_positional(const ParsedOptions *p) {
+    if (p->n_positional) return vit_fail("unexpected argument '%s' (flags start with --)", p->positional[0]);
+    return VIT_OK;
+}
+
+void flags_free(ParsedOptions *p) {
+    free(p->positional);
+    p->positional = NULL;
+    p->n_positional = 0;
+}
+
+void flags_value_text(const ParsedOptions *p, int i, char *buf, unsigned n) {
+    const Flag *f = &g_flags[i];
+    const char *field = (const char *)&p->o + f->offset;
+    switch (f->type) {
+    case FLAG_INT: snprintf(buf, n, "%d", *(const int *)field); break;
+    case FLAG_LONG: snprintf(buf, n, "%lld", *(const long long *)field); break;
+    case FLAG_FLOAT: snprintf(buf, n, "%.9g", *(const float *)field); break;
+    case FLAG_STRING: snprintf(buf, n, "%s", field); break;
+    case FLAG_BOOL: snprintf(buf, n, "%s", *(const int *)field ? "true" : "false"); break;
+    }
 }
 
 int flags_given(const ParsedOptions *p, const char *name) {

@@ -20,13 +20,21 @@ typedef struct {
 typedef struct {
     Options o;
     unsigned char set[128];  // set[i]: flag i given on the command line
+    char **positional;       // arguments that are not flags (predict's images), in order
+    int n_positional;
 } ParsedOptions;
 
 extern const Flag g_flags[];
 extern const int g_flag_count;
 
-// Fills defaults, then parses argv (after the subcommand). Errors name the flag.
+// Fills defaults, then parses argv (after the subcommand). Errors name the flag. Arguments
+// that are not flags are collected in p->positional (pointers into argv; free the array with
+// flags_free); commands that take none refuse them with flags_no_positional.
 int flags_parse(ParsedOptions *p, int argc, char **argv);
+int flags_no_positional(const ParsedOptions *p);
+void flags_free(ParsedOptions *p);
+// The current value of flag i as text (for checkpoint metadata).
+void flags_value_text(const ParsedOptions *p, int i, char *buf, unsigned n);
 // Whether the user gave the flag called `name`.
 int flags_given(const ParsedOptions *p, const char *name);
 void flags_print_help(const char *command, const char *summary);

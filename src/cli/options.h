@@ -33,6 +33,8 @@ typedef struct {
     char resume_from_checkpoint_path[1024], evaluate_checkpoint_path[1024];
     int resume_from_epoch;
     char save_dir[1024], log_dir[1024];
+    int checkpoint_every_steps, keep_checkpoints;
+    char checkpoint[1024], out[1024], labels[1024];
     int save_summary_steps;
     char profile[64];
     int distributed;

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "io/progress.h"
 #include "util/status.h"
 
@@ -49,6 +50,46 @@ int evaluate(ViT *m, const Dataset *d, int batch, long steps, EvalResult *r) {
     return rc;
 }
 
+// Host copies for checkpoints, allocated at the first save.
+typedef struct {
+    float *params, *m, *v;
+    char (*written)[1100];  // paths of epoch/step checkpoints, oldest first (for --keep_checkpoints)
+    int n_written;
+} SaveState;
+
+static int save_checkpoint(TrainSetup *s, TrainResult *r, SaveState *ss, const char *tag, int counted,
+                           const TrainState *st, const float *mom1, const float *mom2) {
+    ViT *m = s->model;
+    Backend *be = m->be;
+    size_t n = m->table.total;
+    if (!ss->params) {
+        ss->params = malloc(n * sizeof(float));
+        ss->m = mom1 ? malloc(n * sizeof(float)) : NULL;
+        ss->v = mom2 ? malloc(n * sizeof(float)) : NULL;
+        ss->written = calloc((size_t)(s->keep > 0 ? s->keep + 1 : 1), sizeof *ss->written);
+        if (!ss->params || (mom1 && !ss->m) || (mom2 && !ss->v) || !ss->written)
+            return vit_fail("out of memory for a checkpoint copy (%.1f MiB)", 3.0 * n * 4 / 1048576);
+    }
+    be->download(be, ss->params, m->params, n * sizeof(float));
+    if (mom1) be->download(be, ss->m, mom1, n * sizeof(float));
+    if (mom2) be->download(be, ss->v, mom2, n * sizeof(float));
+    char path[1100];
+    snprintf(path, sizeof path, "%s/%s-ckpt-%s.safetensors", s->save_dir, m->cfg.name, tag);
+    if (checkpoint_save(path, &m->cfg, &m->table, ss->params, ss->m, ss->v, s->opt.kind, st, s->meta, s->n_meta))
+        return VIT_ERR;
+    snprintf(r->last_checkpoint, sizeof r->last_checkpoint, "%s", path);
+    if (counted && s->keep > 0) {
+        // Only this run's checkpoints are removed, oldest first, after the new one is safe.
+        snprintf(ss->written[ss->n_written++], sizeof ss->written[0], "%s", path);
+        if (ss->n_written > s->keep) {
+            unlink(ss->written[0]);
+            memmove(ss->written, ss->written + 1, (size_t)s->keep * sizeof ss->written[0]);
+            ss->n_written--;
+        }
+    }
+    return VIT_OK;
+}
+
 int train_run(TrainSetup *s, TrainResult *r) {
     memset(r, 0, sizeof *r);
     ViT *m = s->model;
@@ -78,17 +119,36 @@ int train_run(TrainSetup *s, TrainResult *r) {
     }
     if (mom1) be->zero(be, mom1, n * sizeof(float));
     if (mom2) be->zero(be, mom2, n * sizeof(float));
+    if (mom1 && s->resume_m) be->upload(be, mom1, s->resume_m, n * sizeof(float));
+    if (mom2 && s->resume_v) be->upload(be, mom2, s->resume_v, n * sizeof(float));
 
+    TrainState start = {0};
+    if (s->resume) start = *s->resume;
+    if (!s->resume && s->start_epoch > 0) {  // weight-only resume: the schedule continues from that epoch
+        start.epoch = s->start_epoch;
+        start.update = (long)s->start_epoch * updates_per_epoch;
+        start.micro = (uint32_t)(s->start_epoch * steps);
+    }
+    if (start.step_in_epoch % A || start.step_in_epoch > steps) {
+        rc = vit_fail("resume position: step %ld of epoch %d does not fit %ld micro-steps per epoch with "
+                        "--grad_accum_steps %d (were --batch_size/--steps_per_epoch changed?)",
+                        start.step_in_epoch, start.epoch + 1, steps, A);
+        goto done;
+    }
+    SaveState ss = {0};
     double t_start = progress_now(), t_after_first = 0;
-    long images_after_first = 0, update = 0;
-    uint32_t micro = 0;
-    for (int epoch = 0; epoch < s->epochs && rc == VIT_OK; epoch++) {
+    long images_after_first = 0, update = start.update, first_update = start.update;
+    uint32_t micro = start.micro;
+    for (int epoch = start.epoch; epoch < s->epochs && rc == VIT_OK; epoch++) {
         Progress prog;
         progress_begin(&prog, s->out, epoch, s->epochs, steps);
-        double loss_sum = 0;
-        long hits = 0, top5 = 0, seen = 0, pos = 0;
+        int resuming = epoch == start.epoch;
+        double loss_sum = resuming ? start.loss_sum : 0;
+        long hits = resuming ? start.hits : 0, top5 = resuming ? start.top5 : 0, seen = resuming ? start.seen : 0;
+        long first_step = resuming ? start.step_in_epoch : 0, pos = first_step * B;
         double lr = 0;
-        for (long step = 0; step < steps; step++) {
+        if (pos % d->count) dataset_epoch_order(order, d->count, s->seed, epoch, (int)(pos / d->count));
+        for (long step = first_step; step < steps; step++) {
             // The epoch's order, continued into the next permutation when steps * B
             // exceeds the data (synthetic data, explicit --steps_per_epoch).
             for (int i = 0; i < B; i++, pos++) {
@@ -114,8 +174,14 @@ int train_run(TrainSetup *s, TrainResult *r) {
                     break;
                 }
                 update++;
-                if (update == 1) t_after_first = progress_now();
+                if (update == first_update + 1) t_after_first = progress_now();
                 else images_after_first += (long)B * A;
+                if (s->save_dir && s->checkpoint_every > 0 && update % s->checkpoint_every == 0 && step + 1 < steps) {
+                    TrainState st = {update, epoch, step + 1, micro, s->seed, loss_sum, hits, top5, seen};
+                    char tag[32];
+                    snprintf(tag, sizeof tag, "step-%07ld", update);
+                    if ((rc = save_checkpoint(s, r, &ss, tag, 1, &st, mom1, mom2))) break;
+                }
             }
             double el = progress_now() - t_after_first;
             progress_update(&prog, step + 1, loss_sum / seen, (double)hits / seen, lr,
@@ -139,7 +205,18 @@ int train_run(TrainSetup *s, TrainResult *r) {
                     r->val.images_per_sec);
             fflush(s->out);
         }
+        if (s->save_dir) {
+            TrainState st = {update, epoch + 1, 0, micro, s->seed, 0, 0, 0, 0};
+            char tag[32];
+            snprintf(tag, sizeof tag, "%03d", epoch + 1);
+            rc = save_checkpoint(s, r, &ss, tag, 1, &st, mom1, mom2);
+        }
     }
+    if (rc == VIT_OK && s->save_dir) {
+        TrainState st = {update, s->epochs, 0, micro, s->seed, 0, 0, 0, 0};
+        rc = save_checkpoint(s, r, &ss, "final", 0, &st, mom1, mom2);
+    }
+    free(ss.params), free(ss.m), free(ss.v), free(ss.written);
     r->updates = update;
     r->seconds = progress_now() - t_start;
     {

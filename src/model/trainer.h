@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include "data/dataset.h"
+#include "io/checkpoint.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
 #include "vit.h"
@@ -19,6 +20,16 @@ typedef struct {
     float smoothing;
     uint64_t seed;
     FILE *out;                   // progress and reports
+
+    const TrainState *resume;    // continue from here (NULL: from the start)
+    const float *resume_m, *resume_v;  // host optimizer slots to restore (NULL: zeros)
+    int start_epoch;             // without `resume`: first epoch (--resume_from_epoch, weights only)
+
+    const char *save_dir;        // NULL: no checkpoints
+    long checkpoint_every;       // also every N updates (0: epoch ends only)
+    int keep;                    // keep the newest K epoch/step checkpoints (0: all)
+    const MetaPair *meta;        // recorded in every checkpoint (the run's flags)
+    int n_meta;
 } TrainSetup;
 
 typedef struct {
@@ -33,6 +44,7 @@ typedef struct {
     double images_per_sec;          // training throughput after the first update
     long updates;
     double seconds;
+    char last_checkpoint[1100];     // path of the newest checkpoint written ("" if none)
 } TrainResult;
 
 int train_run(TrainSetup *s, TrainResult *r);

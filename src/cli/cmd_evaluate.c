@@ -1,0 +1,63 @@
+// `vit evaluate`: loss, top-1 and top-5 of a checkpoint (or official weights) on the
+// validation set, without dropout and without keeping activations for a backward pass.
+#include <stdio.h>
+#include <string.h>
+#include "backend/backend.h"
+#include "commands.h"
+#include "common.h"
+#include "model/trainer.h"
+#include "util/status.h"
+
+int cmd_evaluate(int argc, char **argv) {
+    for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            flags_print_help("evaluate", "Evaluates --checkpoint FILE (or --pretrained FILE with model flags) on the\n"
+                                         "validation data of --dataset_dir (or --synthetic_data); --json for one object.");
+            return 0;
+        }
+    ParsedOptions p;
+    Dataset val = {0};
+    Backend *be = NULL;
+    ViT m = {0};
+    int rc = 2;
+    if (flags_parse(&p, argc, argv) || flags_no_positional(&p) || cli_check_supported(&p)) goto fail;
+    const Options *o = &p.o;
+    if (o->batch_size < 1) {
+        vit_fail("--batch_size %d: must be positive", o->batch_size);
+        goto fail;
+    }
+    if (o->validation_steps < -1) {
+        vit_fail("--validation_steps %d: must be >= 0", o->validation_steps);
+        goto fail;
+    }
+    FILE *out = o->json ? stderr : stdout;
+    be = backend_cpu_create(o->threads);
+    if (!be) goto fail;
+    // IDX data informs the model's shape (as in training); synthetic data follows the model.
+    if (!o->synthetic_data && cli_open_data(&p, NULL, NULL, &val)) goto fail;
+    if (cli_load_model(&p, o->synthetic_data ? NULL : &val, be, o->batch_size, &m, out)) goto fail;
+    if (o->synthetic_data && cli_open_data(&p, &m.cfg, NULL, &val)) goto fail;
+    if (val.size != m.cfg.image || val.channels != m.cfg.channels || val.classes > m.cfg.classes) {
+        vit_fail("the data (%dx%dx%d, %d classes) does not fit the model (%dx%dx%d, %d classes)", val.size, val.size,
+                 val.channels, val.classes, m.cfg.image, m.cfg.image, m.cfg.channels, m.cfg.classes);
+        goto fail;
+    }
+    EvalResult r;
+    if (evaluate(&m, &val, o->batch_size, o->validation_steps, &r)) goto fail;
+    const char *what = *o->checkpoint ? o->checkpoint : *o->pretrained ? o->pretrained : o->model;
+    fprintf(out, "%s: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%ld images, %.1f img/s)\n", what, r.loss, 100 * r.top1,
+            100 * r.top5, r.images, r.images_per_sec);
+    if (o->json)
+        printf("{\"loss\": %.17g, \"top1\": %.6f, \"top5\": %.6f, \"images\": %ld, \"images_per_sec\": %.3f}\n", r.loss,
+               r.top1, r.top5, r.images, r.images_per_sec);
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "vit evaluate: %s\n", vit_error());
+done:
+    vit_destroy(&m);
+    if (be) be->destroy(be);
+    dataset_free(&val);
+    flags_free(&p);
+    return rc;
+}

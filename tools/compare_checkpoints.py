@@ -1,0 +1,41 @@
+"""Compares two vitc checkpoints tensor by tensor, bit for bit (parameters and optimizer
+slots), and their training position. Used by tests/cli_train.sh for the exact-resume check.
+
+usage: python3 tools/compare_checkpoints.py A.safetensors B.safetensors
+Prints "compare_checkpoints: N passed, M failed"; exit 1 on any difference.
+"""
+
+import sys
+
+import numpy as np
+from safetensors import safe_open
+
+
+def main():
+    a_path, b_path = sys.argv[1:3]
+    passed = failed = 0
+    with safe_open(a_path, "np") as a, safe_open(b_path, "np") as b:
+        ka, kb = set(a.keys()), set(b.keys())
+        if ka != kb:
+            print(f"FAIL tensor names differ: {sorted(ka ^ kb)[:5]}")
+            failed += 1
+        for k in sorted(ka & kb):
+            x, y = a.get_tensor(k), b.get_tensor(k)
+            if x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x.view(np.uint8), y.view(np.uint8)):
+                passed += 1
+            else:
+                failed += 1
+                print(f"FAIL {k}: max |diff| {np.max(np.abs(x.astype(np.float64) - y)):.3g}")
+        ma, mb = a.metadata(), b.metadata()
+        for k in ("train.update", "train.epoch", "train.step_in_epoch", "train.micro", "train.seed"):
+            if ma.get(k) == mb.get(k):
+                passed += 1
+            else:
+                failed += 1
+                print(f"FAIL metadata {k}: {ma.get(k)} vs {mb.get(k)}")
+    print(f"compare_checkpoints: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
