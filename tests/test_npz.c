@@ -247,6 +247,35 @@ static void test_bad_files(void) {
     expect_fail(p, ".npy", "member not .npy");
 
     {
+        {
+        // Messages stay on one line even when a member name holds a newline.
+        p = path_in("newline.npz");
+        zip_one(p, "bad\nname.txt", 1, ok, two, 8, ZIP_CM_STORE);
+        expect_fail(p, "bad?name.txt", "newline in a name");
+        CHECK(strchr(vit_error(), '\n') == NULL, "message spans lines: %s", vit_error());
+    }
+
+    {
+        // Two members with one name: libzip refuses to write that, so patch the bytes.
+        p = path_in("dup.npz");
+        size_t l1, l2;
+        unsigned char *b[2] = {make_npy(1, ok, two, 8, &l1), make_npy(1, ok, two, 8, &l2)};
+        const char *names[2] = {"w/a.npy", "w/b.npy"};
+        size_t lens[2] = {l1, l2};
+        make_zip(p, 2, names, b, lens, ZIP_CM_STORE);
+        free(b[0]);
+        free(b[1]);
+        FILE *fp = fopen(p, "rb");
+        unsigned char buf[4096];
+        size_t n = fp ? fread(buf, 1, sizeof buf, fp) : 0;
+        if (fp) fclose(fp);
+        for (size_t i = 0; i + 7 <= n; i++)
+            if (!memcmp(buf + i, "w/b.npy", 7)) buf[i + 2] = 'a';
+        write_bytes(p, buf, n);
+        expect_fail(p, "w/a: more than one array", "duplicate names");
+    }
+
+    {
         p = path_in("magic.npz");
         size_t len;
         unsigned char *b = make_npy(1, ok, two, 8, &len);

@@ -60,7 +60,8 @@ static int parse_string(Cursor *c, char *out, size_t cap) {
     char q = *c->p++;
     size_t n = 0;
     while (c->p < c->end && *c->p != q) {
-        if (*c->p == '\\' || *c->p == '\n' || n + 1 >= cap) return 0;
+        unsigned char ch = (unsigned char)*c->p;
+        if (ch == '\\' || ch < 0x20 || ch == 0x7f || n + 1 >= cap) return 0;
         out[n++] = *c->p++;
     }
     if (c->p >= c->end) return 0;
@@ -260,6 +261,94 @@ static int read_member(const char *path, const char *key, zip_file_t *zf, zip_ui
     return VIT_OK;
 }
 
+// Names go into one-line messages: control characters (even a newline) are legal in zip
+// member names, so they are shown as '?'.
+static char *printable(const char *s, size_t n) {
+    char *out = malloc(n + 1);
+    if (!out) return NULL;
+    for (size_t i = 0; i < n; i++)
+        out[i] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
+    out[n] = 0;
+    return out;
+}
+
+// Reads member `i` into `out` (whose name is set as soon as it is known, for freeing).
+static int read_entry(zip_t *za, zip_uint64_t i, const char *path, uint64_t file_size,
+                      NpzArray *out) {
+    zip_stat_t st;
+    if (zip_stat_index(za, i, 0, &st) != 0 || !(st.valid & ZIP_STAT_NAME) ||
+        !(st.valid & ZIP_STAT_SIZE) || !(st.valid & ZIP_STAT_COMP_SIZE))
+        return vit_fail("%s: member %" PRIu64 ": cannot stat: %s", path, (uint64_t)i,
+                        zip_strerror(za));
+    size_t len = strlen(st.name);
+    char *label = printable(st.name, len);
+    if (!label) return vit_fail("%s: out of memory", path);
+    int rc = VIT_OK;
+    if (len < 5 || strcmp(st.name + len - 4, ".npy") != 0) {
+        rc = vit_fail("%s: %s: member is not a .npy array (name must end in .npy)", path, label);
+        goto done;
+    }
+    label[len - 4] = 0;  // the key, as shown in messages
+    out->name = strndup(st.name, len - 4);
+    if (!out->name) {
+        rc = vit_fail("%s: out of memory", path);
+        goto done;
+    }
+    if ((st.valid & ZIP_STAT_ENCRYPTION_METHOD) && st.encryption_method != ZIP_EM_NONE) {
+        rc = vit_fail("%s: %s: encrypted members not supported", path, label);
+        goto done;
+    }
+    if (!(st.valid & ZIP_STAT_COMP_METHOD) ||
+        (st.comp_method != ZIP_CM_STORE && st.comp_method != ZIP_CM_DEFLATE)) {
+        rc = vit_fail("%s: %s: compression method %d not supported (stored or deflated only)",
+                      path, label, (st.valid & ZIP_STAT_COMP_METHOD) ? st.comp_method : -1);
+        goto done;
+    }
+    // Bound the claimed size by what the file can really hold, before allocating it.
+    if (st.comp_size > file_size || (st.comp_method == ZIP_CM_STORE && st.size != st.comp_size) ||
+        (st.comp_method == ZIP_CM_DEFLATE && st.size / DEFLATE_MAX_RATIO > st.comp_size + 1)) {
+        rc = vit_fail("%s: %s: corrupt zip entry (recorded sizes %" PRIu64 "/%" PRIu64
+                      " do not fit the file)", path, label, (uint64_t)st.size,
+                      (uint64_t)st.comp_size);
+        goto done;
+    }
+    zip_file_t *zf = zip_fopen_index(za, i, 0);
+    if (!zf) {
+        rc = vit_fail("%s: %s: cannot open member: %s", path, label, zip_strerror(za));
+        goto done;
+    }
+    rc = read_member(path, label, zf, st.size, out);
+    if (zip_fclose(zf) != 0 && rc == VIT_OK)
+        rc = vit_fail("%s: %s: corrupt member (closing failed)", path, label);
+done:
+    free(label);
+    return rc;
+}
+
+static int cmp_name(const void *a, const void *b) {
+    return strcmp((*(const NpzArray *const *)a)->name, (*(const NpzArray *const *)b)->name);
+}
+
+// Two members with one key would make npz_find ambiguous. Sorting keeps this O(n log n)
+// even for an archive crafted with millions of members.
+static int check_duplicates(const char *path, NpzArray *a, int n) {
+    if (n < 2) return VIT_OK;
+    NpzArray **ord = malloc((size_t)n * sizeof *ord);
+    if (!ord) return vit_fail("%s: out of memory", path);
+    for (int i = 0; i < n; i++) ord[i] = &a[i];
+    qsort(ord, (size_t)n, sizeof *ord, cmp_name);
+    int rc = VIT_OK;
+    for (int i = 1; i < n && rc == VIT_OK; i++)
+        if (!strcmp(ord[i - 1]->name, ord[i]->name)) {
+            char *label = printable(ord[i]->name, strlen(ord[i]->name));
+            rc = vit_fail("%s: %s: more than one array with this name", path,
+                          label ? label : "?");
+            free(label);
+        }
+    free(ord);
+    return rc;
+}
+
 int npz_read(NpzFile *f, const char *path) {
     if (!f) return vit_fail("npz_read: no output");
     memset(f, 0, sizeof *f);
@@ -291,59 +380,9 @@ int npz_read(NpzFile *f, const char *path) {
         return vit_fail("%s: out of memory", path);
     }
     int rc = VIT_OK;
-    for (zip_int64_t i = 0; i < n && rc == VIT_OK; i++) {
-        zip_stat_t st;
-        if (zip_stat_index(za, (zip_uint64_t)i, 0, &st) != 0 || !(st.valid & ZIP_STAT_NAME) ||
-            !(st.valid & ZIP_STAT_SIZE) || !(st.valid & ZIP_STAT_COMP_SIZE)) {
-            rc = vit_fail("%s: member %" PRId64 ": cannot stat: %s", path, (int64_t)i,
-                          zip_strerror(za));
-            break;
-        }
-        const char *mname = st.name;
-        size_t len = strlen(mname);
-        if (len < 5 || strcmp(mname + len - 4, ".npy") != 0) {
-            rc = vit_fail("%s: %s: member is not a .npy array (name must end in .npy)", path,
-                          mname);
-            break;
-        }
-        char *key = strndup(mname, len - 4);
-        if (!key) {
-            rc = vit_fail("%s: out of memory", path);
-            break;
-        }
-        arrays[i].name = key;
-        for (zip_int64_t j = 0; j < i; j++)
-            if (!strcmp(arrays[j].name, key)) rc = vit_fail("%s: %s: duplicate array", path, key);
-        if (rc != VIT_OK) break;
-        if ((st.valid & ZIP_STAT_ENCRYPTION_METHOD) && st.encryption_method != ZIP_EM_NONE) {
-            rc = vit_fail("%s: %s: encrypted members not supported", path, key);
-            break;
-        }
-        if (!(st.valid & ZIP_STAT_COMP_METHOD) ||
-            (st.comp_method != ZIP_CM_STORE && st.comp_method != ZIP_CM_DEFLATE)) {
-            rc = vit_fail("%s: %s: compression method %d not supported (stored or deflated only)",
-                          path, key, (st.valid & ZIP_STAT_COMP_METHOD) ? st.comp_method : -1);
-            break;
-        }
-        // Bound the claimed size by what the file can really hold, before allocating it.
-        if (st.comp_size > file_size ||
-            (st.comp_method == ZIP_CM_STORE && st.size != st.comp_size) ||
-            (st.comp_method == ZIP_CM_DEFLATE &&
-             st.size / DEFLATE_MAX_RATIO > st.comp_size + 1)) {
-            rc = vit_fail("%s: %s: corrupt zip entry (recorded sizes %" PRIu64 "/%" PRIu64
-                          " do not fit the file)", path, key, (uint64_t)st.size,
-                          (uint64_t)st.comp_size);
-            break;
-        }
-        zip_file_t *zf = zip_fopen_index(za, (zip_uint64_t)i, 0);
-        if (!zf) {
-            rc = vit_fail("%s: %s: cannot open member: %s", path, key, zip_strerror(za));
-            break;
-        }
-        rc = read_member(path, key, zf, st.size, &arrays[i]);
-        if (zip_fclose(zf) != 0 && rc == VIT_OK)
-            rc = vit_fail("%s: %s: corrupt member (closing failed)", path, key);
-    }
+    for (zip_int64_t i = 0; i < n && rc == VIT_OK; i++)
+        rc = read_entry(za, (zip_uint64_t)i, path, file_size, &arrays[i]);
+    if (rc == VIT_OK) rc = check_duplicates(path, arrays, (int)n);
     zip_discard(za);  // read-only: nothing to write back
     if (rc != VIT_OK) {
         free_arrays(arrays, (int)n);  // calloc'd: untouched slots are NULL
