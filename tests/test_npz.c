@@ -247,7 +247,6 @@ static void test_bad_files(void) {
     expect_fail(p, ".npy", "member not .npy");
 
     {
-        {
         // Messages stay on one line even when a member name holds a newline.
         p = path_in("newline.npz");
         zip_one(p, "bad\nname.txt", 1, ok, two, 8, ZIP_CM_STORE);
