@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <zip.h>
 
+#include "io/atomic_file.h"
 #include "util/status.h"
 
 // Float data goes between memory and file without byte swapping.
@@ -496,13 +497,6 @@ static int write_empty_zip(const char *tmp) {
     return fclose(fp) == 0 && ok ? 0 : -1;
 }
 
-static char *dir_of(const char *path) {
-    const char *slash = strrchr(path, '/');
-    if (!slash) return strdup(".");
-    if (slash == path) return strdup("/");
-    return strndup(path, (size_t)(slash - path));
-}
-
 static int check_entries(const char *path, const NpzEntry *e, int count) {
     if (count < 0 || (count > 0 && !e)) return vit_fail("%s: cannot save: no arrays given", path);
     for (int i = 0; i < count; i++) {
@@ -568,10 +562,8 @@ int npz_write(const char *path, const NpzEntry *entries, int count) {
     if (!path || !*path) return vit_fail("npz_write: empty path");
     if (check_entries(path, entries, count) != VIT_OK) return VIT_ERR;
 
-    size_t tlen = strlen(path) + 32;
-    char *tmp = malloc(tlen);
+    char *tmp = atomic_temp_path(path);
     if (!tmp) return vit_fail("%s: cannot save: out of memory", path);
-    snprintf(tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
 
     int rc = VIT_OK;
     if (count == 0) {
@@ -603,24 +595,9 @@ int npz_write(const char *path, const NpzEntry *entries, int count) {
             rc = vit_fail("%s: cannot save: syncing %s failed: %s", path, tmp, strerror(errno));
         if (fd >= 0) close(fd);
     }
-    if (rc == VIT_OK && rename(tmp, path) != 0)
-        rc = vit_fail("%s: cannot save: renaming %s over it failed: %s", path, tmp,
-                      strerror(errno));
-    if (rc != VIT_OK) {
-        unlink(tmp);  // may not exist; the old file at `path` was never touched
-        free(tmp);
-        return rc;
-    }
+    int renamed = 0;
+    if (rc == VIT_OK) rc = atomic_commit(tmp, path, &renamed);
+    if (!renamed) unlink(tmp);  // may not exist; the old file at `path` was never touched
     free(tmp);
-    // Make the rename itself durable. Some file systems cannot fsync a folder (EINVAL).
-    char *dir = dir_of(path);
-    if (dir) {
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-        if (dfd < 0 || (fsync(dfd) != 0 && errno != EINVAL))
-            rc = vit_fail("%s: saved, but syncing its folder %s failed: %s", path, dir,
-                          strerror(errno));
-        if (dfd >= 0) close(dfd);
-        free(dir);
-    }
     return rc;
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "io/json.h"
+#include "io/atomic_file.h"
 #include "util/status.h"
 
 enum { ST_MAX_DIMS = 8 };
@@ -624,13 +625,6 @@ static int build_header(const StWriter *w, JsonBuf *h, const WTensor ***order) {
     return VIT_OK;
 }
 
-static char *dir_of(const char *path) {
-    const char *slash = strrchr(path, '/');
-    if (!slash) return strdup(".");
-    if (slash == path) return strdup("/");
-    return strndup(path, (size_t)(slash - path));
-}
-
 int st_writer_save(StWriter *w, const char *path) {
     if (!w) return vit_fail("st_writer_save: no writer");
     if (!path || !*path) return vit_fail("st_writer_save: empty path");
@@ -654,14 +648,12 @@ int st_writer_save(StWriter *w, const char *path) {
                         h.n, ST_MAX_HEADER);
     }
 
-    size_t tlen = strlen(path) + 32;
-    char *tmp = malloc(tlen);
+    char *tmp = atomic_temp_path(path);
     if (!tmp) {
         free(h.p);
         free(ord);
         return vit_fail("%s: cannot save: out of memory", path);
     }
-    snprintf(tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
 
     int rc = VIT_OK, created = 0;
     FILE *fp = fopen(tmp, "wb");
@@ -690,21 +682,9 @@ int st_writer_save(StWriter *w, const char *path) {
         rc = vit_fail("%s: cannot save: closing %s failed: %s", path, tmp, strerror(errno));
         goto done;
     }
-    if (rename(tmp, path) != 0) {
-        rc = vit_fail("%s: cannot save: renaming %s over it failed: %s", path, tmp, strerror(errno));
-        goto done;
-    }
-    created = 0;  // the temp name no longer exists
-    // Make the rename itself durable. Some file systems cannot fsync a folder (EINVAL).
-    char *dir = dir_of(path);
-    if (dir) {
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-        if (dfd < 0 || (fsync(dfd) != 0 && errno != EINVAL))
-            rc = vit_fail("%s: saved, but syncing its folder %s failed: %s", path, dir,
-                          strerror(errno));
-        if (dfd >= 0) close(dfd);
-        free(dir);
-    }
+    int renamed;
+    rc = atomic_commit(tmp, path, &renamed);
+    if (renamed) created = 0;  // the temp name no longer exists
 
 done:
     if (fp) fclose(fp);
