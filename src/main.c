@@ -12,7 +12,7 @@ static void usage(FILE *f) {
             "  evaluate   loss and top-1/top-5 of a checkpoint or official weights on the validation set\n"
             "  predict    top-5 classes of JPEG/PNG images\n"
             "  export     a checkpoint's weights as an official-format .npz\n"
-            "  prep       not supported yet\n");
+            "  prep       raw ImageNet or image folders to TFRecord shards\n");
 }
 
 int main(int argc, char **argv) {
@@ -26,10 +26,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "evaluate")) return cmd_evaluate(argc - 2, argv + 2);
     if (!strcmp(cmd, "export")) return cmd_export(argc - 2, argv + 2);
     if (!strcmp(cmd, "predict")) return cmd_predict(argc - 2, argv + 2);
-    if (!strcmp(cmd, "prep")) {
-        fprintf(stderr, "vit %s: not supported yet\n", cmd);
-        return 2;
-    }
-    fprintf(stderr, "vit: unknown command '%s' (commands: train, info, evaluate, predict, export; see vit --help)\n", cmd);
+    if (!strcmp(cmd, "prep")) return cmd_prep(argc - 2, argv + 2);
+    fprintf(stderr, "vit: unknown command '%s' (commands: train, info, evaluate, predict, export, prep; see vit --help)\n", cmd);
     return 2;
 }

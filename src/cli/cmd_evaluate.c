@@ -37,16 +37,18 @@ int cmd_evaluate(int argc, char **argv) {
     if (!o->synthetic_data && cli_open_data(&p, NULL, NULL, &val)) goto fail;
     if (cli_load_model(&p, o->synthetic_data ? NULL : &val, be, o->batch_size, &m, out)) goto fail;
     if (o->synthetic_data && cli_open_data(&p, &m.cfg, NULL, &val)) goto fail;
+    cli_data_output(&p, &m.cfg, NULL, &val);
     if (val.size != m.cfg.image || val.channels != m.cfg.channels || val.classes > m.cfg.classes) {
         vit_fail("the data (%dx%dx%d, %d classes) does not fit the model (%dx%dx%d, %d classes)", val.size, val.size,
                  val.channels, val.classes, m.cfg.image, m.cfg.image, m.cfg.channels, m.cfg.classes);
         goto fail;
     }
     EvalResult r;
-    if (evaluate(&m, &val, o->batch_size, o->validation_steps, &r)) goto fail;
+    if (evaluate(&m, &val, o->batch_size, o->validation_steps, o->data_workers, &r)) goto fail;
     const char *what = *o->checkpoint ? o->checkpoint : *o->pretrained ? o->pretrained : o->model;
     fprintf(out, "%s: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%ld images, %.1f img/s)\n", what, r.loss, 100 * r.top1,
             100 * r.top5, r.images, r.images_per_sec);
+    if (r.skipped) fprintf(out, "%ld unreadable images were skipped\n", r.skipped);
     if (o->json)
         printf("{\"loss\": %.17g, \"top1\": %.6f, \"top5\": %.6f, \"images\": %ld, \"images_per_sec\": %.3f}\n", r.loss,
                r.top1, r.top5, r.images, r.images_per_sec);

@@ -36,6 +36,9 @@ static int check_ranges(const ParsedOptions *p) {
                         o->epochs);
     if (o->checkpoint_every_steps < 0) return vit_fail("--checkpoint_every_steps %d: must be >= 0", o->checkpoint_every_steps);
     if (o->keep_checkpoints < 0) return vit_fail("--keep_checkpoints %d: must be >= 0", o->keep_checkpoints);
+    if (o->data_workers < 0) return vit_fail("--data_workers %d: must be >= 0", o->data_workers);
+    if (o->prefetch_batches < 1) return vit_fail("--prefetch_batches %d: must be >= 1", o->prefetch_batches);
+    if (o->rotate_deg < 0 || o->rotate_deg > 180) return vit_fail("--rotate_deg %g: must be in [0, 180]", o->rotate_deg);
     if (strcasecmp(o->head_init, "zeros") && strcasecmp(o->head_init, "glorot"))
         return vit_fail("--head_init %s: expected zeros or glorot", o->head_init);
     return VIT_OK;
@@ -162,6 +165,8 @@ int cmd_train(int argc, char **argv) {
         q.o.seed = (long long)seed;
         if (cli_open_data(&q, &c, &train, &val)) goto fail;
     }
+    train.seed = o->synthetic_data ? train.seed : seed;  // augmentation draws from the run's seed
+    cli_data_output(&p, &c, &train, &val);
 
     be = backend_cpu_create(o->threads);
     if (!be || vit_create(&model, &c, be, o->batch_size, 1)) {
@@ -218,6 +223,7 @@ int cmd_train(int argc, char **argv) {
     TrainSetup ts = {.model = &model, .train = &train, .val = val.count ? &val : NULL, .opt = oc, .sched = sched,
                      .batch = o->batch_size, .accum = o->grad_accum_steps, .epochs = o->epochs,
                      .steps_per_epoch = o->steps_per_epoch, .validation_steps = o->validation_steps,
+                     .workers = o->data_workers, .prefetch = o->prefetch_batches,
                      .smoothing = o->label_smoothing, .seed = seed, .out = out,
                      .resume = have_ck ? &ck.state : NULL, .resume_m = slot_m, .resume_v = slot_v,
                      .start_epoch = have_ck ? 0 : o->resume_from_epoch,

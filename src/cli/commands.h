@@ -5,3 +5,4 @@ int cmd_info(int argc, char **argv);
 int cmd_evaluate(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
+int cmd_prep(int argc, char **argv);

@@ -42,7 +42,10 @@ int cli_model_config(const ParsedOptions *p, const Dataset *data, ViTConfig *c) 
         if (ov[i].value < 1) return vit_fail("--%s %d: must be positive", ov[i].flag, ov[i].value);
         *ov[i].field = ov[i].value;
     }
-    if (data && !data->synthetic) {
+    if (data && data->kind == DATA_FOLDER && !flags_given(p, "num_classes")) c->classes = data->classes;
+    if (data && data->kind == DATA_FOLDER && c->classes < data->classes)
+        return vit_fail("--num_classes %d: the data has %d class folders", c->classes, data->classes);
+    if (data && data->kind == DATA_IDX) {
         if (!flags_given(p, "image_size")) c->image = data->size;
         if (!flags_given(p, "channels")) c->channels = data->channels;
         if (!flags_given(p, "num_classes")) c->classes = data->classes;
@@ -116,16 +119,49 @@ int cli_open_data(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Da
     struct stat st;
     if (stat(o->dataset_dir, &st) != 0 || !S_ISDIR(st.st_mode))
         return vit_fail("--dataset_dir %s: no such folder", o->dataset_dir);
-    if (strcasecmp(o->data_format, "tfrecord") == 0 || strcasecmp(o->data_format, "folder") == 0)
-        return vit_fail("--data_format %s: not supported yet (the ImageNet pipeline arrives later); use idx",
-                        o->data_format);
-    if (!idx_dir_looks_like_idx(o->dataset_dir))
-        return vit_fail("--dataset_dir %s: no IDX files (train-images-idx3-ubyte[.gz]) there; TFRecord and "
-                        "image-folder data are not supported yet",
-                        o->dataset_dir);
-    int rc = dataset_open_idx(train, val, o->dataset_dir);
+    // auto: IDX files, else train/ + val/ class folders, else TFRecord shards.
+    const char *fmt = o->data_format;
+    char probe[2100];
+    snprintf(probe, sizeof probe, "%s/train", o->dataset_dir);
+    int is_idx = idx_dir_looks_like_idx(o->dataset_dir);
+    int has_train_dir = stat(probe, &st) == 0 && S_ISDIR(st.st_mode);
+    snprintf(probe, sizeof probe, "%s/val", o->dataset_dir);
+    int has_val_dir = stat(probe, &st) == 0 && S_ISDIR(st.st_mode);
+    int rc;
+    if (!strcasecmp(fmt, "idx") || (!strcasecmp(fmt, "auto") && is_idx)) {
+        rc = dataset_open_idx(train, val, o->dataset_dir);
+    } else if (!strcasecmp(fmt, "folder") || (!strcasecmp(fmt, "auto") && has_train_dir && has_val_dir)) {
+        rc = dataset_open_folder(train, val, o->dataset_dir);
+    } else {
+        rc = train == &scratch ? VIT_OK
+                               : dataset_open_tfrecord(train, "train", o->dataset_dir, o->train_subset, o->cache_dir);
+        if (rc == VIT_OK)
+            rc = dataset_open_tfrecord(val, "validation", o->dataset_dir, o->val_subset, o->cache_dir);
+        if (rc != VIT_OK && !strcasecmp(fmt, "auto") && strstr(vit_error(), "no TFRecord shards match")) {
+            char why[1200];
+            snprintf(why, sizeof why, "%s", vit_error());
+            rc = vit_fail("--dataset_dir %s: no IDX files, no train/ and val/ class folders, and %s", o->dataset_dir,
+                          strstr(why, "no TFRecord"));
+        }
+    }
     if (train == &scratch) dataset_free(&scratch);
+    if (rc == VIT_OK) {
+        train->skip_corrupt = val->skip_corrupt = o->skip_corrupt;
+        train->seed = val->seed = (uint64_t)(o->seed >= 0 ? o->seed : 0);
+    }
     return rc;
+}
+
+void cli_data_output(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Dataset *val) {
+    AugmentConfig aug;
+    augment_defaults(&aug);
+    aug.rotate_deg = p->o.rotate_deg;
+    // --deterministic: no augmentation, so the same seed gives the same batches.
+    if (train) dataset_set_output(train, c->image, c->channels, !p->o.deterministic, &aug);
+    if (val) dataset_set_output(val, c->image, c->channels, 0, NULL);
+    Dataset *sets[2] = {train, val};
+    for (int i = 0; i < 2; i++)
+        if (sets[i] && sets[i]->kind == DATA_TFRECORD) sets[i]->classes = c->classes;  // labels checked against it
 }
 
 int cli_load_model(const ParsedOptions *p, const Dataset *data, Backend *be, int batch, ViT *m, FILE *report) {

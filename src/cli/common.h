@@ -21,6 +21,9 @@ int cli_weights_file(const ParsedOptions *p, char *out, size_t n);
 // The evaluation data: the IDX t10k split under --dataset_dir, or synthetic images at the
 // model's size. train may be NULL (then only val is opened).
 int cli_open_data(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Dataset *val);
+// Tells encoded datasets the model's input (size, channels, classes) and how to preprocess:
+// training augmentation (off with --deterministic) for train, the evaluation crop for val.
+void cli_data_output(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Dataset *val);
 // A model for evaluate/predict/export, from --checkpoint (config from its metadata) or from
 // official weights (--pretrained or the default file; config from the flags and the file).
 // `data` (may be NULL) supplies image size, channels and classes as for training.

@@ -13,13 +13,30 @@
 const Flag g_flags[] = {
     // data
     {"dataset_dir", "--dataset", FLAG_STRING, F(dataset_dir, 0), "/data/tensorflow/imagenet/tf_records",
-     "data folder: IDX files (Fashion-MNIST) or ImageNet TFRecords", NULL, 0},
+     "data folder: ImageNet TFRecords, train/ and val/ class folders, or IDX files", NULL, 0},
     {"data_format", NULL, FLAG_STRING, F(data_format, 0), "auto", "auto | idx | tfrecord | folder", NULL, 0},
     {"train_subset", NULL, FLAG_STRING, F(train_subset, 0), "train/train", "TFRecord prefix of training shards", NULL, 0},
     {"val_subset", NULL, FLAG_STRING, F(val_subset, 0), "validation/validation", "TFRecord prefix of validation shards",
      NULL, 0},
     {"synthetic_data", NULL, FLAG_BOOL, F(synthetic_data, 0), "0",
      "random images and labels generated in memory at the model's size (benchmarks)", NULL, 0},
+    {"data_workers", NULL, FLAG_INT, F(data_workers, 0), "0", "data loader threads (default: the cores)", NULL, 0},
+    {"prefetch_batches", NULL, FLAG_INT, F(prefetch_batches, 0), "4", "batches the loader prepares ahead", NULL, 0},
+    {"skip_corrupt", NULL, FLAG_BOOL, F(skip_corrupt, 0), "0",
+     "skip unreadable images (counted, reported per epoch) instead of stopping", NULL, 0},
+    {"rotate_deg", NULL, FLAG_FLOAT, F(rotate_deg, 0), "0", "training augmentation: random rotation up to +-N degrees",
+     NULL, 0},
+    {"cache_dir", NULL, FLAG_STRING, F(cache_dir, 0), "", "where the TFRecord offset index is cached "
+     "(default: next to the shards)", NULL, 0},
+    // prep
+    {"raw_data_dir", NULL, FLAG_STRING, F(raw_data_dir, 0), "", "prep: raw ImageNet (train/, validation/) or "
+     "train/ and val/ class folders", NULL, 0},
+    {"output_dir", "--local_scratch_dir", FLAG_STRING, F(output_dir, 0), "", "prep: where train/ and validation/ "
+     "shards go", NULL, 0},
+    {"val_labels", NULL, FLAG_STRING, F(val_labels, 0), "", "prep: validation synsets, one per line in file-name "
+     "order (default <raw_data_dir>/imagenet_2012_validation_synset_labels.txt)", NULL, 0},
+    {"train_shards", NULL, FLAG_INT, F(train_shards, 0), "1024", "prep: training shards", NULL, 0},
+    {"val_shards", NULL, FLAG_INT, F(val_shards, 0), "128", "prep: validation shards", NULL, 0},
     // model
     {"model", NULL, FLAG_STRING, F(model, 0), "ViT-B_16", "preset ViT-{Ti,S,B,L,H}_{patch}", NULL, 0},
     {"hidden_size", NULL, FLAG_INT, F(hidden_size, 0), "0", "override: token width", NULL, 0},

@@ -7,6 +7,12 @@ typedef struct {
     char data_format[16];
     char train_subset[256], val_subset[256];
     int synthetic_data;
+    int data_workers, prefetch_batches, skip_corrupt;
+    float rotate_deg;
+    char cache_dir[1024];
+    // prep
+    char raw_data_dir[1024], output_dir[1024], val_labels[1024];
+    int train_shards, val_shards;
     // model
     char model[64];
     int hidden_size, num_layers, num_heads, mlp_dim, patch_size, image_size, channels, num_classes;

@@ -1,5 +1,12 @@
 #include "dataset.h"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include "example.h"
+#include "image.h"
+#include "tfrecord.h"
 #include "util/rng.h"
 #include "util/status.h"
 
@@ -24,6 +31,7 @@ int dataset_open_idx(Dataset *train, Dataset *val, const char *dir) {
     for (int s = 0; s < 2; s++) {
         Dataset *d = sets[s];
         d->name = names[s];
+        d->kind = DATA_IDX;
         d->count = d->idx.count;
         d->size = d->idx.rows;
         d->channels = 1;
@@ -42,32 +50,114 @@ void dataset_synthetic(Dataset *d, const char *name, int count, int size, int ch
     d->channels = channels;
     d->classes = classes;
     d->synthetic = 1;
+    d->kind = DATA_SYNTHETIC;
     d->seed = seed;
 }
 
-void dataset_fill_batch(const Dataset *d, const int *indices, int n, uint8_t *images, int *labels) {
-    size_t bytes = (size_t)d->size * d->size * d->channels;
-    for (int i = 0; i < n; i++) {
-        int k = indices[i];
-        uint8_t *dst = images + (size_t)i * bytes;
-        if (!d->synthetic) {
-            memcpy(dst, d->idx.images + (size_t)k * bytes, bytes);
-            labels[i] = d->idx.labels[k];
-            continue;
+void dataset_set_output(Dataset *d, int size, int channels, int train, const AugmentConfig *aug) {
+    if (d->kind == DATA_TFRECORD || d->kind == DATA_FOLDER) {
+        d->size = size;
+        d->channels = channels;
+    }
+    d->train = train;
+    if (aug) d->aug = *aug;
+}
+
+// Reads a whole file into the scratch buffer.
+static int read_file(const char *path, SampleScratch *s, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return vit_fail("%s: %s", path, strerror(errno));
+    size_t n = 0;
+    for (;;) {
+        if (n == s->cap) {
+            size_t cap = s->cap ? 2 * s->cap : 1 << 20;
+            uint8_t *b = realloc(s->buf, cap);
+            if (!b) {
+                fclose(f);
+                return vit_fail("%s: out of memory reading it", path);
+            }
+            s->buf = b, s->cap = cap;
         }
-        // Synthetic: 16 bytes per Philox call, keyed by the sample index.
+        size_t got = fread(s->buf + n, 1, s->cap - n, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) return vit_fail("%s: read error", path);
+    *len = n;
+    return VIT_OK;
+}
+
+// Decodes, then augments (training) or center-crops (evaluation).
+static int pixels_from_encoded(const Dataset *d, const uint8_t *data, size_t len, const char *where, int index,
+                               uint32_t epoch, uint8_t *out) {
+    Image img = {0};
+    if (image_decode(&img, data, len, where, d->train ? 0 : d->size)) return VIT_ERR;
+    int rc = d->train ? augment_train(&img, d->size, d->channels, &d->aug, d->seed, epoch, (uint64_t)index, out)
+                      : image_eval_crop(&img, d->size, d->channels, out);
+    image_free(&img);
+    return rc;
+}
+
+static int load_one(const Dataset *d, int k, uint32_t epoch, uint8_t *out, int *label, SampleScratch *s) {
+    size_t bytes = (size_t)d->size * d->size * d->channels;
+    switch (d->kind) {
+    case DATA_IDX:
+        memcpy(out, d->idx.images + (size_t)k * bytes, bytes);
+        *label = d->idx.labels[k];
+        return VIT_OK;
+    case DATA_SYNTHETIC:
+        // 16 bytes per Philox call, keyed by the sample index.
         for (size_t j = 0; j < bytes; j += 16) {
             Philox4 r = philox4x32(d->seed, (uint32_t)k, (uint32_t)(j >> 4), (uint32_t)(j >> 36), 0x696d6167u);
             uint8_t block[16];
             memcpy(block, r.v, 16);
-            memcpy(dst + j, block, bytes - j < 16 ? bytes - j : 16);
+            memcpy(out + j, block, bytes - j < 16 ? bytes - j : 16);
         }
-        labels[i] = (int)(philox4x32(d->seed, (uint32_t)k, 0, 0, 0x6c61626cu).v[0] % (uint32_t)d->classes);
+        *label = (int)(philox4x32(d->seed, (uint32_t)k, 0, 0, 0x6c61626cu).v[0] % (uint32_t)d->classes);
+        return VIT_OK;
+    case DATA_TFRECORD: {
+        const RecordRef *ref = &d->records[k];
+        const char *path = d->files[ref->file];
+        size_t len = 0;
+        if (tfr_read_at(d->fds[ref->file], path, ref->offset, &s->buf, &s->cap, &len)) return VIT_ERR;
+        char where[1200];
+        snprintf(where, sizeof where, "%s: record at byte %llu", path, (unsigned long long)ref->offset);
+        ExampleImage ex;
+        if (example_parse_image(s->buf, len, &ex, where)) return VIT_ERR;
+        if (ex.label < 1 || ex.label > d->classes)
+            return vit_fail("%s: label %lld outside 1..%d", where, (long long)ex.label, d->classes);
+        *label = (int)ex.label - 1;  // the shards count classes from 1
+        return pixels_from_encoded(d, ex.encoded, ex.encoded_len, where, k, epoch, out);
     }
+    case DATA_FOLDER: {
+        size_t len = 0;
+        if (read_file(d->paths[k], s, &len)) return VIT_ERR;
+        *label = d->labels[k];
+        return pixels_from_encoded(d, s->buf, len, d->paths[k], k, epoch, out);
+    }
+    }
+    return vit_fail("unknown data kind");
+}
+
+int dataset_load(const Dataset *d, int index, uint32_t epoch, uint8_t *out, int *label, SampleScratch *s) {
+    return load_one(d, index, epoch, out, label, s);
 }
 
 void dataset_free(Dataset *d) {
     idx_free(&d->idx);
+    for (int i = 0; i < d->n_files; i++) {
+        if (d->fds && d->fds[i] >= 0) close(d->fds[i]);
+        free(d->files[i]);
+    }
+    free(d->files);
+    free(d->fds);
+    free(d->records);
+    if (d->paths)
+        for (int i = 0; i < d->count; i++) free(d->paths[i]);
+    free(d->paths);
+    free(d->labels);
     memset(d, 0, sizeof *d);
 }
 

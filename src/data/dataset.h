@@ -1,22 +1,63 @@
-// A labelled image set the training loop can index: Fashion-MNIST from IDX files held in
-// memory, or synthetic images generated from (seed, index). Images are uint8 (S, S, C).
+// A labelled image set the loader can index: Fashion-MNIST from IDX files held in memory,
+// synthetic images generated from (seed, index), ImageNet TFRecord shards (through an offset
+// index of every record), or a folder of class folders. dataset_load produces sample i as
+// uint8 (S, S, C) pixels: encoded images are decoded and then augmented (training) or
+// center-cropped (evaluation).
 #pragma once
 #include <stdint.h>
+#include "augment.h"
 #include "idx.h"
 
+typedef enum { DATA_IDX, DATA_SYNTHETIC, DATA_TFRECORD, DATA_FOLDER } DataKind;
+
 typedef struct {
-    const char *name;     // for messages ("train", "t10k", "synthetic")
+    int file;
+    uint64_t offset;
+} RecordRef;
+
+typedef struct {
+    const char *name;     // for messages ("train", "t10k", "synthetic", "validation")
+    DataKind kind;
     int count, size, channels, classes;
     int synthetic;
     uint64_t seed;        // synthetic: images and labels are a function of (seed, index)
     IdxSplit idx;         // idx: the decoded files
+    // tfrecord: shard files, one open descriptor each (pread is thread-safe), every record
+    char **files;
+    int n_files;
+    int *fds;
+    RecordRef *records;
+    // folder: one path and label per image
+    char **paths;
+    int *labels;
+    // how encoded samples become pixels
+    int train;            // 1: training augmentation; 0: evaluation crop
+    AugmentConfig aug;
+    int skip_corrupt;     // substitute unreadable samples (counted) instead of failing
 } Dataset;
+
+// Per-thread working memory of dataset_load.
+typedef struct {
+    uint8_t *buf;
+    size_t cap;
+} SampleScratch;
 
 // Loads <dir>/train-* and <dir>/t10k-* IDX files. classes = 1 + the largest label seen.
 int dataset_open_idx(Dataset *train, Dataset *val, const char *dir);
 void dataset_synthetic(Dataset *d, const char *name, int count, int size, int channels, int classes, uint64_t seed);
-// Copies samples indices[0..n) into images (n, S, S, C) and labels (n).
-void dataset_fill_batch(const Dataset *d, const int *indices, int n, uint8_t *images, int *labels);
+// <dir>/<prefix>-* TFRecord shards (sorted by name); the offset index is cached in
+// cache_dir (or next to the data when cache_dir is NULL or ""; silently not cached when
+// neither is writable). Labels are 1-based in the files.
+int dataset_open_tfrecord(Dataset *d, const char *name, const char *dir, const char *prefix, const char *cache_dir);
+// <dir>/train/<class>/* and <dir>/val/<class>/* (JPEG, PNG); class index = position in the
+// sorted list of train class folders.
+int dataset_open_folder(Dataset *train, Dataset *val, const char *dir);
+// Output size and channels of encoded datasets (the model's), and training or evaluation.
+void dataset_set_output(Dataset *d, int size, int channels, int train, const AugmentConfig *aug);
+
+// Sample `index` of `epoch` into out (size * size * channels) and *label (0-based). Errors
+// (corrupt image, bad record, label out of range) name the file and record.
+int dataset_load(const Dataset *d, int index, uint32_t epoch, uint8_t *out, int *label, SampleScratch *s);
 void dataset_free(Dataset *d);
 
 // A permutation of 0..n-1 that depends only on (seed, epoch, pass); pass > 0 continues an

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "data/loader.h"
 #include "io/progress.h"
 #include "util/status.h"
 
@@ -18,26 +19,28 @@ static void count_hits(const float *logits, const int *labels, int B, int K, lon
     }
 }
 
-int evaluate(ViT *m, const Dataset *d, int batch, long steps, EvalResult *r) {
+int evaluate(ViT *m, const Dataset *d, int batch, long steps, int workers, EvalResult *r) {
     memset(r, 0, sizeof *r);
     long total = d->count;
     if (steps >= 0 && steps * batch < total) total = steps * batch;
-    size_t img_bytes = (size_t)d->size * d->size * d->channels;
-    uint8_t *images = malloc((size_t)batch * img_bytes);
-    int *labels = malloc((size_t)batch * sizeof(int)), *idx = malloc((size_t)batch * sizeof(int));
-    if (!images || !labels || !idx) {
-        free(images), free(labels), free(idx);
-        return vit_fail("out of memory for the evaluation batch");
+    int *order = malloc((size_t)(total > 0 ? total : 1) * sizeof(int));
+    Loader *ld = order ? loader_create(d, batch, workers, 4) : NULL;
+    if (!order || !ld) {
+        free(order);
+        return order ? VIT_ERR : vit_fail("out of memory for the evaluation order");
     }
+    for (long i = 0; i < total; i++) order[i] = (int)i;
     double t0 = progress_now(), loss = 0;
     long top1 = 0, top5 = 0;
-    int rc = VIT_OK;
+    int rc = loader_begin(ld, order, total, 0);
     for (long start = 0; start < total && rc == VIT_OK; start += batch) {
-        int n = (int)(total - start < batch ? total - start : batch);
-        for (int i = 0; i < n; i++) idx[i] = (int)(start + i);
-        dataset_fill_batch(d, idx, n, images, labels);
-        rc = vit_forward(m, images, labels, n, 0, 0.0f, 0, 0);
-        for (int i = 0; i < n && rc == VIT_OK; i++) loss += m->host_losses[i];
+        const uint8_t *images;
+        const int *labels;
+        int n;
+        rc = loader_next(ld, &images, &labels, &n);
+        if (rc == VIT_OK) rc = vit_forward(m, images, labels, n, 0, 0.0f, 0, 0);
+        if (rc != VIT_OK) break;
+        for (int i = 0; i < n; i++) loss += m->host_losses[i];
         count_hits(m->host_logits, labels, n, m->cfg.classes, &top1, &top5);
     }
     double dt = progress_now() - t0;
@@ -46,7 +49,9 @@ int evaluate(ViT *m, const Dataset *d, int batch, long steps, EvalResult *r) {
     r->top1 = total ? (double)top1 / total : 0;
     r->top5 = total ? (double)top5 / total : 0;
     r->images_per_sec = dt > 0 ? total / dt : 0;
-    free(images), free(labels), free(idx);
+    r->skipped = loader_skipped(ld);
+    loader_destroy(ld);
+    free(order);
     return rc;
 }
 
@@ -105,14 +110,19 @@ int train_run(TrainSetup *s, TrainResult *r) {
     s->sched.epochs = s->epochs;
     s->sched.updates_per_epoch = updates_per_epoch;
 
-    size_t img_bytes = (size_t)d->size * d->size * d->channels, n = m->table.total;
-    uint8_t *images = malloc((size_t)B * img_bytes);
-    int *labels = malloc((size_t)B * sizeof(int)), *idx = malloc((size_t)B * sizeof(int));
-    int *order = malloc((size_t)d->count * sizeof(int));
+    size_t n = m->table.total;
+    int *order = malloc((size_t)d->count * sizeof(int)), *seq = malloc((size_t)steps * B * sizeof(int));
+    Loader *ld = loader_create(d, B, s->workers, s->prefetch);
     float *mom1 = optim_uses_m(s->opt.kind) ? be->alloc(be, n * sizeof(float)) : NULL;
     float *mom2 = optim_uses_v(s->opt.kind) ? be->alloc(be, n * sizeof(float)) : NULL;
     int rc = VIT_OK;
-    if (!images || !labels || !idx || !order || (optim_uses_m(s->opt.kind) && !mom1) ||
+    if (!ld) {
+        rc = VIT_ERR;
+        goto done;
+    }
+    fprintf(s->out, "data: %d loader threads, %.1f MiB of prefetched batches\n", loader_workers(ld),
+            loader_memory_bytes(ld) / 1048576.0);
+    if (!order || !seq || (optim_uses_m(s->opt.kind) && !mom1) ||
         (optim_uses_v(s->opt.kind) && !mom2)) {
         rc = vit_fail("out of memory for the training state");
         goto done;
@@ -147,15 +157,20 @@ int train_run(TrainSetup *s, TrainResult *r) {
         long hits = resuming ? start.hits : 0, top5 = resuming ? start.top5 : 0, seen = resuming ? start.seen : 0;
         long first_step = resuming ? start.step_in_epoch : 0, pos = first_step * B;
         double lr = 0;
+        // The epoch's order, continued into the next permutation when steps * B exceeds the
+        // data (synthetic data, explicit --steps_per_epoch); a resumed epoch skips what was done.
+        long n_seq = 0;
         if (pos % d->count) dataset_epoch_order(order, d->count, s->seed, epoch, (int)(pos / d->count));
+        for (; pos < steps * B; pos++) {
+            if (pos % d->count == 0) dataset_epoch_order(order, d->count, s->seed, epoch, (int)(pos / d->count));
+            seq[n_seq++] = order[pos % d->count];
+        }
+        if ((rc = loader_begin(ld, seq, n_seq, (uint32_t)epoch))) break;
         for (long step = first_step; step < steps; step++) {
-            // The epoch's order, continued into the next permutation when steps * B
-            // exceeds the data (synthetic data, explicit --steps_per_epoch).
-            for (int i = 0; i < B; i++, pos++) {
-                if (pos % d->count == 0) dataset_epoch_order(order, d->count, s->seed, epoch, (int)(pos / d->count));
-                idx[i] = order[pos % d->count];
-            }
-            dataset_fill_batch(d, idx, B, images, labels);
+            const uint8_t *images;
+            const int *labels;
+            int got;
+            if ((rc = loader_next(ld, &images, &labels, &got))) break;
             if (step % A == 0) be->zero(be, m->grads, n * sizeof(float));
             rc = vit_forward(m, images, labels, B, 1, s->smoothing, s->seed, micro);
             if (rc == VIT_OK) rc = vit_backward(m, B, s->smoothing, 1.0f / ((float)B * A), s->seed, micro);
@@ -189,6 +204,12 @@ int train_run(TrainSetup *s, TrainResult *r) {
         }
         progress_end(&prog);
         if (rc != VIT_OK) break;
+        if (loader_stall_seconds(ld) > 0.05 * (progress_now() - prog.start) || loader_skipped(ld))
+        {
+            fprintf(s->out, "epoch %d/%d  data: waited %.1f s for the loader; %ld unreadable samples skipped", epoch + 1,
+                    s->epochs, loader_stall_seconds(ld), loader_skipped(ld));
+            fprintf(s->out, loader_skipped(ld) ? " (last: %s)\n" : "%s\n", loader_last_skip(ld));
+        }
         if (!isfinite(loss_sum)) {
             rc = vit_fail("epoch %d: training loss is not finite", epoch + 1);
             break;
@@ -197,7 +218,7 @@ int train_run(TrainSetup *s, TrainResult *r) {
         r->train_top1 = (double)hits / seen;
         if (s->val && s->validation_steps != 0) {
             double t0 = progress_now();
-            rc = evaluate(m, s->val, B, s->validation_steps, &r->val);
+            rc = evaluate(m, s->val, B, s->validation_steps, s->workers, &r->val);
             if (rc != VIT_OK) break;
             t_after_first += progress_now() - t0;  // validation time is not training time
             fprintf(s->out, "epoch %d/%d  validation: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%ld images, %.0f img/s)\n",
@@ -224,7 +245,8 @@ int train_run(TrainSetup *s, TrainResult *r) {
         r->images_per_sec = images_after_first > 0 && el > 0 ? images_after_first / el : 0;
     }
 done:
-    free(images), free(labels), free(idx), free(order);
+    loader_destroy(ld);
+    free(order), free(seq);
     be->release(be, mom1);
     be->release(be, mom2);
     return rc;

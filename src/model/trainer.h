@@ -17,6 +17,8 @@ typedef struct {
     int batch, accum, epochs;
     long steps_per_epoch;        // micro-steps; 0 = train->count / batch
     long validation_steps;       // batches; -1 = the whole set, 0 = none
+    int workers;                 // data loader threads (0 = the cores)
+    int prefetch;                // batches prepared ahead
     float smoothing;
     uint64_t seed;
     FILE *out;                   // progress and reports
@@ -36,6 +38,7 @@ typedef struct {
     double loss, top1, top5;
     long images;
     double images_per_sec;
+    long skipped;                   // unreadable samples substituted (--skip_corrupt)
 } EvalResult;
 
 typedef struct {
@@ -49,4 +52,4 @@ typedef struct {
 
 int train_run(TrainSetup *s, TrainResult *r);
 // Evaluates `steps` batches (-1 = all) of d in order, without dropout.
-int evaluate(ViT *m, const Dataset *d, int batch, long steps, EvalResult *r);
+int evaluate(ViT *m, const Dataset *d, int batch, long steps, int workers, EvalResult *r);
