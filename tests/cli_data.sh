@@ -59,6 +59,7 @@ if [ -z "$VIT_SKIP_LONG" ]; then
     b=$(json_field "$tmp/tfr.json" val_top1)
     awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && b != "" && d <= 0.01) }'
     check "TFRecord path accuracy $b within 1 point of the IDX path $a" $?
+    echo "IDX path top1 $a, TFRecord path top1 $b"
 fi
 echo "cli_data: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

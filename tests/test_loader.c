@@ -96,6 +96,16 @@ static void test_folder(void) {
     if (rc == VIT_OK) {
         // sorted classes: ant 0, moth 1, zebra 2
         CHECK(tr.labels[0] == 0 && strstr(tr.paths[0], "/ant/") && tr.labels[6] == 2, "classes in sorted order");
+        // Threads: augmented batches are the same for 1 and 2 workers and any ring size.
+        AugmentConfig aug;
+        augment_defaults(&aug);
+        dataset_set_output(&va, 8, 3, 1, &aug);
+        int vorder[6] = {5, 0, 3, 1, 4, 2};
+        int *la, *lb;
+        uint8_t *a = run(&va, 4, 1, 2, vorder, 6, 1, &la), *b = run(&va, 4, 2, 3, vorder, 6, 1, &lb);
+        CHECK(!memcmp(a, b, 6 * 8 * 8 * 3) && !memcmp(la, lb, 6 * sizeof(int)),
+              "decoded + augmented batches identical for 1 and 2 loader threads");
+        free(a), free(b), free(la), free(lb);
         dataset_set_output(&tr, 8, 3, 0, NULL);
         int order[7] = {0, 1, 2, 3, 4, 5, 6};
         Loader *l = loader_create(&tr, 7, 2, 2);

@@ -117,6 +117,9 @@ Loader *loader_create(const Dataset *d, int batch, int workers, int slots) {
     }
     if (workers <= 0) workers = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (workers < 1) workers = 1;
+    // In-memory samples cost a copy: threads would only contend with the compute threads
+    // (measured 2.5x slower training on 2 cores), so those are produced inline by loader_next.
+    if (d->kind == DATA_IDX || d->kind == DATA_SYNTHETIC) workers = 0;
     l->d = d;
     l->batch = batch;
     l->n_slots = slots < 2 ? 2 : slots;
@@ -190,6 +193,24 @@ int loader_next(Loader *l, const uint8_t **images, const int **labels, int *n) {
     long b = l->next_batch;
     Slot *s = &l->slots[b % l->n_slots];
     int len = batch_len(l, b);
+    if (l->n_workers == 0) {  // inline: this thread loads the batch
+        char err[1024];
+        long skips = 0;
+        SampleScratch scratch = {0};
+        for (int pos = 0; pos < len; pos++) {
+            if (load_sample(l, l->indices[b * l->batch + pos], l->epoch, s->images + (size_t)pos * l->sample_bytes,
+                            &s->labels[pos], &scratch, &skips, err, sizeof err)) {
+                free(scratch.buf);
+                pthread_mutex_unlock(&l->mu);
+                return vit_fail("%s", err);
+            }
+        }
+        free(scratch.buf);
+        s->batch_id = b;
+        s->done = len;
+        l->skipped += skips;
+        l->next_item += len;
+    }
     double t0 = now();
     while (!l->error[0] && !(s->batch_id == b && s->done == len)) pthread_cond_wait(&l->done_cv, &l->mu);
     l->stall += now() - t0;

@@ -120,8 +120,9 @@ int train_run(TrainSetup *s, TrainResult *r) {
         rc = VIT_ERR;
         goto done;
     }
-    fprintf(s->out, "data: %d loader threads, %.1f MiB of prefetched batches\n", loader_workers(ld),
-            loader_memory_bytes(ld) / 1048576.0);
+    if (loader_workers(ld))
+        fprintf(s->out, "data: %d loader threads, %.1f MiB of prefetched batches\n", loader_workers(ld),
+                loader_memory_bytes(ld) / 1048576.0);
     if (!order || !seq || (optim_uses_m(s->opt.kind) && !mom1) ||
         (optim_uses_v(s->opt.kind) && !mom2)) {
         rc = vit_fail("out of memory for the training state");
