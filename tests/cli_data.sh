@@ -3,16 +3,7 @@
 # converted to TFRecord shards by `vit prep`, read back by an independent reader, and trained
 # through the TFRecord loader to the accuracy of the IDX path (within 1 point, same flags).
 # VIT_SKIP_LONG=1 skips the two training runs.
-VIT=${VIT:-./vit}
-passed=0
-failed=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-FM=/usr/share/datasets/fashion-mnist
-check() {
-    if [ "$2" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL $1"; fi
-}
-json_field() { sed -n "s/.*\"$2\": \([-0-9.e]*\).*/\1/p" "$1"; }
+. "$(dirname "$0")/lib.sh"
 [ -d "$FM" ] || { echo "cli_data: 0 passed, 0 failed"; exit 0; }
 
 # PNG class folders (0..9 sort in label order) with Python's standard library only.
@@ -61,5 +52,4 @@ if [ -z "$VIT_SKIP_LONG" ]; then
     check "TFRecord path accuracy $b within 1 point of the IDX path $a" $?
     echo "IDX path top1 $a, TFRecord path top1 $b"
 fi
-echo "cli_data: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish cli_data

@@ -1,40 +1,9 @@
 #!/bin/sh
 # Bad input gets a one-line error naming the flag or file, a nonzero exit, never a crash.
-VIT=${VIT:-./vit}
-passed=0
-failed=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-FM=/usr/share/datasets/fashion-mnist
+. "$(dirname "$0")/lib.sh"
 SMALL="--from_scratch --save_dir= --model ViT-Ti_4 --hidden_size 16 --num_layers 1 --num_heads 2 --mlp_dim 32 --epochs 1 --steps_per_epoch 1 --validation_steps 0 --grad_accum_steps 1 --batch_size 2"
 
-# expect_error NAME PATTERN ARGS...: exit code 1..127 (not a signal), one stderr line containing PATTERN
-expect_error() {
-    name=$1 pattern=$2
-    shift 2
-    "$VIT" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null
-    rc=$?
-    lines=$(grep -c . "$tmp/err")
-    if [ $rc -ge 1 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && grep -q -- "$pattern" "$tmp/err"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL $name: exit $rc, stderr:"
-        sed 's/^/    /' "$tmp/err"
-    fi
-}
 
-expect_ok() {
-    name=$1
-    shift
-    if "$VIT" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL $name: exit $?"
-        sed 's/^/    /' "$tmp/err"
-    fi
-}
 
 # flags
 expect_error "unknown flag" "unknown flag --bogus" train --bogus 1
@@ -104,5 +73,4 @@ if [ -d "$FM" ]; then
     expect_error "corrupt gzip" "train-images-idx3-ubyte" train $SMALL --dataset_dir "$tmp/garbage"
     expect_error "image size vs IDX" "--image_size 32" train $SMALL --dataset_dir "$FM" --image_size 32
 fi
-echo "cli_errors: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish cli_errors

@@ -2,49 +2,7 @@
 # vit prep: a tiny image folder and a tiny raw-ImageNet layout become TFRecord shards whose
 # records (read back with a stdlib-only reader, and tools/check_tfrecords.py when the
 # tfrecord package is installed) match the input; bad input is a one-line error, not a crash.
-VIT=${VIT:-./vit}
-passed=0
-failed=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-check() {  # check NAME STATUS
-    if [ "$2" -eq 0 ]; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL $1"
-    fi
-}
-
-# expect_error NAME PATTERN ARGS...: exit code 1..127 (not a signal), one stderr line containing PATTERN
-expect_error() {
-    name=$1 pattern=$2
-    shift 2
-    "$VIT" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null
-    rc=$?
-    lines=$(grep -c . "$tmp/err")
-    if [ $rc -ge 1 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && grep -q -- "$pattern" "$tmp/err"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL $name: exit $rc, stderr:"
-        sed 's/^/    /' "$tmp/err"
-    fi
-}
-
-expect_ok() {
-    name=$1
-    shift
-    if "$VIT" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL $name: exit $?"
-        sed 's/^/    /' "$tmp/err"
-    fi
-}
-
+. "$(dirname "$0")/lib.sh"
 # The inputs: PNGs (gray, RGB, RGBA) written with zlib+struct, and three tiny JPEGs made with
 # libjpeg (YCbCr, grayscale, Adobe CMYK), embedded here as base64.
 python3 - "$tmp" <<'PY' || { echo "FAIL cannot write the test images"; exit 1; }
@@ -300,5 +258,4 @@ check "skipped image counted and named: $(tail -1 "$tmp/out")" $?
 python3 "$tmp/verify.py" "$tmp/o7" "$tmp/folder" folder 2 1 zero.png >"$tmp/v7" 2>&1
 check "records without the skipped image match the input: $(cat "$tmp/v7")" $?
 
-echo "cli_prep: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish cli_prep

@@ -1,16 +1,7 @@
 #!/bin/sh
 # End-to-end runs of `vit train`: the demo learns Fashion-MNIST; the same seed gives the
 # same run. VIT_SKIP_LONG=1 skips the two-epoch demo (used by `make asan`).
-VIT=${VIT:-./vit}
-passed=0
-failed=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-FM=/usr/share/datasets/fashion-mnist
-check() {  # check NAME CONDITION-EXIT-CODE
-    if [ "$2" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL $1"; fi
-}
-json_field() { sed -n "s/.*\"$2\": \([-0-9.e]*\).*/\1/p" "$1"; }
+. "$(dirname "$0")/lib.sh"
 
 # Same seed, same run: identical losses and accuracy (synthetic data, dropout on).
 SMALL="--synthetic_data --from_scratch --save_dir= --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64 --image_size 16
@@ -119,5 +110,4 @@ PY
     grep -q "^  1\..*($label)$" "$tmp/pred.txt"
     check "predict names the true class of a t10k image first (label $label): $(sed -n 2p "$tmp/pred.txt")" $?
 fi
-echo "cli_train: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish cli_train
