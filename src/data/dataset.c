@@ -93,7 +93,9 @@ static int read_file(const char *path, SampleScratch *s, size_t *len) {
 static int pixels_from_encoded(const Dataset *d, const uint8_t *data, size_t len, const char *where, int index,
                                uint32_t epoch, uint8_t *out) {
     Image img = {0};
-    if (image_decode(&img, data, len, where, d->train ? 0 : d->size)) return VIT_ERR;
+    // A JPEG much larger than needed is decoded at a reduced DCT scale. Training crops keep
+    // at least ~2/3 of each side, so keeping twice the output size loses no resolution.
+    if (image_decode(&img, data, len, where, d->train ? 2 * d->size : d->size)) return VIT_ERR;
     int rc = d->train ? augment_train(&img, d->size, d->channels, &d->aug, d->seed, epoch, (uint64_t)index, out)
                       : image_eval_crop(&img, d->size, d->channels, out);
     image_free(&img);

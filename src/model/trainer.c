@@ -205,7 +205,7 @@ int train_run(TrainSetup *s, TrainResult *r) {
         }
         progress_end(&prog);
         if (rc != VIT_OK) break;
-        if (loader_stall_seconds(ld) > 0.05 * (progress_now() - prog.start) || loader_skipped(ld))
+        if (loader_workers(ld) || loader_skipped(ld))  // in-memory data never waits
         {
             fprintf(s->out, "epoch %d/%d  data: waited %.1f s for the loader; %ld unreadable samples skipped", epoch + 1,
                     s->epochs, loader_stall_seconds(ld), loader_skipped(ld));
