@@ -601,6 +601,37 @@ static void test_crop(void) {
     free(img.pixels);
 }
 
+// The evaluation crop against PIL (tools/make_evalcrop_fixture.py): enlargements only, where
+// PIL's BILINEAR is the same half-pixel-center bilinear. Tolerance 1 level: PIL rounds to 8
+// bits between its horizontal and vertical passes.
+static void test_eval_crop_pil(void) {
+    FILE *f = fopen("tests/fixtures/evalcrop_pil.bin", "rb");
+    CHECK(f != NULL, "fixture tests/fixtures/evalcrop_pil.bin");
+    if (!f) return;
+    char magic[4];
+    uint32_t ncases = 0;
+    int ok = fread(magic, 4, 1, f) == 1 && !memcmp(magic, "EVC1", 4) && fread(&ncases, 4, 1, f) == 1;
+    for (uint32_t k = 0; ok && k < ncases; k++) {
+        uint32_t dims[3];
+        ok = fread(dims, 4, 3, f) == 3 && dims[0] <= 64 && dims[1] <= 64 && dims[2] <= 64;
+        if (!ok) break;
+        size_t src_n = (size_t)dims[0] * dims[1] * 3, dst_n = (size_t)dims[2] * dims[2] * 3;
+        uint8_t *src = malloc(src_n), *want = malloc(dst_n), *got = malloc(dst_n);
+        ok = fread(src, 1, src_n, f) == src_n && fread(want, 1, dst_n, f) == dst_n;
+        Image img = {src, (int)dims[0], (int)dims[1]};
+        if (ok && image_eval_crop(&img, (int)dims[2], 3, got) == VIT_OK) {
+            int md = 0;
+            for (size_t i = 0; i < dst_n; i++) md = abs(got[i] - want[i]) > md ? abs(got[i] - want[i]) : md;
+            CHECK(md <= 1, "eval crop %ux%u -> %u vs PIL: max diff %d", dims[0], dims[1], dims[2], md);
+        } else {
+            CHECK(0, "eval crop case %u", k);
+        }
+        free(src), free(want), free(got);
+    }
+    CHECK(ok, "fixture tests/fixtures/evalcrop_pil.bin is well formed");
+    fclose(f);
+}
+
 int main(void) {
     test_jpeg_rgb();
     test_jpeg_gray();
@@ -612,5 +643,6 @@ int main(void) {
     test_errors();
     test_file();
     test_crop();
+    test_eval_crop_pil();
     return check_report("image");
 }
