@@ -34,13 +34,14 @@ static double cpu_now(void) {
 
 static int usage(void) {
     fprintf(stderr, "usage: loader_speed DIR [--workers 1,2] [--batch 64] [--batches 40] [--warmup 3] [--size 224] "
-                    "[--slots 4] [--seed 1] [--no_float]\n");
+                    "[--slots 4] [--seed 1] [--no_float] [--tfrecord [--sequential]]\n"
+                    "  --tfrecord: DIR holds train/train-* shards (vit prep); --sequential: file order\n");
     return 2;
 }
 
 // One measurement; prints its JSON line. Returns 0 on success.
 static int run(const Dataset *d, int workers, int batch, int batches, int warmup, int slots, int to_float,
-               float *fbuf) {
+               int sequential, float *fbuf) {
     long n = (long)(warmup + batches) * batch;
     int *perm = malloc((size_t)d->count * sizeof *perm), *seq = malloc((size_t)n * sizeof *seq);
     if (!perm || !seq) {
@@ -49,9 +50,11 @@ static int run(const Dataset *d, int workers, int batch, int batches, int warmup
     }
     // As many epochs' permutations as the sequence needs, back to back (the work per sample
     // does not depend on which epoch it belongs to).
+    // --sequential: records in file order, what a streaming reader sees (for comparison
+    // with the global permutation through the offset index).
     for (long i = 0; i < n; i++) {
-        if (i % d->count == 0) dataset_epoch_order(perm, d->count, d->seed, (int)(i / d->count), 0);
-        seq[i] = perm[i % d->count];
+        if (!sequential && i % d->count == 0) dataset_epoch_order(perm, d->count, d->seed, (int)(i / d->count), 0);
+        seq[i] = sequential ? (int)(i % d->count) : perm[i % d->count];
     }
     Loader *l = loader_create(d, batch, workers, slots);
     if (!l || loader_begin(l, seq, n, 0)) {
@@ -85,9 +88,11 @@ static int run(const Dataset *d, int workers, int batch, int batches, int warmup
     int w = loader_workers(l);
     printf("{\"impl\": \"vit\", \"workers\": %d, \"batch\": %d, \"batches\": %d, \"size\": %d, \"images\": %ld, "
            "\"seconds\": %.3f, \"images_per_sec\": %.1f, \"images_per_sec_per_core\": %.1f, \"cpu_seconds\": %.3f, "
-           "\"consumer_wait_seconds\": %.3f, \"float_output\": %s, \"checksum\": %.3f}\n",
+           "\"consumer_wait_seconds\": %.3f, \"float_output\": %s, \"source\": \"%s\", \"order\": \"%s\", "
+           "\"checksum\": %.3f}\n",
            w, batch, batches, d->size, images, secs, images / secs, images / secs / w, cpu, stall,
-           to_float ? "true" : "false", checksum);
+           to_float ? "true" : "false", d->kind == DATA_TFRECORD ? "tfrecord" : "folder",
+           sequential ? "sequential" : "global-shuffle", checksum);
     fflush(stdout);
     loader_destroy(l);
     free(perm);
@@ -98,12 +103,14 @@ static int run(const Dataset *d, int workers, int batch, int batches, int warmup
 int main(int argc, char **argv) {
     if (argc < 2 || argv[1][0] == '-') return usage();
     const char *dir = argv[1], *workers_list = "1,2";
-    int batch = 64, batches = 40, warmup = 3, size = 224, slots = 4, to_float = 1;
+    int batch = 64, batches = 40, warmup = 3, size = 224, slots = 4, to_float = 1, tfrecord = 0, sequential = 0;
     long seed = 1;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--no_float")) {
-            to_float = 0;
+        if (!strcmp(a, "--no_float") || !strcmp(a, "--tfrecord") || !strcmp(a, "--sequential")) {
+            to_float &= strcmp(a, "--no_float") != 0;
+            tfrecord |= !strcmp(a, "--tfrecord");
+            sequential |= !strcmp(a, "--sequential");
             continue;
         }
         if (!v) return usage();
@@ -120,7 +127,11 @@ int main(int argc, char **argv) {
     if (batch < 1 || batches < 1 || warmup < 0 || size < 1) return usage();
 
     Dataset train, val;
-    if (dataset_open_folder(&train, &val, dir)) {
+    memset(&val, 0, sizeof val);
+    int open_rc = tfrecord ? dataset_open_tfrecord(&train, "train", dir, "train/train", NULL)
+                           : dataset_open_folder(&train, &val, dir);
+    if (tfrecord) train.classes = 1 << 20;  // labels are only range-checked here
+    if (open_rc) {
         fprintf(stderr, "loader_speed: %s\n", vit_error());
         return 1;
     }
@@ -141,7 +152,7 @@ int main(int argc, char **argv) {
     for (char *t = strtok_r(list, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
         int w = atoi(t);
         if (w < 1) return usage();
-        rc = run(&train, w, batch, batches, warmup, slots, to_float, fbuf);
+        rc = run(&train, w, batch, batches, warmup, slots, to_float, sequential, fbuf);
     }
     free(list);
     free(fbuf);
