@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
-#include <setjmp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,11 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <jerror.h>
-#include <jpeglib.h>
-
 #include "data/example.h"
 #include "data/image.h"
+#include "data/jpeg_encode.h"
 #include "data/tfrecord.h"
 #include "util/rng.h"
 #include "util/status.h"
@@ -307,109 +304,6 @@ static void shuffle(Items *it, uint64_t seed) {
     }
 }
 
-// ---------------------------------------------------------------- JPEG
-
-typedef struct {
-    struct jpeg_error_mgr pub;  // first, so libjpeg's pointer converts to ours
-    jmp_buf jump;
-    char message[JMSG_LENGTH_MAX];
-} JpegError;
-
-static void jpeg_on_error(j_common_ptr c) {
-    JpegError *e = (JpegError *)c->err;
-    e->pub.format_message(c, e->message);
-    longjmp(e->jump, 1);
-}
-
-static void jpeg_no_message(j_common_ptr c, int level) { (void)c, (void)level; }
-
-// Whether a JPEG holds 3-component YCbCr or RGB, which every decoder returns as RGB as is;
-// grayscale, CMYK and YCCK files are re-encoded (as the recipe's script does for CMYK).
-static int jpeg_is_rgb(const uint8_t *data, size_t len) {
-    struct jpeg_decompress_struct d;
-    JpegError e;
-    d.err = jpeg_std_error(&e.pub);
-    e.pub.error_exit = jpeg_on_error;
-    e.pub.emit_message = jpeg_no_message;
-    if (setjmp(e.jump)) {
-        jpeg_destroy_decompress(&d);
-        return 0;  // re-encoding from the decoded pixels is always safe
-    }
-    jpeg_create_decompress(&d);
-    jpeg_mem_src(&d, data, (unsigned long)len);
-    jpeg_read_header(&d, TRUE);
-    int rgb = d.num_components == 3 && (d.jpeg_color_space == JCS_YCbCr || d.jpeg_color_space == JCS_RGB);
-    jpeg_destroy_decompress(&d);
-    return rgb;
-}
-
-// Growable output buffer owned by us rather than jpeg_mem_dest's: on an error in the middle
-// of compression, jpeg_mem_dest's grown buffer is neither freed nor returned.
-typedef struct {
-    struct jpeg_destination_mgr pub;  // first, as libjpeg expects
-    uint8_t *buf;
-    size_t cap, len;
-} MemDest;
-
-static void dest_init(j_compress_ptr c) {
-    MemDest *d = (MemDest *)c->dest;
-    d->pub.next_output_byte = d->buf;
-    d->pub.free_in_buffer = d->cap;
-}
-
-static boolean dest_grow(j_compress_ptr c) {  // called with the buffer full
-    MemDest *d = (MemDest *)c->dest;
-    uint8_t *g = d->cap <= SIZE_MAX / 2 ? realloc(d->buf, d->cap * 2) : NULL;
-    if (!g) ERREXIT(c, JERR_OUT_OF_MEMORY);
-    d->buf = g;
-    d->pub.next_output_byte = g + d->cap;
-    d->pub.free_in_buffer = d->cap;
-    d->cap *= 2;
-    return TRUE;
-}
-
-static void dest_term(j_compress_ptr c) {
-    MemDest *d = (MemDest *)c->dest;
-    d->len = d->cap - d->pub.free_in_buffer;
-}
-
-// Encodes RGB pixels at JPEG_QUALITY into out->buf (kept between images, grown as needed).
-static int encode_jpeg(const Image *img, const char *name, MemDest *out) {
-    struct jpeg_compress_struct c;
-    JpegError e;
-    if (!out->buf) {
-        out->cap = 1 << 16;
-        if (!(out->buf = malloc(out->cap))) return vit_fail("%s: out of memory re-encoding", name);
-    }
-    out->pub.init_destination = dest_init;
-    out->pub.empty_output_buffer = dest_grow;
-    out->pub.term_destination = dest_term;
-    out->len = 0;
-    c.err = jpeg_std_error(&e.pub);
-    e.pub.error_exit = jpeg_on_error;
-    e.pub.emit_message = jpeg_no_message;
-    if (setjmp(e.jump)) {
-        jpeg_destroy_compress(&c);
-        return vit_fail("%s: re-encoding as JPEG failed: %s", name, e.message);
-    }
-    jpeg_create_compress(&c);
-    c.dest = &out->pub;
-    c.image_width = (JDIMENSION)img->width;
-    c.image_height = (JDIMENSION)img->height;
-    c.input_components = 3;
-    c.in_color_space = JCS_RGB;
-    jpeg_set_defaults(&c);
-    jpeg_set_quality(&c, JPEG_QUALITY, TRUE);
-    jpeg_start_compress(&c, TRUE);
-    while (c.next_scanline < c.image_height) {
-        JSAMPROW row = img->pixels + (size_t)c.next_scanline * (size_t)img->width * 3;
-        jpeg_write_scanlines(&c, &row, 1);
-    }
-    jpeg_finish_compress(&c);
-    jpeg_destroy_compress(&c);
-    return VIT_OK;
-}
-
 // ---------------------------------------------------------------- shards
 
 typedef struct {
@@ -434,7 +328,7 @@ typedef struct {
 typedef struct {
     uint8_t *file;
     size_t file_cap;
-    MemDest jpeg;
+    JpegBuffer jpeg;
 } Scratch;
 
 static double now_s(void) {
@@ -500,7 +394,7 @@ static int write_item(Ctx *c, TfrWriter *w, const Item *it, Scratch *s, long *sk
     static const uint8_t jpeg_magic[3] = {0xFF, 0xD8, 0xFF};
     int keep = rc == VIT_OK && len >= 3 && !memcmp(s->file, jpeg_magic, 3) && jpeg_is_rgb(s->file, len);
     if (rc == VIT_OK && !keep) {
-        rc = encode_jpeg(&img, path, &s->jpeg);
+        rc = jpeg_encode_rgb(&img, JPEG_QUALITY, path, &s->jpeg);
         enc = s->jpeg.buf;
         enc_len = s->jpeg.len;
         (*reencoded)++;
