@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include "check.h"
+#include "testdir.h"
 #include "data/idx.h"
 #include "util/status.h"
 
@@ -441,11 +442,6 @@ static void test_real(void) {
     idx_free(&s);
 }
 
-static void rm_rf(const char *root) {
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", root);
-}
 
 int main(void) {
     snprintf(g_root, sizeof g_root, "/tmp/vitc-idx-XXXXXX");
@@ -460,6 +456,6 @@ int main(void) {
     test_bad_payloads();
     test_corrupt_gzip();
     test_real();
-    rm_rf(g_root);
+    testdir_remove(g_root);
     return check_report("idx");
 }

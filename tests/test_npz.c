@@ -10,6 +10,7 @@
 #include <zip.h>
 
 #include "check.h"
+#include "testdir.h"
 #include "io/npz.h"
 #include "util/status.h"
 
@@ -90,32 +91,7 @@ static void expect_fail(const char *path, const char *what, const char *label) {
     if (rc == VIT_OK) npz_free(&f);
 }
 
-static int count_tmp_files(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (strstr(e->d_name, ".tmp.")) n++;
-    closedir(d);
-    return n;
-}
 
-static void remove_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) remove_tree(p);
-        else unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static void test_round_trip(void) {
     float v1[5], v4[2 * 3 * 1 * 4], sc = -2.5f;
@@ -134,7 +110,7 @@ static void test_round_trip(void) {
     };
     const char *p = path_in("rt.npz");
     CHECK(npz_write(p, e, 4) == VIT_OK, "write: %s", vit_error());
-    CHECK(count_tmp_files(g_dir) == 0, "temp file left after a successful write");
+    CHECK(testdir_count(g_dir, ".tmp.") == 0, "temp file left after a successful write");
     NpzFile f;
     int rc = npz_read(&f, p);
     CHECK(rc == VIT_OK, "read back: %s", vit_error());
@@ -368,7 +344,7 @@ static void test_atomic_write(void) {
     CHECK(npz_write(p, &ea, 1) == VIT_ERR, "write into a missing folder succeeded");
     CHECK(strstr(vit_error(), p) != NULL, "message does not name the path: %s", vit_error());
     CHECK(access(path_in("no_such_dir"), F_OK) != 0, "folder created");
-    CHECK(count_tmp_files(g_dir) == 0, "temp file left");
+    CHECK(testdir_count(g_dir, ".tmp.") == 0, "temp file left");
 
     // Overwriting replaces the old contents.
     p = path_in("over.npz");
@@ -394,14 +370,14 @@ static void test_atomic_write(void) {
     CHECK(rc == VIT_OK && f.count == 2 && npz_find(&f, "c/d"), "old file damaged: %s",
           vit_error());
     if (rc == VIT_OK) npz_free(&f);
-    CHECK(count_tmp_files(g_dir) == 0, "temp file left after failed writes");
+    CHECK(testdir_count(g_dir, ".tmp.") == 0, "temp file left after failed writes");
 
     // The rename itself fails (a folder is in the way): the temp file is removed.
     const char *d = path_in("a_folder");
     mkdir(d, 0700);
     CHECK(npz_write(d, &ea, 1) == VIT_ERR && strstr(vit_error(), d), "rename over a folder: %s",
           vit_error());
-    CHECK(count_tmp_files(g_dir) == 0, "temp file left after a failed rename");
+    CHECK(testdir_count(g_dir, ".tmp.") == 0, "temp file left after a failed rename");
 }
 
 int main(void) {
@@ -414,6 +390,6 @@ int main(void) {
     test_numpy_layouts();
     test_bad_files();
     test_atomic_write();
-    remove_tree(g_dir);
+    testdir_remove(g_dir);
     return check_report("npz");
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "testdir.h"
 #include "io/safetensors.h"
 #include "util/status.h"
 
@@ -39,17 +40,6 @@ static uint64_t le64(const unsigned char *p) {
     return v;
 }
 
-// Counts directory entries whose name contains ".tmp.": leftovers of a failed save.
-static int count_temps(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (strstr(e->d_name, ".tmp.")) n++;
-    closedir(d);
-    return n;
-}
 
 static int shape_eq(const StTensor *t, int ndim, const int64_t *shape) {
     if (t->ndim != ndim) return 0;
@@ -118,7 +108,7 @@ static void test_roundtrip(void) {
     path_in(path2, sizeof path2, "model2.safetensors");
     CHECK(st_writer_save(wr, path2) == VIT_OK, "second save: %s", vit_error());
     st_writer_free(wr);
-    CHECK(count_temps(g_root) == 0, "no temp files after saves");
+    CHECK(testdir_count(g_root, ".tmp.") == 0, "no temp files after saves");
 
     size_t n1, n2;
     unsigned char *b1 = slurp(path, &n1), *b2 = slurp(path2, &n2);
@@ -559,7 +549,7 @@ static void test_atomic_save(void) {
     CHECK(strstr(vit_error(), path) && strstr(vit_error(), "No such file or directory"),
           "message names path and strerror: %s", vit_error());
     CHECK(access(dir, F_OK) != 0, "missing folder not created");
-    CHECK(count_temps(g_root) == 0, "no temp left in the parent");
+    CHECK(testdir_count(g_root, ".tmp.") == 0, "no temp left in the parent");
 
     // Replacing an existing file.
     path_in(path, sizeof path, "replace.safetensors");
@@ -573,7 +563,7 @@ static void test_atomic_save(void) {
         CHECK(t && t->nbytes == 12 && memcmp(t->data, x, 12) == 0, "replaced content");
         st_free(&f);
     }
-    CHECK(count_temps(g_root) == 0, "no temp left after replace");
+    CHECK(testdir_count(g_root, ".tmp.") == 0, "no temp left after replace");
 
     // A failure at rename time (target is a non-empty folder) removes the temp file and
     // leaves the target as it was.
@@ -587,7 +577,7 @@ static void test_atomic_save(void) {
     struct stat st;
     CHECK(stat(path, &st) == 0 && S_ISDIR(st.st_mode) && access(inner, F_OK) == 0,
           "folder untouched");
-    CHECK(count_temps(g_root) == 0, "no temp left after failed rename");
+    CHECK(testdir_count(g_root, ".tmp.") == 0, "no temp left after failed rename");
 
     // Relative path (no slash): the folder to sync is ".".
     char cwd[512];
@@ -599,11 +589,6 @@ static void test_atomic_save(void) {
     st_writer_free(w);
 }
 
-static void rm_rf(const char *root) {
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", root);
-}
 
 int main(void) {
     snprintf(g_root, sizeof g_root, "/tmp/vitc-st-XXXXXX");
@@ -616,6 +601,6 @@ int main(void) {
     test_bad_inputs();
     test_writer_errors();
     test_atomic_save();
-    rm_rf(g_root);
+    testdir_remove(g_root);
     return check_report("safetensors");
 }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "testdir.h"
 #include "data/example.h"
 #include "data/tfrecord.h"
 #include "util/crc32c.h"
@@ -49,29 +50,7 @@ static void write_file(const char *path, const void *data, size_t n) {
     fclose(f);
 }
 
-static int count_files(const char *dir) {
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
-    if (d) closedir(d);
-    return n;
-}
 
-static void remove_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 // Counts the records of a file; the return of the last tfr_next (0 or VIT_ERR) in *last.
 static int count_records(const char *path, int *last) {
@@ -282,10 +261,10 @@ static void test_round_trip(void) {
         free(rec);
     }
     CHECK(tfr_write(w, "", 0) == VIT_OK, "write empty record: %s", vit_error());
-    CHECK(count_files(g_dir) == 1, "the temp file is missing or the target appeared early");
+    CHECK(testdir_count(g_dir, "") == 1, "the temp file is missing or the target appeared early");
     CHECK(access(p, F_OK) != 0, "target exists before close");
     CHECK(tfr_writer_close(w) == VIT_OK, "close: %s", vit_error());
-    CHECK(count_files(g_dir) == 1 && access(p, F_OK) == 0, "after close: temp left or no file");
+    CHECK(testdir_count(g_dir, "") == 1 && access(p, F_OK) == 0, "after close: temp left or no file");
 
     TfrReader r;
     CHECK(tfr_open(&r, p) == VIT_OK, "open: %s", vit_error());
@@ -328,7 +307,7 @@ static void test_round_trip(void) {
     w = tfr_writer_open(path_in("aborted.tfrecord"));
     CHECK(w && tfr_write(w, "abc", 3) == VIT_OK, "writer: %s", vit_error());
     tfr_writer_abort(w);
-    CHECK(count_files(g_dir) == 0, "abort left a file");
+    CHECK(testdir_count(g_dir, "") == 0, "abort left a file");
     w = tfr_writer_open("/nonexistent_dir_vitc/x.tfrecord");
     CHECK(w == NULL && has(vit_error(), "/nonexistent_dir_vitc/x.tfrecord"), "open in a missing folder: %s",
           vit_error());
@@ -635,6 +614,6 @@ int main(void) {
     test_round_trip();
     test_bad_files();
     test_examples();
-    remove_dir(g_dir);
+    testdir_remove(g_dir);
     return check_report("tfrecord");
 }
