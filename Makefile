@@ -6,11 +6,19 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -fn
 LDLIBS  += -lpthread -ldnnl -ljpeg -lpng -lzip -lz -lprotobuf-c -lm -fopenmp
 BUILD   ?= build
 
+# MPI (--distributed) when Debian's Open MPI is installed; `make MPI=0` builds without it.
+MPI     ?= $(if $(shell pkg-config --exists mpi 2>/dev/null && echo y),1,0)
+ifeq ($(MPI),1)
+CFLAGS  += -DVIT_MPI $(shell pkg-config --cflags mpi)
+MPI_LIBS := $(shell pkg-config --libs mpi)
+LDLIBS  += $(MPI_LIBS)
+endif
+
 SRC     := $(shell find src -name '*.c' ! -name main.c | sort)
-OBJ     := $(SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/example.pb-c.o
+OBJ     := $(SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/example.pb-c.o $(BUILD)/gen/event.pb-c.o
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-DEBIAN_PACKAGES := build-essential libdnnl-dev zlib1g-dev libzip-dev dataset-fashion-mnist python3 python3-pip libjpeg62-turbo-dev libpng-dev libprotobuf-c-dev protobuf-c-compiler
+DEBIAN_PACKAGES := build-essential pkg-config libdnnl-dev zlib1g-dev libzip-dev dataset-fashion-mnist python3 python3-pip libjpeg62-turbo-dev libpng-dev libprotobuf-c-dev protobuf-c-compiler openmpi-bin libopenmpi-dev
 # Only for `make fuzz` (clang with libFuzzer); kept out of `make deps`.
 FUZZ_PACKAGES   := clang libclang-rt-14-dev
 FUZZ_SECONDS    ?= 60
@@ -40,8 +48,13 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 $(BUILD)/gen/example.pb-c.o: $(BUILD)/gen/example.pb-c.c
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+# TensorBoard events (proto/event.proto), the same way.
+$(BUILD)/gen/event.pb-c.o: $(BUILD)/gen/event.pb-c.c
+	$(CC) $(CFLAGS) -c -o $@ $<
+
 # Objects that include the generated header need it before they compile (make -j).
 $(BUILD)/src/data/example.o: $(BUILD)/gen/example.pb-c.h
+$(BUILD)/src/io/events.o: $(BUILD)/gen/event.pb-c.h
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libvit.a
 	@mkdir -p $(dir $@)
@@ -59,7 +72,7 @@ test: vit $(TESTS)
 # Same suite without the long end-to-end training, under the sanitizers.
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined" \
-	    LDLIBS="-ldnnl -ljpeg -lpng -lzip -lz -lprotobuf-c -lm -fopenmp -fsanitize=address,undefined" build-asan/vit-asan tests-asan
+	    LDLIBS="-ldnnl -ljpeg -lpng -lzip -lz -lprotobuf-c -lm -fopenmp $(MPI_LIBS) -fsanitize=address,undefined" build-asan/vit-asan tests-asan
 	@VIT_SKIP_LONG=1 ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 sh tests/run.sh build-asan build-asan/vit-asan
 
 build-asan/vit-asan: $(BUILD)/src/main.o $(BUILD)/libvit.a
@@ -67,9 +80,9 @@ build-asan/vit-asan: $(BUILD)/src/main.o $(BUILD)/libvit.a
 
 tests-asan: $(TESTS)
 
-# The Python checks of the suite (reading checkpoints with the safetensors package) need
-# two small pip packages; PyTorch is never needed to build or test.
-PIP_PACKAGES := numpy safetensors tfrecord
+# The Python checks of the suite (checkpoints with safetensors, shards with tfrecord, event
+# files with tensorboard) need these pip packages; PyTorch is never needed to build or test.
+PIP_PACKAGES := numpy safetensors tfrecord tensorboard
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

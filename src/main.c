@@ -3,6 +3,8 @@
 #include <string.h>
 #include "cli/commands.h"
 
+const char *g_program = "vit";
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: vit <command> [flags]\n"
@@ -20,6 +22,7 @@ int main(int argc, char **argv) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    g_program = argv[0];
     const char *cmd = argv[1];
     if (!strcmp(cmd, "train")) return cmd_train(argc - 2, argv + 2);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 2, argv + 2);

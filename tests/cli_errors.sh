@@ -23,7 +23,6 @@ expect_error "bf16 later" "not supported yet" train --synthetic_data $SMALL -d b
 expect_error "HPU refused" "--device HPU" train --synthetic_data $SMALL --device HPU
 expect_error "deterministic needs seed" "--deterministic needs --seed" train --synthetic_data $SMALL --deterministic
 expect_error "label smoothing range" "--label_smoothing 1.5" train --synthetic_data $SMALL --label_smoothing 1.5
-expect_error "later flag" "--distributed: not supported yet" train --synthetic_data $SMALL --distributed
 expect_error "info bad heads" "does not divide" info --model ViT-B_16 --num_heads 7
 expect_ok "compat flag ignored" train --synthetic_data $SMALL --base_tf_server_port 9000
 expect_ok "help" train --help

@@ -33,7 +33,7 @@ typedef struct {
     char device[16];
     int threads;
     int json;
-    // weights, checkpoints, logs (later issues own most of these)
+    // weights, checkpoints, logs
     char weights_path[1024], pretrained[1024];
     int from_scratch;
     char resume_from_checkpoint_path[1024], evaluate_checkpoint_path[1024];
@@ -44,6 +44,7 @@ typedef struct {
     int save_summary_steps;
     char profile[64];
     int distributed;
+    int skip_nonfinite;
     int base_tf_server_port;
     char recipe_cache[1024];
     int dump_config;

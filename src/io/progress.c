@@ -10,7 +10,7 @@ double progress_now(void) {
 
 void progress_begin(Progress *p, FILE *out, int epoch, int epochs, long total) {
     p->out = out;
-    p->tty = isatty(fileno(out));
+    p->tty = out && isatty(fileno(out));
     p->epoch = epoch;
     p->epochs = epochs;
     p->total = total;
@@ -27,6 +27,7 @@ static void format_eta(char *buf, size_t n, double seconds) {
 }
 
 void progress_update(Progress *p, long step, double loss, double acc, double lr, double images_per_sec) {
+    if (!p->out) return;
     double now = progress_now();
     int last = step == p->total;
     // Terminal: at most 5 redraws a second. Otherwise: about ten lines per epoch.
@@ -44,6 +45,7 @@ void progress_update(Progress *p, long step, double loss, double acc, double lr,
 }
 
 void progress_end(Progress *p) {
+    if (!p->out) return;
     if (p->tty) fputc('\n', p->out);
     fflush(p->out);
 }

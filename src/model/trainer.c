@@ -1,19 +1,25 @@
 #include "trainer.h"
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include "data/loader.h"
+#include "dist/dist.h"
 #include "io/progress.h"
 #include "util/status.h"
+#include "util/stop_signal.h"
 
 // Top-1 and top-5 hits of one batch from host logits.
 static void count_hits(const float *logits, const int *labels, int B, int K, long *top1, long *top5) {
     for (int b = 0; b < B; b++) {
         const float *z = logits + (size_t)b * K;
-        float mine = z[labels[b]];
-        int above = 0;  // classes scored strictly higher than the true one
-        for (int k = 0; k < K; k++) above += z[k] > mine;
+        int y = labels[b];
+        float mine = z[y];
+        // Rank of the true class as argmax orders it: higher scores first, ties by index
+        // (so equal logits, e.g. a zero-initialised head, do not count as a hit).
+        int above = 0;
+        for (int k = 0; k < K; k++) above += z[k] > mine || (z[k] == mine && k < y);
         *top1 += above == 0;
         *top5 += above < 5;
     }
@@ -21,19 +27,21 @@ static void count_hits(const float *logits, const int *labels, int B, int K, lon
 
 int evaluate(ViT *m, const Dataset *d, int batch, long steps, int workers, EvalResult *r) {
     memset(r, 0, sizeof *r);
+    int ranks = dist_size(), rank = dist_rank();
     long total = d->count;
-    if (steps >= 0 && steps * batch < total) total = steps * batch;
-    int *order = malloc((size_t)(total > 0 ? total : 1) * sizeof(int));
+    if (steps >= 0 && steps * batch * ranks < total) total = steps * batch * ranks;
+    long lo = total * rank / ranks, hi = total * (rank + 1) / ranks, mine = hi - lo;
+    int *order = malloc((size_t)(mine > 0 ? mine : 1) * sizeof(int));
     Loader *ld = order ? loader_create(d, batch, workers, 4) : NULL;
     if (!order || !ld) {
         free(order);
         return order ? VIT_ERR : vit_fail("out of memory for the evaluation order");
     }
-    for (long i = 0; i < total; i++) order[i] = (int)i;
+    for (long i = 0; i < mine; i++) order[i] = (int)(lo + i);
     double t0 = progress_now(), loss = 0;
     long top1 = 0, top5 = 0;
-    int rc = loader_begin(ld, order, total, 0);
-    for (long start = 0; start < total && rc == VIT_OK; start += batch) {
+    int rc = loader_begin(ld, order, mine, 0);
+    for (long start = 0; start < mine && rc == VIT_OK; start += batch) {
         const uint8_t *images;
         const int *labels;
         int n;
@@ -43,13 +51,15 @@ int evaluate(ViT *m, const Dataset *d, int batch, long steps, int workers, EvalR
         for (int i = 0; i < n; i++) loss += m->host_losses[i];
         count_hits(m->host_logits, labels, n, m->cfg.classes, &top1, &top5);
     }
+    double sums[5] = {loss, (double)top1, (double)top5, (double)mine, (double)loader_skipped(ld)};
+    if (rc == VIT_OK) rc = dist_allreduce_sum_double(sums, 5);
     double dt = progress_now() - t0;
-    r->images = total;
-    r->loss = total ? loss / total : 0;
-    r->top1 = total ? (double)top1 / total : 0;
-    r->top5 = total ? (double)top5 / total : 0;
-    r->images_per_sec = dt > 0 ? total / dt : 0;
-    r->skipped = loader_skipped(ld);
+    r->images = (long)sums[3];
+    r->loss = r->images ? sums[0] / r->images : 0;
+    r->top1 = r->images ? sums[1] / r->images : 0;
+    r->top5 = r->images ? sums[2] / r->images : 0;
+    r->images_per_sec = dt > 0 ? r->images / dt : 0;
+    r->skipped = (long)sums[4];
     loader_destroy(ld);
     free(order);
     return rc;
@@ -67,6 +77,7 @@ static int save_checkpoint(TrainSetup *s, TrainResult *r, SaveState *ss, const c
     ViT *m = s->model;
     Backend *be = m->be;
     size_t n = m->table.total;
+    if (dist_rank() != 0) return VIT_OK;  // replicas hold the same state; one writer
     if (!ss->params) {
         ss->params = malloc(n * sizeof(float));
         ss->m = mom1 ? malloc(n * sizeof(float)) : NULL;
@@ -95,12 +106,72 @@ static int save_checkpoint(TrainSetup *s, TrainResult *r, SaveState *ss, const c
     return VIT_OK;
 }
 
+static void log_failed(TrainSetup *s) {
+    fprintf(s->out, "warning: TensorBoard logging stopped: %s\n", vit_error());
+    events_close(s->events);
+    events_close(s->eval_events);
+    s->events = s->eval_events = NULL;
+}
+
+// Replicas must hold the same parameters; a sum over them, compared across ranks at each
+// epoch end, catches a rank that drifted (a non-deterministic reduction, a bad host).
+static int check_replicas(ViT *m, int epoch) {
+    Backend *be = m->be;
+    double v[2];
+    v[0] = be->sum_squares(be, m->params, m->table.total);
+    v[1] = -v[0];
+    if (dist_allreduce_max_double(v, 2)) return VIT_ERR;
+    if (v[0] != -v[1])
+        return vit_fail("epoch %d: the ranks' parameters differ (sum of squares %.17g vs %.17g)", epoch + 1, v[0], -v[1]);
+    return VIT_OK;
+}
+
+// This micro-step's metrics (loss sum, top-1 and top-5 hits) and the flags every rank must
+// agree on (a non-finite loss, a stop signal), to be summed over the ranks.
+static double *agree_init(double *v, const ViT *m, const int *labels, int B) {
+    double loss = 0;
+    long hits = 0, top5 = 0;
+    for (int i = 0; i < B; i++) loss += m->host_losses[i];
+    count_hits(m->host_logits, labels, B, m->cfg.classes, &hits, &top5);
+    v[0] = loss, v[1] = (double)hits, v[2] = (double)top5, v[3] = !isfinite(loss), v[4] = stop_signal_requested() != 0;
+    return v;
+}
+
+// TensorBoard scalars of one summary window. A failed write is reported once and logging
+// stops; the run itself goes on (a full log disk must not cost the training).
+static void summary(TrainSetup *s, long step, double loss, double acc, double lr, double examples_per_sec,
+                    double steps_per_sec) {
+    if (events_scalar(s->events, "loss", step, loss) || events_scalar(s->events, "accuracy", step, acc) ||
+        events_scalar(s->events, "learning_rate", step, lr) ||
+        events_scalar(s->events, "examples/sec", step, examples_per_sec) ||
+        events_scalar(s->events, "global_step/sec", step, steps_per_sec) || events_flush(s->events))
+        log_failed(s);
+}
+
+static void on_grad_ready(void *ctx, size_t offset, size_t count) { gradsync_ready(ctx, offset, count); }
+
+// Test hooks (environment, never set in normal use): VIT_TEST_SIGNAL_AT_STEP=k raises
+// SIGTERM after micro-step k of the run, VIT_TEST_NAN_AT_UPDATE=k poisons the gradients of
+// the k-th accumulation window, so the suite can exercise the stop and non-finite paths deterministically.
+static long test_hook(const char *name) {
+    const char *v = getenv(name);
+    return v && *v ? atol(v) : -1;
+}
+
 int train_run(TrainSetup *s, TrainResult *r) {
     memset(r, 0, sizeof *r);
     ViT *m = s->model;
     Backend *be = m->be;
     const Dataset *d = s->train;
-    int B = s->batch, A = s->accum;
+    int B = s->batch, A = s->accum, ranks = dist_size(), rank = dist_rank();
+    int Bl = B / ranks;  // this rank's share of each global batch
+    FILE *out = rank == 0 ? s->out : NULL;
+    if (Bl * ranks != B) return vit_fail("--batch_size %d is not divisible by the %d ranks", B, ranks);
+    double counts[2] = {d->count, -(double)d->count};
+    if (dist_allreduce_max_double(counts, 2)) return VIT_ERR;
+    if (counts[0] != -counts[1])
+        return vit_fail("rank %d sees %d training images, another rank %.0f: every rank needs the same data", rank,
+                        d->count, counts[0] == d->count ? -counts[1] : counts[0]);
     long steps = s->steps_per_epoch ? s->steps_per_epoch : d->count / B;
     if (steps < A)
         return vit_fail("--steps_per_epoch %ld is smaller than --grad_accum_steps %d (the data holds %d images, "
@@ -111,22 +182,33 @@ int train_run(TrainSetup *s, TrainResult *r) {
     s->sched.updates_per_epoch = updates_per_epoch;
 
     size_t n = m->table.total;
-    int *order = malloc((size_t)d->count * sizeof(int)), *seq = malloc((size_t)steps * B * sizeof(int));
-    Loader *ld = loader_create(d, B, s->workers, s->prefetch);
+    int *order = malloc((size_t)d->count * sizeof(int)), *seq = malloc((size_t)steps * Bl * sizeof(int));
+    Loader *ld = loader_create(d, Bl, s->workers, s->prefetch);
     float *mom1 = optim_uses_m(s->opt.kind) ? be->alloc(be, n * sizeof(float)) : NULL;
     float *mom2 = optim_uses_v(s->opt.kind) ? be->alloc(be, n * sizeof(float)) : NULL;
+    // 4M floats (16 MiB) per bucket: a few dozen all-reduces for ViT-B, each large enough
+    // to run at link bandwidth, the first starting after the head and the last block.
+    GradSync *sync = ranks > 1 ? gradsync_create(m->grads, n, (size_t)4 << 20) : NULL;
+    long signal_at = test_hook("VIT_TEST_SIGNAL_AT_STEP"), nan_at = test_hook("VIT_TEST_NAN_AT_UPDATE");
     int rc = VIT_OK;
     if (!ld) {
         rc = VIT_ERR;
         goto done;
     }
-    if (loader_workers(ld))
-        fprintf(s->out, "data: %d loader threads, %.1f MiB of prefetched batches\n", loader_workers(ld),
+    if (out && loader_workers(ld))
+        fprintf(out, "data: %d loader threads, %.1f MiB of prefetched batches\n", loader_workers(ld),
                 loader_memory_bytes(ld) / 1048576.0);
-    if (!order || !seq || (optim_uses_m(s->opt.kind) && !mom1) ||
-        (optim_uses_v(s->opt.kind) && !mom2)) {
+    if (!order || !seq || (optim_uses_m(s->opt.kind) && !mom1) || (optim_uses_v(s->opt.kind) && !mom2) ||
+        (ranks > 1 && !sync)) {
         rc = vit_fail("out of memory for the training state");
         goto done;
+    }
+    if (sync) {
+        m->grad_ready = on_grad_ready;
+        m->grad_ready_ctx = sync;
+        if (out)
+            fprintf(out, "distributed: %d ranks x batch %d; gradients summed in %zu buckets of up to 16 MiB\n", ranks,
+                    Bl, gradsync_buckets(sync));
     }
     if (mom1) be->zero(be, mom1, n * sizeof(float));
     if (mom2) be->zero(be, mom2, n * sizeof(float));
@@ -146,87 +228,199 @@ int train_run(TrainSetup *s, TrainResult *r) {
                         start.step_in_epoch, start.epoch + 1, steps, A);
         goto done;
     }
+    // Each rank draws its own dropout masks (the same seed would repeat one rank's masks on all).
+    uint64_t drop_seed = s->seed + (uint64_t)rank * 0x9E3779B97F4A7C15ull;
     SaveState ss = {0};
     double t_start = progress_now(), t_after_first = 0;
     long images_after_first = 0, update = start.update, first_update = start.update;
     uint32_t micro = start.micro;
+    int window_bad = 0;  // a non-finite loss in the accumulation window
+    // The TensorBoard summary window: metrics since the last summary.
+    double win_loss = 0, win_hits = 0, win_seen = 0, win_images = 0, win_t = progress_now();
+    long win_update = update;
+    double agree[5];
+    stop_signal_install();
     for (int epoch = start.epoch; epoch < s->epochs && rc == VIT_OK; epoch++) {
         Progress prog;
-        progress_begin(&prog, s->out, epoch, s->epochs, steps);
+        progress_begin(&prog, out, epoch, s->epochs, steps);
         int resuming = epoch == start.epoch;
         double loss_sum = resuming ? start.loss_sum : 0;
         long hits = resuming ? start.hits : 0, top5 = resuming ? start.top5 : 0, seen = resuming ? start.seen : 0;
-        long first_step = resuming ? start.step_in_epoch : 0, pos = first_step * B;
+        long first_step = resuming ? start.step_in_epoch : 0;
         double lr = 0;
-        // The epoch's order, continued into the next permutation when steps * B exceeds the
-        // data (synthetic data, explicit --steps_per_epoch); a resumed epoch skips what was done.
-        long n_seq = 0;
+        // The epoch's global order, continued into the next permutation when steps * B exceeds
+        // the data (synthetic data, explicit --steps_per_epoch); this rank takes positions
+        // [rank * Bl, (rank + 1) * Bl) of every global batch, and a resumed epoch skips what was done.
+        long n_seq = 0, pos = first_step * B;
         if (pos % d->count) dataset_epoch_order(order, d->count, s->seed, epoch, (int)(pos / d->count));
         for (; pos < steps * B; pos++) {
             if (pos % d->count == 0) dataset_epoch_order(order, d->count, s->seed, epoch, (int)(pos / d->count));
-            seq[n_seq++] = order[pos % d->count];
+            if ((pos % B) / Bl == rank) seq[n_seq++] = order[pos % d->count];
         }
         if ((rc = loader_begin(ld, seq, n_seq, (uint32_t)epoch))) break;
         for (long step = first_step; step < steps; step++) {
             const uint8_t *images;
             const int *labels;
             int got;
-            if ((rc = loader_next(ld, &images, &labels, &got))) break;
-            if (step % A == 0) be->zero(be, m->grads, n * sizeof(float));
-            rc = vit_forward(m, images, labels, B, 1, s->smoothing, s->seed, micro);
-            if (rc == VIT_OK) rc = vit_backward(m, B, s->smoothing, 1.0f / ((float)B * A), s->seed, micro);
-            if (rc != VIT_OK) break;
+            long run_step = (long)(micro - start.micro) + 1;  // 1-based micro-step of this process
+            if (s->prof && run_step == s->prof_first) profiler_set_active(s->prof, 1);
+            char step_name[32];
+            snprintf(step_name, sizeof step_name, "step %ld", run_step);
+            prof_begin(s->prof, step_name, "step");
+            prof_begin(s->prof, "data wait", "data");
+            rc = loader_next(ld, &images, &labels, &got);
+            prof_end(s->prof);
+            if (rc) {
+                prof_end(s->prof);
+                break;
+            }
+            int last_micro = step % A == A - 1;
+            if (step % A == 0) {
+                be->zero(be, m->grads, n * sizeof(float));
+                window_bad = 0;
+            }
+            if (sync) gradsync_begin(sync);
+            m->grad_ready = sync && last_micro ? on_grad_ready : NULL;  // accumulate locally until the last
+            prof_begin(s->prof, "forward", "phase");
+            rc = vit_forward(m, images, labels, Bl, 1, s->smoothing, drop_seed, micro);
+            prof_end(s->prof);
+            prof_begin(s->prof, "backward", "phase");
+            if (rc == VIT_OK) rc = vit_backward(m, Bl, s->smoothing, 1.0f / ((float)B * A), drop_seed, micro);
+            prof_end(s->prof);
+            prof_begin(s->prof, "allreduce", "comm");
+            if (rc == VIT_OK && sync && last_micro) rc = gradsync_finish(sync);
+            if (rc == VIT_OK) rc = dist_allreduce_sum_double(agree_init(agree, m, labels, Bl), 5);
+            prof_end(s->prof);
+            if (rc != VIT_OK) {
+                prof_end(s->prof);
+                break;
+            }
             micro++;
-            for (int i = 0; i < B; i++) loss_sum += m->host_losses[i];
-            count_hits(m->host_logits, labels, B, m->cfg.classes, &hits, &top5);
+            int nonfinite = agree[3] > 0;
+            window_bad |= nonfinite;
+            if (!nonfinite) loss_sum += agree[0], win_loss += agree[0];
+            win_hits += agree[1], win_seen += B, win_images += B;
+            hits += (long)agree[1];
+            top5 += (long)agree[2];
             seen += B;
-            if (step % A == A - 1) {
+            if (nonfinite && !s->skip_nonfinite) {
+                prof_end(s->prof);
+                rc = vit_fail("epoch %d, micro-step %ld (update %ld): the training loss is not finite; stopping "
+                              "(the last checkpoint is kept; --skip_nonfinite skips such updates)",
+                              epoch + 1, step + 1, update + 1);
+                break;
+            }
+            if (last_micro) {
                 lr = schedule_lr(&s->sched, epoch, update);
-                double norm;
-                if (optim_step(be, &m->table, m->params, m->grads, mom1, mom2, &s->opt, (float)lr, (int)update + 1,
-                               &norm)) {
-                    rc = vit_fail("epoch %d, update %ld: gradient norm is %g (loss %g); stopping", epoch + 1,
-                                  update + 1, norm, loss_sum / seen);
+                if ((long)(micro / A) == nan_at) {  // test hook: poison the gradients of one update
+                    float bad = NAN;
+                    be->upload(be, m->grads, &bad, sizeof bad);
+                }
+                double norm = NAN;
+                prof_begin(s->prof, "update", "phase");
+                int ok = !window_bad && optim_step(be, &m->table, m->params, m->grads, mom1, mom2, &s->opt, (float)lr,
+                                                   (int)update + 1, &norm) == VIT_OK;
+                prof_end(s->prof);
+                if (!ok && !s->skip_nonfinite) {
+                    prof_end(s->prof);
+                    rc = vit_fail("epoch %d, update %ld: gradient norm is %g (loss %g); stopping (the last checkpoint "
+                                  "is kept; --skip_nonfinite skips such updates)",
+                                  epoch + 1, update + 1, norm, loss_sum / seen);
                     break;
                 }
-                update++;
-                if (update == first_update + 1) t_after_first = progress_now();
+                if (!ok) {
+                    r->skipped_updates++;
+                    if (out) fprintf(out, "\nepoch %d, update %ld: non-finite loss or gradient norm (%g): update "
+                                          "skipped (%ld so far)\n", epoch + 1, update + 1, norm, r->skipped_updates);
+                } else {
+                    update++;
+                }
+                if (update == first_update + 1 && ok) t_after_first = progress_now();
                 else images_after_first += (long)B * A;
-                if (s->save_dir && s->checkpoint_every > 0 && update % s->checkpoint_every == 0 && step + 1 < steps) {
+                if (ok && s->events && s->summary_every > 0 && update % s->summary_every == 0) {
+                    double now = progress_now();
+                    summary(s, update, win_loss / win_seen, win_hits / win_seen, lr, win_images / (now - win_t),
+                            (update - win_update) / (now - win_t));
+                    win_t = now, win_update = update, win_loss = win_hits = win_seen = win_images = 0;
+                }
+                int stop = agree[4] > 0;
+                if (s->save_dir && stop && step + 1 == steps) {  // the epoch is done: resume at the next one
+                    TrainState st = {update, epoch + 1, 0, micro, s->seed, 0, 0, 0, 0};
+                    char tag[32];
+                    snprintf(tag, sizeof tag, "%03d", epoch + 1);
+                    prof_begin(s->prof, "checkpoint", "io");
+                    rc = save_checkpoint(s, r, &ss, tag, 1, &st, mom1, mom2);
+                    prof_end(s->prof);
+                    if (rc) {
+                        prof_end(s->prof);
+                        break;
+                    }
+                } else if (s->save_dir && step + 1 < steps &&
+                           (stop || (s->checkpoint_every > 0 && ok && update % s->checkpoint_every == 0))) {
                     TrainState st = {update, epoch, step + 1, micro, s->seed, loss_sum, hits, top5, seen};
                     char tag[32];
                     snprintf(tag, sizeof tag, "step-%07ld", update);
-                    if ((rc = save_checkpoint(s, r, &ss, tag, 1, &st, mom1, mom2))) break;
+                    prof_begin(s->prof, "checkpoint", "io");
+                    rc = save_checkpoint(s, r, &ss, tag, !stop, &st, mom1, mom2);
+                    prof_end(s->prof);
+                    if (rc) {
+                        prof_end(s->prof);
+                        break;
+                    }
+                }
+                if (stop) {
+                    prof_end(s->prof);
+                    r->stopped_by_signal = 1;
+                    step++;
+                    break;
                 }
             }
+            prof_end(s->prof);  // the step
+            if (s->prof && run_step == s->prof_last) profiler_set_active(s->prof, 0);
             double el = progress_now() - t_after_first;
             progress_update(&prog, step + 1, loss_sum / seen, (double)hits / seen, lr,
                             update > 1 && el > 0 ? images_after_first / el : 0);
+            if (step + 1 == signal_at) raise(SIGTERM);
         }
         progress_end(&prog);
-        if (rc != VIT_OK) break;
-        if (loader_workers(ld) || loader_skipped(ld))  // in-memory data never waits
+        if (rc != VIT_OK || r->stopped_by_signal) break;
+        if (out && (loader_workers(ld) || loader_skipped(ld)))  // in-memory data never waits
         {
-            fprintf(s->out, "epoch %d/%d  data: waited %.1f s for the loader; %ld unreadable samples skipped", epoch + 1,
+            fprintf(out, "epoch %d/%d  data: waited %.1f s for the loader; %ld unreadable samples skipped", epoch + 1,
                     s->epochs, loader_stall_seconds(ld), loader_skipped(ld));
-            fprintf(s->out, loader_skipped(ld) ? " (last: %s)\n" : "%s\n", loader_last_skip(ld));
+            fprintf(out, loader_skipped(ld) ? " (last: %s)\n" : "%s\n", loader_last_skip(ld));
         }
         if (!isfinite(loss_sum)) {
             rc = vit_fail("epoch %d: training loss is not finite", epoch + 1);
             break;
         }
-        r->train_loss = loss_sum / seen;
-        r->train_top1 = (double)hits / seen;
+        r->train_loss = seen ? loss_sum / seen : 0;
+        r->train_top1 = seen ? (double)hits / seen : 0;
         if (s->val && s->validation_steps != 0) {
             double t0 = progress_now();
-            rc = evaluate(m, s->val, B, s->validation_steps, s->workers, &r->val);
+            prof_begin(s->prof, "validation", "phase");
+            rc = evaluate(m, s->val, Bl, s->validation_steps, s->workers, &r->val);
+            prof_end(s->prof);
             if (rc != VIT_OK) break;
             t_after_first += progress_now() - t0;  // validation time is not training time
-            fprintf(s->out, "epoch %d/%d  validation: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%ld images, %.0f img/s)\n",
-                    epoch + 1, s->epochs, r->val.loss, 100 * r->val.top1, 100 * r->val.top5, r->val.images,
-                    r->val.images_per_sec);
-            fflush(s->out);
+            if (out) {
+                fprintf(out, "epoch %d/%d  validation: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%ld images, %.0f img/s)\n",
+                        epoch + 1, s->epochs, r->val.loss, 100 * r->val.top1, 100 * r->val.top5, r->val.images,
+                        r->val.images_per_sec);
+                fflush(out);
+            }
         }
+        if (s->events && (events_scalar(s->events, "epoch_loss", epoch + 1, r->train_loss) ||
+                          events_scalar(s->events, "epoch_accuracy", epoch + 1, r->train_top1) ||
+                          events_flush(s->events)))
+            log_failed(s);
+        if (s->eval_events && r->val.images &&
+            (events_scalar(s->eval_events, "epoch_loss", epoch + 1, r->val.loss) ||
+             events_scalar(s->eval_events, "epoch_accuracy", epoch + 1, r->val.top1) ||
+             events_scalar(s->eval_events, "epoch_top5_accuracy", epoch + 1, r->val.top5) ||
+             events_flush(s->eval_events)))
+            log_failed(s);
+        if (ranks > 1 && (rc = check_replicas(m, epoch))) break;
         if (s->save_dir) {
             TrainState st = {update, epoch + 1, 0, micro, s->seed, 0, 0, 0, 0};
             char tag[32];
@@ -234,18 +428,29 @@ int train_run(TrainSetup *s, TrainResult *r) {
             rc = save_checkpoint(s, r, &ss, tag, 1, &st, mom1, mom2);
         }
     }
-    if (rc == VIT_OK && s->save_dir) {
+    if (rc == VIT_OK && r->stopped_by_signal && out) {
+        if (*r->last_checkpoint)
+            fprintf(out, "stopped by signal after update %ld; to continue:\n  %s --resume_from_checkpoint_path %s\n",
+                    update, s->resume_command ? s->resume_command : "vit train ...", r->last_checkpoint);
+        else
+            fprintf(out, "stopped by signal after update %ld (no --save_dir: nothing to resume from)\n", update);
+    }
+    if (rc == VIT_OK && s->save_dir && !r->stopped_by_signal) {
         TrainState st = {update, s->epochs, 0, micro, s->seed, 0, 0, 0, 0};
         rc = save_checkpoint(s, r, &ss, "final", 0, &st, mom1, mom2);
     }
+    stop_signal_restore();
     free(ss.params), free(ss.m), free(ss.v), free(ss.written);
     r->updates = update;
     r->seconds = progress_now() - t_start;
+    r->allreduce_wait = sync ? gradsync_wait_seconds(sync) : 0;
     {
         double el = progress_now() - t_after_first;
         r->images_per_sec = images_after_first > 0 && el > 0 ? images_after_first / el : 0;
     }
 done:
+    m->grad_ready = NULL;
+    gradsync_destroy(sync);
     loader_destroy(ld);
     free(order), free(seq);
     be->release(be, mom1);

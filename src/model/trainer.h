@@ -1,20 +1,24 @@
 // The training loop: epochs of micro-steps, gradient accumulation, clipping, the learning
-// rate schedule, validation after each epoch, progress and the final summary.
+// rate schedule, validation after each epoch, progress and the final summary. Under MPI
+// (src/dist) every rank runs it on its share of each global batch; rank 0 alone reports
+// and writes checkpoints.
 #pragma once
 #include <stdint.h>
 #include <stdio.h>
 #include "data/dataset.h"
 #include "io/checkpoint.h"
+#include "io/events.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
+#include "util/profile.h"
 #include "vit.h"
 
 typedef struct {
-    ViT *model;                  // planned for `batch` with training = 1
+    ViT *model;                  // planned for `batch` / ranks with training = 1
     const Dataset *train, *val;  // val may be NULL
     OptimConfig opt;
     Schedule sched;              // epochs and updates_per_epoch are set by train_run
-    int batch, accum, epochs;
+    int batch, accum, epochs;    // batch: global, split evenly across the MPI ranks
     long steps_per_epoch;        // micro-steps; 0 = train->count / batch
     long validation_steps;       // batches; -1 = the whole set, 0 = none
     int workers;                 // data loader threads (0 = the cores)
@@ -32,6 +36,15 @@ typedef struct {
     int keep;                    // keep the newest K epoch/step checkpoints (0: all)
     const MetaPair *meta;        // recorded in every checkpoint (the run's flags)
     int n_meta;
+
+    EventWriter *events;         // TensorBoard training scalars (NULL: none; rank 0 only)
+    EventWriter *eval_events;    // TensorBoard validation scalars (NULL: none)
+    long summary_every;          // training scalars every N updates (0: per epoch only)
+    Profiler *prof;              // spans of micro-steps prof_first..prof_last (1-based); NULL: off
+    long prof_first, prof_last;
+
+    int skip_nonfinite;          // skip updates whose loss or gradient norm is not finite (else stop)
+    const char *resume_command;  // printed after a stop by signal, followed by the checkpoint path
 } TrainSetup;
 
 typedef struct {
@@ -48,8 +61,12 @@ typedef struct {
     long updates;
     double seconds;
     char last_checkpoint[1100];     // path of the newest checkpoint written ("" if none)
+    int stopped_by_signal;          // the run stopped early on SIGINT/SIGTERM/SIGUSR1 (after a checkpoint)
+    long skipped_updates;           // updates skipped for a non-finite loss or gradient (--skip_nonfinite)
+    double allreduce_wait;          // seconds blocked waiting for the gradient all-reduce (data parallel)
 } TrainResult;
 
 int train_run(TrainSetup *s, TrainResult *r);
-// Evaluates `steps` batches (-1 = all) of d in order, without dropout.
+// Evaluates `steps` batches (-1 = all) of d in order, without dropout; under MPI each rank
+// takes a contiguous share and the sums are reduced, so every image counts once.
 int evaluate(ViT *m, const Dataset *d, int batch, long steps, int workers, EvalResult *r);

@@ -259,6 +259,8 @@ int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed
     be->layernorm_backward(be, m->dcls_x, g + o->norm_scale, g + o->norm_bias, m->dcls_ln, m->cls_x, p + o->norm_scale,
                            m->cls_mean, m->cls_rstd, B, D);
     be->scatter_cls(be, m->dres, m->dcls_x, B, T, D);
+    size_t top = o->norm_scale;  // encoder_norm, pre_logits and head follow the blocks
+    if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, top, m->table.total - top);
 
     // dres holds d(loss)/d(block output); each block turns it into d(loss)/d(block input).
     // Gradients live at the same offsets as the parameters (g + w->..., p + w->...).
@@ -297,9 +299,14 @@ int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed
             return VIT_ERR;
         be->layernorm_backward(be, m->dres, g + w->ln0_scale, g + w->ln0_bias, m->s_nd1, m->x[l], p + w->ln0_scale,
                                a->ln1_mean, a->ln1_rstd, N, D);
+        if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, w->ln0_scale, top - w->ln0_scale);
+        top = w->ln0_scale;
     }
 
     be->tokens_backward(be, m->demb, g + o->cls, g + o->pos, m->dres, B, T, D);
-    return linear_backward(be, NULL, g + o->embed_kernel, g + o->embed_bias, m->demb, m->patches, p + o->embed_kernel,
-                           B * G2, pin, D, 0);
+    if (linear_backward(be, NULL, g + o->embed_kernel, g + o->embed_bias, m->demb, m->patches, p + o->embed_kernel,
+                        B * G2, pin, D, 0))
+        return VIT_ERR;
+    if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, 0, top);
+    return VIT_OK;
 }

@@ -45,6 +45,13 @@ typedef struct {
     float *host_logits, *host_losses;
 
     size_t activation_bytes;    // device memory planned for activations and scratch
+
+    // Called by vit_backward when the gradients of params[offset, offset+count) will not
+    // change again in this pass, top of the buffer first (data parallelism starts their
+    // all-reduce there). NULL: not called. Ops are complete on the host when it is called
+    // only for synchronous backends; an asynchronous one must order the reduction itself.
+    void (*grad_ready)(void *ctx, size_t offset, size_t count);
+    void *grad_ready_ctx;
 } ViT;
 
 // Builds the parameter table and plans all buffers for micro-batches of up to `batch`.

@@ -1,0 +1,36 @@
+// Data parallelism over MPI ranks: one process per CPU socket/node (or per GPU), the
+// model replicated, the global batch split across ranks and gradients summed with
+// all-reduce. Without MPI (built without libopenmpi-dev, or not started by mpirun)
+// every call is the one-rank identity, so the trainer has a single code path.
+#pragma once
+#include <stddef.h>
+
+// Starts MPI when `want` (--distributed). Errors when MPI is missing from the build.
+int dist_init(int want);
+void dist_finalize(void);
+int dist_rank(void);
+int dist_size(void);
+int dist_active(void);           // MPI is running with more than one rank
+// The world size mpirun announced in the environment (1 when not under a launcher).
+int dist_launcher_size(void);
+// Ends every rank of the job with `code` (MPI_Abort); returns only without MPI.
+void dist_abort(int code);
+
+int dist_bcast(void *buf, size_t bytes, int root);
+int dist_allreduce_sum_double(double *v, size_t n);   // in place
+int dist_allreduce_max_double(double *v, size_t n);   // in place
+int dist_allreduce_min_double(double *v, size_t n);   // in place
+
+// Summing gradients in buckets as the backward pass finishes them. The parameter buffer
+// is cut into contiguous buckets; the backward pass reports finished ranges from the top
+// of the buffer down (head first, embedding last), and every bucket that is then wholly
+// final starts its non-blocking all-reduce at once, so communication overlaps the rest
+// of the backward pass. All ranks report the same ranges in the same order.
+typedef struct GradSync GradSync;
+GradSync *gradsync_create(float *grads, size_t total, size_t bucket_floats);
+void gradsync_destroy(GradSync *g);
+void gradsync_begin(GradSync *g);                             // a new accumulation window
+void gradsync_ready(GradSync *g, size_t offset, size_t count); // grads[offset, offset+count) are final
+int gradsync_finish(GradSync *g);                              // waits until every bucket is summed
+double gradsync_wait_seconds(const GradSync *g);               // time blocked in gradsync_finish, total
+size_t gradsync_buckets(const GradSync *g);
