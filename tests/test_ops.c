@@ -32,7 +32,7 @@ static void test_gemm(void) {
               *C = randn((size_t)bt * M * N, 3, 1), *bias = randn(N, 4, 1);
         double *ref = malloc(sizeof(double) * bt * M * N);
         int use_bias = c % 2 == 0;
-        float alpha = c == 3 ? 0.25f : 1.0f;
+        float alpha = c == 2 || c == 3 ? 0.25f : 1.0f;  // case 2: alpha with a bias
         for (int b = 0; b < bt; b++)
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++) {

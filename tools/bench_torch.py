@@ -4,6 +4,8 @@ compared against: eager mode with scaled_dot_product_attention, exact GELU, Adam
 global-norm clipping 1.0 and dropout 0.1 (the C defaults). Synthetic data.
 
 Prints one JSON line: {"images_per_sec": X, "step_ms": Y, "torch": V, "threads": N}.
+With --ddp N: N processes (gloo, DistributedDataParallel, global batch split), the baseline
+for bench/dist_scaling.sh.
 """
 
 import argparse
@@ -39,7 +41,22 @@ def main():
         ap.add_argument("--" + name, type=int, default=default)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--inference", action="store_true", help="time forward passes only")
+    ap.add_argument("--ddp", type=int, default=0, help="data-parallel over N gloo processes")
     a = ap.parse_args()
+    if a.ddp:
+        import torch.multiprocessing as mp
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29517")
+        mp.spawn(run, args=(a,), nprocs=a.ddp)
+    else:
+        run(-1, a)
+
+
+def run(rank, a):
+    world = max(a.ddp, 1)
+    if rank >= 0:
+        import torch.distributed as dist
+        dist.init_process_group("gloo", rank=rank, world_size=world)
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -50,9 +67,13 @@ def main():
 
     # A few pre-made batches, so random number generation stays out of the timing.
     rng = np.random.default_rng(0)
-    pool = [(torch.from_numpy(rng.integers(0, 256, (a.batch, a.image, a.image, a.channels), dtype=np.uint8)),
-             torch.from_numpy(rng.integers(0, a.classes, a.batch)))
+    local = a.batch // world
+    pool = [(torch.from_numpy(rng.integers(0, 256, (local, a.image, a.image, a.channels), dtype=np.uint8)),
+             torch.from_numpy(rng.integers(0, a.classes, local)))
             for _ in range(4)]
+    net = model
+    if rank >= 0:  # DDP: bucketed all-reduce overlapped with the backward pass
+        net = torch.nn.parallel.DistributedDataParallel(model)
 
     if a.inference:
         def step(i):
@@ -65,7 +86,7 @@ def main():
         def step(i):
             images, labels = pool[i % len(pool)]
             opt.zero_grad(set_to_none=True)
-            V.loss_fn(model(images, training=True), labels).backward()
+            V.loss_fn(net(images, training=True), labels).backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
 
@@ -75,6 +96,8 @@ def main():
     for i in range(a.steps):
         step(i)
     dt = time.perf_counter() - t0
+    if rank > 0:
+        return
     print(json.dumps({"images_per_sec": round(a.batch * a.steps / dt, 2),
                       "step_ms": round(1000 * dt / a.steps, 3),
                       "torch": torch.__version__, "threads": torch.get_num_threads()}))

@@ -31,7 +31,7 @@ int cmd_evaluate(int argc, char **argv) {
         goto fail;
     }
     FILE *out = o->json ? stderr : stdout;
-    be = backend_cpu_create(o->threads);
+    be = cli_create_backend(&p, o->threads);
     if (!be) goto fail;
     // IDX data informs the model's shape (as in training); synthetic data follows the model.
     if (!o->synthetic_data && cli_open_data(&p, NULL, NULL, &val)) goto fail;

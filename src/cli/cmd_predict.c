@@ -57,7 +57,7 @@ int cmd_predict(int argc, char **argv) {
         vit_fail("predict needs image files (JPEG or PNG)");
         goto fail;
     }
-    be = backend_cpu_create(o->threads);
+    be = cli_create_backend(&p, o->threads);
     if (!be || cli_load_model(&p, NULL, be, 1, &m, stderr)) goto fail;
     const ViTConfig *c = &m.cfg;
     char labels[1200];

@@ -69,9 +69,17 @@ static int optimizer_from_flags(const ParsedOptions *p, OptimConfig *oc) {
     return VIT_OK;
 }
 
-// Creates --save_dir (one level) and checks it is writable before any training is done.
+// Creates --save_dir (and its parents) and checks it is writable before any training is done.
 static int prepare_save_dir(const char *dir) {
     if (!*dir) return VIT_OK;
+    char part[4096];
+    snprintf(part, sizeof part, "%s", dir);
+    for (char *c = part + 1; *c; c++) {
+        if (*c != '/') continue;
+        *c = 0;
+        if (mkdir(part, 0777) != 0 && errno != EEXIST) return vit_fail("--save_dir %s: cannot create %s: %s", dir, part, strerror(errno));
+        *c = '/';
+    }
     if (mkdir(dir, 0777) != 0 && errno != EEXIST) return vit_fail("--save_dir %s: %s", dir, strerror(errno));
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return vit_fail("--save_dir %s: not a folder", dir);
@@ -342,10 +350,11 @@ int cmd_train(int argc, char **argv) {
     if (rank == 0) cli_data_output(&p, &c, &train, &val);
 
     if (parse_profile(o->profile, &prof_first, &prof_last)) goto fail;
-    inner = backend_cpu_create(dist_size() > 1 && !flags_given(&p, "threads") ? threads_per_rank() : o->threads);
+    inner = cli_create_backend(&p, dist_size() > 1 && !flags_given(&p, "threads") ? threads_per_rank() : o->threads);
     if (inner && prof_first) {
         prof = profiler_create(rank);
-        be = prof ? backend_profiled(inner, prof, 0) : NULL;
+        // A GPU runs ops asynchronously: each span waits for its op to finish.
+        be = prof ? backend_profiled(inner, prof, cli_device_is_cuda(o->device)) : NULL;
     } else {
         be = inner;
     }
@@ -392,10 +401,10 @@ int cmd_train(int argc, char **argv) {
             c.name, c.hidden, c.mlp, c.heads, c.layers, c.patch, c.image, c.image, c.channels, c.classes,
             model.table.total / 1e6, config_tokens(&c));
     fprintf(out, "data: %s, %d train / %d validation images;  batch %d x %d accumulation;  %s lr %g, %s;  seed %llu;  "
-                 "%s fp32, activations %.1f MiB\n",
+                 "%s %s, activations %.1f MiB\n",
             o->synthetic_data ? "synthetic" : o->dataset_dir, train.count, val.count, o->batch_size,
             o->grad_accum_steps, optim_name(oc.kind), o->initial_lr, schedule_name(sched.kind),
-            (unsigned long long)seed, be->name, model.activation_bytes / 1048576.0);
+            (unsigned long long)seed, be->name, cli_precision_name(&p), model.activation_bytes / 1048576.0);
 
     // Every flag goes into each checkpoint's metadata.
     meta = calloc((size_t)g_flag_count, sizeof *meta);

@@ -7,6 +7,9 @@
 #include "io/npz.h"
 #include "model/weights.h"
 #include "util/status.h"
+#ifdef VIT_CUDA
+#include "backend/cuda_backend.h"
+#endif
 
 int cli_check_supported(const ParsedOptions *p) {
     for (int i = 0; i < g_flag_count; i++) {
@@ -14,17 +17,62 @@ int cli_check_supported(const ParsedOptions *p) {
         if (f->later && p->set[i]) return vit_fail("--%s: not supported yet (%s)", f->name, f->later);
     }
     const Options *o = &p->o;
-    if (!strcasecmp(o->dtype, "bf16") || !strcasecmp(o->dtype, "bfloat16"))
-        return vit_fail("--dtype bf16: not supported yet (bf16 mixed precision arrives with the CPU speed work); use fp32");
-    if (strcasecmp(o->dtype, "fp32") && strcasecmp(o->dtype, "float32"))
+    int bf16 = !strcasecmp(o->dtype, "bf16") || !strcasecmp(o->dtype, "bfloat16");
+    if (!bf16 && strcasecmp(o->dtype, "fp32") && strcasecmp(o->dtype, "float32"))
         return vit_fail("--dtype %s: expected fp32 or bf16", o->dtype);
     if (!strcasecmp(o->device, "hpu"))
         return vit_fail("--device HPU: Habana accelerators are not supported; use --device cpu (or cuda)");
-    if (!strcasecmp(o->device, "cuda") || !strcasecmp(o->device, "gpu"))
-        return vit_fail("--device %s: not supported yet (the CUDA backend is not built); use --device cpu", o->device);
-    if (strcasecmp(o->device, "cpu")) return vit_fail("--device %s: expected cpu or cuda", o->device);
+    int cuda = cli_device_is_cuda(o->device);
+    if (cuda < 0) return vit_fail("--device %s: expected cpu, cuda or cuda:N", o->device);
+#ifndef VIT_CUDA
+    if (cuda) return vit_fail("--device %s: this vit was built without CUDA (rebuild with make CUDA=1)", o->device);
+#endif
+    if (bf16 && !cuda)
+        return vit_fail("--dtype bf16: not supported yet on the CPU (bf16 mixed precision arrives with the CPU speed "
+                        "work); use fp32, or --device cuda");
+    if (o->allow_tf32 && !cuda) return vit_fail("--allow_tf32: TF32 exists only on NVIDIA GPUs (--device cuda)");
+    if (cuda && o->distributed)
+        return vit_fail("--distributed with --device cuda: multi-GPU training (NCCL) is not built yet; use one GPU, "
+                        "or --device cpu");
     if (o->threads < 0) return vit_fail("--threads %d: must be >= 0", o->threads);
     return VIT_OK;
+}
+
+int cli_device_is_cuda(const char *device) {
+    if (!strcasecmp(device, "cpu")) return 0;
+    if (!strcasecmp(device, "cuda") || !strcasecmp(device, "gpu")) return 1;
+    if (!strncasecmp(device, "cuda:", 5)) {
+        char *end;
+        long n = strtol(device + 5, &end, 10);
+        return device[5] && !*end && n >= 0 && n < 1024 ? 1 : -1;
+    }
+    return -1;
+}
+
+Backend *cli_create_backend(const ParsedOptions *p, int threads) {
+    const Options *o = &p->o;
+    if (!cli_device_is_cuda(o->device)) return backend_cpu_create(threads);
+#ifdef VIT_CUDA
+    // cuda:N picks the device; under mpirun each rank takes the GPU of its local rank.
+    int device = 0;
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    if (!strncasecmp(o->device, "cuda:", 5)) device = atoi(o->device + 5);
+    else if (local) device = atoi(local);
+    int bf16 = !strcasecmp(o->dtype, "bf16") || !strcasecmp(o->dtype, "bfloat16");
+    CudaPrecision prec = bf16 ? CUDA_BF16 : o->allow_tf32 ? CUDA_TF32 : CUDA_FP32;
+    return backend_cuda_create(device, prec);  // its errors already name --device cuda
+#else
+    vit_fail("--device %s: this vit was built without CUDA (rebuild with make CUDA=1)", o->device);
+    return NULL;
+#endif
+}
+
+const char *cli_precision_name(const ParsedOptions *p) {
+    const Options *o = &p->o;
+    if (!cli_device_is_cuda(o->device)) return "fp32";
+    if (!strcasecmp(o->dtype, "bf16") || !strcasecmp(o->dtype, "bfloat16"))
+        return "bf16 matrix products (fp32 accumulation), fp32 activations";
+    return o->allow_tf32 ? "fp32, TF32 matrix products" : "fp32";
 }
 
 int cli_model_config(const ParsedOptions *p, const Dataset *data, ViTConfig *c) {

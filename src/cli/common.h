@@ -9,6 +9,13 @@
 
 // Errors for flags that parse but are not supported yet, --dtype, --device.
 int cli_check_supported(const ParsedOptions *p);
+// 1 for cuda, gpu, cuda:N; 0 for cpu; -1 for anything else.
+int cli_device_is_cuda(const char *device);
+// The backend --device asks for (CPU with `threads`, or the CUDA backend with the
+// precision of --dtype/--allow_tf32); NULL with the reason when it cannot start.
+Backend *cli_create_backend(const ParsedOptions *p, int threads);
+// What the matrix products and activations compute in, for reports.
+const char *cli_precision_name(const ParsedOptions *p);
 // Preset + overrides; `data` (may be NULL) supplies image size, channels and classes
 // unless the flags set them, and is checked against them.
 int cli_model_config(const ParsedOptions *p, const Dataset *data, ViTConfig *c);

@@ -78,7 +78,8 @@ const Flag g_flags[] = {
     {"warmup_steps", NULL, FLAG_INT, F(warmup_steps, 0), "4000", "WarmupCosine warm-up, in optimizer updates", NULL, 0},
     {"seed", NULL, FLAG_LONG, F(seed, 0), "-1", "seed of every random stream (default: from the clock)", NULL, 0},
     {"deterministic", NULL, FLAG_BOOL, F(deterministic, 0), "0", "no augmentation, fixed order; needs --seed", NULL, 0},
-    {"device", NULL, FLAG_STRING, F(device, 0), "cpu", "cpu | cuda", NULL, 0},
+    {"device", NULL, FLAG_STRING, F(device, 0), "cpu", "cpu | cuda | cuda:N", NULL, 0},
+    {"allow_tf32", NULL, FLAG_BOOL, F(allow_tf32, 0), "0", "cuda fp32: TF32 tensor-core matrix products", NULL, 0},
     {"threads", NULL, FLAG_INT, F(threads, 0), "0", "CPU threads (default: all cores)", NULL, 0},
     {"json", NULL, FLAG_BOOL, F(json, 0), "0", "print one JSON object with the results at the end", NULL, 0},
     // weights, checkpoints, logs

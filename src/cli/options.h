@@ -45,6 +45,7 @@ typedef struct {
     char profile[64];
     int distributed;
     int skip_nonfinite;
+    int allow_tf32;
     int base_tf_server_port;
     char recipe_cache[1024];
     int dump_config;

@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# One command for a lent GPU machine: builds vit with the CUDA backend, runs the GPU tests
+# (build/tests/test_cuda: every op and a whole training step against the CPU backend),
+# times ViT-B/16 training at 224 in bf16 with the largest batch that fits, then the same
+# training in PyTorch (timm, bf16 autocast, AdamW; eager and torch.compile) and the measured
+# bf16 matrix-product ceiling, and prints a short table last. Each phase runs under a
+# timeout; a failing phase prints its error and the script goes on. The whole run keeps
+# within GPU_CHECK_BUDGET seconds (default 480). Logs: $OUT/gpu_check_logs.tar.gz.
+#
+#   bash bench/gpu_check.sh             on the GPU machine, from the repository root
+#   bash bench/gpu_check.sh --bundle    on the dev machine, before the call (see below)
+#
+# The GPU machine's image has CUDA, PyTorch and timm, but possibly not the Debian packages
+# vit links (oneDNN, libjpeg, libpng, libzip, protobuf-c); nothing can be installed there.
+# The script names what is missing and then uses a prebuilt bundle when one was carried:
+# `--bundle` builds vit and test_cuda here (portable -march=x86-64-v3, no MPI, in
+# build/gpu-bundle/) and packs them with their non-system libraries into
+# build/gpu-bundle.tar.gz (about 14 MB; ignored by git like all of build/): name that path
+# in the device call's carry.
+# Knobs: VIT_BATCHES ("256 128 64"), VIT_STEPS (10), TORCH_STEPS (10), GPU_CHECK_BUDGET.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+BUNDLE=build/gpu-bundle.tar.gz
+
+if [ "${1:-}" = "--bundle" ]; then
+    B=build/gpu-bundle
+    FLAGS=(CUDA=1 MPI=0 BUILD=$B "OPT=-O3 -march=x86-64-v3")
+    make -j"$(nproc)" "${FLAGS[@]}" $B/libvit.a $B/src/main.o $B/tests/test_cuda || exit 1
+    # Link vit as the Makefile does, but into the bundle folder (./vit stays as it is).
+    printf '%s/vit-bundle: %s/src/main.o %s/libvit.a\n\t$(CC) -o $@ $^ $(LDLIBS)\n' $B $B $B |
+        make -f Makefile -f - "${FLAGS[@]}" $B/vit-bundle || exit 1
+    stage=$(mktemp -d)
+    mkdir -p "$stage/vit-bundle/lib"
+    cp $B/vit-bundle "$stage/vit-bundle/vit"
+    cp $B/tests/test_cuda "$stage/vit-bundle/test_cuda"
+    # Everything they load except the C library, the C++ runtime and CUDA (all on the GPU machine).
+    for lib in $(ldd $B/vit-bundle $B/tests/test_cuda | awk '/=> \// {print $3}' | sort -u); do
+        case $(basename "$lib") in
+        libc.so* | libm.so* | libpthread* | libdl.so* | librt.so* | ld-linux* | libstdc++* | libgcc_s* | libcuda* | \
+            libcublas* | libcudart*) ;;
+        *) cp -L "$lib" "$stage/vit-bundle/lib/" ;;
+        esac
+    done
+    tar -C "$stage" -czf $BUNDLE vit-bundle && rm -rf "$stage"
+    echo "wrote $BUNDLE ($(du -h $BUNDLE | cut -f1)): $(tar -tzf $BUNDLE | grep -c .) files"
+    echo "for the GPU machine: name \"$BUNDLE\" in the device call's carry"
+    exit 0
+fi
+
+LOG=/tmp/gpu_check
+rm -rf "$LOG" && mkdir -p "$LOG"
+BUDGET=${GPU_CHECK_BUDGET:-480}
+START=$SECONDS
+export PYTHONUNBUFFERED=1
+
+say() { printf '%s\n' "$*"; }
+section() { printf '\n== %s  (%ds elapsed)\n' "$*" $((SECONDS - START)); }
+# limit CAP RESERVE: a phase's timeout, its cap or what the budget leaves after RESERVE
+# seconds kept for the phases after it (at least 20 s).
+limit() {
+    local l=$((BUDGET - (SECONDS - START) - $2))
+    [ "$l" -gt "$1" ] && l=$1
+    [ "$l" -lt 20 ] && l=20
+    echo "$l"
+}
+# run_phase NAME TIMEOUT CMD...: output in $LOG/NAME.log, its tail shown on failure.
+run_phase() {
+    local name=$1 t=$2
+    shift 2
+    timeout -k 10 "$t" "$@" >"$LOG/$name.log" 2>&1
+    local rc=$?
+    if [ $rc -ne 0 ]; then
+        if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then say "  $name: timed out after ${t}s"; else say "  $name failed (exit $rc)"; fi
+        tail -n 15 "$LOG/$name.log" | sed 's/^/    | /'
+    fi
+    return $rc
+}
+json_num() { sed -n "s/.*\"$1\": \([0-9.eE+-]*\).*/\1/p" "$2" | tail -n 1; }
+finish() {  # the logs travel back as one file ($OUT keeps at most a few)
+    if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+        tar -C /tmp -czf "$OUT/gpu_check_logs.tar.gz" gpu_check 2>/dev/null
+    fi
+}
+
+section "machine"
+GPU=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -n 1)
+[ -n "$GPU" ] || GPU="no GPU seen by nvidia-smi"
+say "GPU: $GPU"
+NVCC=$(command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
+say "nvcc: ${NVCC:-not found} $([ -n "$NVCC" ] && "$NVCC" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+say "python: $(python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tail -n 1)"
+say "timm: $(python3 -c 'import timm; print(timm.__version__)' 2>&1 | tail -n 1)"
+say "cpus: $(nproc); date: $(date -u +%Y-%m-%dT%H:%MZ)"
+
+section "build"
+missing=""
+CC=${CC:-cc}
+hdr() { printf '#include <%s>\n' "$1" | $CC -E -x c - >/dev/null 2>&1 || missing="$missing $2"; }
+command -v "$CC" >/dev/null || missing="$missing C-compiler($CC)"
+[ -n "$NVCC" ] || missing="$missing nvcc"
+hdr oneapi/dnnl/dnnl.h libdnnl-dev
+hdr jpeglib.h libjpeg-dev
+hdr png.h libpng-dev
+hdr zip.h libzip-dev
+hdr zlib.h zlib1g-dev
+hdr protobuf-c/protobuf-c.h libprotobuf-c-dev
+command -v protoc-c >/dev/null || missing="$missing protobuf-c-compiler"
+VIT="" TEST="" VLIB="" BUILD_NOTE=""
+if [ -z "$missing" ]; then
+    if run_phase build "$(limit 300 240)" make -j"$(nproc)" CUDA=1 ${NVCC:+NVCC=$NVCC} vit build/tests/test_cuda; then
+        VIT=./vit TEST=build/tests/test_cuda BUILD_NOTE="built here"
+        say "  built ./vit and build/tests/test_cuda with CUDA=1"
+    fi
+else
+    say "  cannot build here, missing:$missing"
+fi
+if [ -z "$VIT" ]; then
+    if [ -f $BUNDLE ]; then
+        rm -rf /tmp/vit-bundle && mkdir -p /tmp/vit-bundle && tar -C /tmp/vit-bundle -xzf $BUNDLE
+        VIT=/tmp/vit-bundle/vit-bundle/vit TEST=/tmp/vit-bundle/vit-bundle/test_cuda VLIB=/tmp/vit-bundle/vit-bundle/lib
+        BUILD_NOTE="prebuilt bundle"
+        # CUDA libraries: the toolkit's, else the ones PyTorch's wheels carry.
+        if LD_LIBRARY_PATH=$VLIB ldd $VIT | grep -qE 'lib(cublasLt|cudart)\.so.* not found'; then
+            for lib in libcublasLt.so.13 libcudart.so.13; do
+                f=$(find /usr/local /usr/lib /opt "$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)" \
+                    -name "$lib" 2>/dev/null | head -n 1)
+                [ -n "$f" ] && VLIB="$VLIB:$(dirname "$f")"
+            done
+        fi
+        nf=$(LD_LIBRARY_PATH=$VLIB ldd $VIT $TEST 2>&1 | grep 'not found' | sort -u)
+        say "  using the carried $BUNDLE${nf:+; still missing: $nf}"
+    else
+        say "  no $BUNDLE carried either: on the dev machine run 'bash bench/gpu_check.sh --bundle' and carry"
+        say "  $BUNDLE (or make those packages available here). The vit phases are skipped."
+    fi
+fi
+# How vit and test_cuda run: with the bundle's libraries when it is the bundle's.
+VRUN=(env)
+[ -n "$VLIB" ] && VRUN=(env "LD_LIBRARY_PATH=$VLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+
+TESTS="not run"
+if [ -n "$TEST" ]; then
+    section "GPU tests (test_cuda: every op, a whole step and a 50-step run against the CPU backend)"
+    run_phase test_cuda "$(limit 240 200)" "${VRUN[@]}" "$TEST"
+    grep -E '^FAIL|^  (gradient|parameter)|^50-step' "$LOG/test_cuda.log" | head -n 40
+    TESTS=$(grep -E '^test_cuda: ' "$LOG/test_cuda.log" | tail -n 1)
+    [ -n "$TESTS" ] || TESTS="test_cuda: no summary (crashed? see the log)"
+    say "  $TESTS"
+fi
+
+XDEV="not run"
+if [ -n "$VIT" ]; then
+    section "checkpoints across devices: GPU -> CPU and CPU -> GPU resume, evaluate on both"
+    SMALL="--synthetic_data --from_scratch --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
+           --image_size 16 --num_classes 5 --batch_size 8 --grad_accum_steps 1 --epochs 2 --steps_per_epoch 6
+           --validation_steps 2 --optimizer adamw --initial_lr 1e-3 --warmup_steps 2 --dropout 0.1 --seed 1 --json"
+    X=$LOG/xdev
+    mkdir -p $X
+    ok=1
+    run_phase xdev_cpu 60 "${VRUN[@]}" $VIT train $SMALL --device cpu --save_dir $X/cpu || ok=0
+    run_phase xdev_gpu 60 "${VRUN[@]}" $VIT train $SMALL --device cuda --save_dir $X/gpu || ok=0
+    run_phase xdev_g2c 60 "${VRUN[@]}" $VIT train $SMALL --device cpu --save_dir $X/g2c \
+        --resume_from_checkpoint_path $X/gpu/ViT-Ti_4-ckpt-001.safetensors || ok=0
+    run_phase xdev_c2g 60 "${VRUN[@]}" $VIT train $SMALL --device cuda --save_dir $X/c2g \
+        --resume_from_checkpoint_path $X/cpu/ViT-Ti_4-ckpt-001.safetensors || ok=0
+    run_phase xdev_eval 60 "${VRUN[@]}" $VIT evaluate --checkpoint $X/cpu/ViT-Ti_4-ckpt-final.safetensors \
+        --synthetic_data --device cuda --batch_size 8 --validation_steps 2 --json || ok=0
+    line="val_loss:"
+    for r in cpu gpu g2c c2g; do line="$line $r $(json_num val_loss "$LOG/xdev_$r.log")"; done
+    line="$line; evaluate on cuda of the cpu run: $(json_num loss "$LOG/xdev_eval.log")"
+    say "  $line"
+    # All four runs train the same model to within rounding: the final losses agree to 1e-3.
+    spread=$(for r in cpu gpu g2c c2g; do json_num val_loss "$LOG/xdev_$r.log"; done |
+        awk 'NR == 1 {lo = hi = $1} {if ($1 < lo) lo = $1; if ($1 > hi) hi = $1} END {print (NR == 4 && hi - lo <= 1e-3 * hi) ? "ok" : "FAIL"}')
+    [ $ok -eq 1 ] && [ "$spread" = ok ] && XDEV="ok ($line)" || XDEV="FAIL ($line)"
+    say "  cross-device: $XDEV"
+fi
+
+VIT_IPS="" VIT_BATCH="" GFLOP=""
+if [ -n "$VIT" ]; then
+    section "vit: ViT-B/16 at 224, bf16, AdamW, synthetic data"
+    GFLOP=$("${VRUN[@]}" $VIT info --model ViT-B_16 --image_size 224 --json 2>/dev/null | sed -n 's/.*"training_gflops_per_image": \([0-9.]*\).*/\1/p')
+    for b in ${VIT_BATCHES:-256 128 64}; do
+        run_phase vit_b$b "$(limit 180 200)" "${VRUN[@]}" $VIT train --model ViT-B_16 --image_size 224 --device cuda -d bf16 \
+            --synthetic_data --from_scratch --batch_size $b --grad_accum_steps 1 --epochs 1 \
+            --steps_per_epoch "${VIT_STEPS:-10}" --validation_steps 0 --optimizer adamw --dropout 0 --save_dir= \
+            --seed 0 --json
+        rc=$?
+        ips=$(json_num images_per_sec "$LOG/vit_b$b.log")
+        if [ $rc -eq 0 ] && [ -n "$ips" ]; then
+            VIT_IPS=$ips VIT_BATCH=$b
+            say "  batch $b: $ips img/s (training throughput after the first update)"
+            break
+        fi
+        grep -qiE 'out of (gpu |device )?memory' "$LOG/vit_b$b.log" || break  # other errors repeat at any batch
+        say "  batch $b does not fit; trying a smaller one"
+    done
+fi
+[ -n "$GFLOP" ] || GFLOP=105.383  # ViT-B/16 at 224, forward + backward (vit info)
+
+section "PyTorch"
+TB=${VIT_BATCH:-256}
+list=$TB
+for b in 256 128 64 32; do [ "$b" -lt "$TB" ] && list="$list,$b"; done
+CEIL="" EAGER="" EAGER_B="" COMP=""
+if run_phase torch_ceiling "$(limit 60 260)" python3 tools/bench_torch_gpu.py ceiling; then
+    CEIL=$(json_num tflops "$LOG/torch_ceiling.log")
+    say "  bf16 matmul 8192^3: $CEIL TFLOP/s"
+fi
+if run_phase torch_eager "$(limit 180 200)" python3 tools/bench_torch_gpu.py eager --batches "$list" \
+    --steps "${TORCH_STEPS:-10}"; then
+    EAGER=$(json_num images_per_sec "$LOG/torch_eager.log")
+    EAGER_B=$(json_num batch "$LOG/torch_eager.log")
+    say "  eager, batch $EAGER_B: $EAGER img/s"
+fi
+if run_phase torch_compile "$(limit 330 10)" python3 tools/bench_torch_gpu.py compile --batches "${EAGER_B:-$list}" \
+    --steps "${TORCH_STEPS:-10}"; then
+    COMP=$(json_num images_per_sec "$LOG/torch_compile.log")
+    say "  torch.compile, batch $(json_num batch "$LOG/torch_compile.log"): $COMP img/s (compiled in $(json_num warmup_s "$LOG/torch_compile.log") s)"
+fi
+
+{
+    section "summary: $GPU"
+    printf '%-44s %6s %9s %8s %12s\n' "ViT-B/16 224 training, bf16" batch "img/s" "vit/x" "% ceiling"
+    row() {  # name batch img/s
+        awk -v n="$1" -v b="${2:--}" -v v="$3" -v ref="$VIT_IPS" -v g="$GFLOP" -v c="$CEIL" 'BEGIN {
+            r = (v != "" && ref != "") ? sprintf("%.2f", ref / v) : "-";
+            f = (v != "" && c != "") ? sprintf("%.1f%%", 100 * v * g / (c * 1000)) : "-";
+            printf "%-44s %6s %9s %8s %12s\n", n, b, (v != "" ? sprintf("%.1f", v) : "failed"), r, f }'
+    }
+    row "vit --device cuda -d bf16 ($BUILD_NOTE)" "$VIT_BATCH" "$VIT_IPS"
+    row "PyTorch eager (timm, autocast bf16)" "$EAGER_B" "$EAGER"
+    row "PyTorch torch.compile" "$EAGER_B" "$COMP"
+    say "ceiling: bf16 matmul ${CEIL:-?} TFLOP/s measured; $GFLOP GFLOP per trained image"
+    say "tests: $TESTS"
+    say "cross-device checkpoints: $XDEV"
+} | tee "$LOG/summary.txt"
+finish

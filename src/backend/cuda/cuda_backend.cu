@@ -1,0 +1,180 @@
+// The CUDA backend: device selection, the arena-backed memory ops, error bookkeeping and
+// the op table. Ops live in cuda_*.cu; all of them run in order on one stream.
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cuda_common.h"
+
+static const size_t WORKSPACE_BYTES = (size_t)32 << 20;  // cuBLASLt's advice for Hopper
+
+int cuda_fail(CudaState *s, const char *op, const char *fmt, ...) {
+    if (!s->failed) {
+        int n = snprintf(s->error, sizeof s->error, "cuda %s: ", op);
+        va_list ap;
+        va_start(ap, fmt);
+        if (n > 0 && (size_t)n < sizeof s->error) vsnprintf(s->error + n, sizeof s->error - n, fmt, ap);
+        va_end(ap);
+        s->failed = 1;
+    }
+    return vit_fail("%s", s->error);
+}
+
+int cuda_check(CudaState *s, cudaError_t e, const char *op) {
+    if (e == cudaSuccess) return VIT_OK;
+    return cuda_fail(s, op, "%s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+int cuda_check_launch(CudaState *s, const char *op) { return cuda_check(s, cudaGetLastError(), op); }
+
+int cuda_failed(CudaState *s) { return s->failed ? vit_fail("%s", s->error) : VIT_OK; }
+
+void *cuda_scratch(CudaState *s, void **buf, size_t *cap, size_t bytes, const char *what) {
+    if (bytes <= *cap && *buf) return *buf;
+    cuda_arena_release(s->arena, *buf);
+    *cap = 0;
+    size_t want = (bytes + ((size_t)1 << 20) - 1) >> 20 << 20;  // whole MiB: fewer regrowths
+    *buf = cuda_arena_alloc(s->arena, want);
+    if (!*buf) {
+        cuda_fail(s, what, "%s", vit_error());
+        return NULL;
+    }
+    *cap = want;
+    return *buf;
+}
+
+static void *cu_alloc(Backend *be, size_t bytes) {
+    CudaState *s = cuda_state(be);
+    return cuda_arena_alloc(s->arena, bytes);  // NULL with the arena's message naming the size
+}
+
+static void cu_release(Backend *be, void *p) { cuda_arena_release(cuda_state(be)->arena, p); }
+
+// Host buffers are ordinary (pageable) memory the caller may reuse at once: wait for the copy.
+static void cu_upload(Backend *be, void *dst, const void *src, size_t bytes) {
+    CudaState *s = cuda_state(be);
+    if (s->failed || !bytes) return;
+    if (cuda_check(s, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s->stream), "upload")) return;
+    cuda_check(s, cudaStreamSynchronize(s->stream), "upload");
+}
+
+// After a failure the host buffer is filled with NaN bytes: never a silently stale result.
+static void cu_download(Backend *be, void *dst, const void *src, size_t bytes) {
+    CudaState *s = cuda_state(be);
+    if (!bytes) return;
+    if (!s->failed && !cuda_check(s, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s->stream), "download"))
+        cuda_check(s, cudaStreamSynchronize(s->stream), "download");
+    if (s->failed) memset(dst, 0xff, bytes);
+}
+
+static void cu_zero(Backend *be, void *p, size_t bytes) {
+    CudaState *s = cuda_state(be);
+    if (s->failed || !bytes) return;
+    cuda_check(s, cudaMemsetAsync(p, 0, bytes, s->stream), "zero");
+}
+
+static void cu_synchronize(Backend *be) {
+    CudaState *s = cuda_state(be);
+    if (!s->failed) cuda_check(s, cudaStreamSynchronize(s->stream), "synchronize");
+}
+
+static void cu_destroy(Backend *be) {
+    if (!be) return;
+    CudaState *s = cuda_state(be);
+    if (s) {
+        if (s->stream) cudaStreamSynchronize(s->stream);
+        cuda_gemm_cache_destroy(s->gemm);
+        if (s->lt) cublasLtDestroy(s->lt);
+        cuda_arena_destroy(s->arena);
+        if (s->stream) cudaStreamDestroy(s->stream);
+        cudaGetLastError();
+        free(s);
+    }
+    free(be);
+}
+
+int backend_cuda_device_count(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        vit_fail("--device cuda: no CUDA device found (cudaGetDeviceCount: %s)", cudaGetErrorString(e));
+        return 0;
+    }
+    if (n <= 0) vit_fail("--device cuda: no CUDA device found (cudaGetDeviceCount: 0 devices)");
+    return n > 0 ? n : 0;
+}
+
+// Fails the creation: frees what exists and leaves one message.
+static Backend *create_failed(Backend *be, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static Backend *create_failed(Backend *be, const char *fmt, ...) {
+    char msg[640];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cu_destroy(be);
+    vit_fail("--device cuda: %s", msg);
+    return NULL;
+}
+
+Backend *backend_cuda_create(int device, CudaPrecision precision) {
+    int count = backend_cuda_device_count();
+    if (count == 0) return NULL;
+    if (device < 0 || device >= count) {
+        vit_fail("--device cuda: device %d does not exist (%d found)", device, count);
+        return NULL;
+    }
+    if (precision != CUDA_FP32 && precision != CUDA_TF32 && precision != CUDA_BF16) {
+        vit_fail("--device cuda: unknown precision %d", (int)precision);
+        return NULL;
+    }
+    Backend *be = (Backend *)calloc(1, sizeof *be);
+    CudaState *s = (CudaState *)calloc(1, sizeof *s);
+    if (!be || !s) {
+        free(be);
+        free(s);
+        vit_fail("out of memory creating the CUDA backend");
+        return NULL;
+    }
+    be->impl = s;
+    s->device = device;
+    s->precision = precision;
+    cudaError_t e = cudaSetDevice(device);
+    if (e != cudaSuccess) return create_failed(be, "cudaSetDevice: %s", cudaGetErrorString(e));
+    cudaDeviceProp prop;
+    e = cudaGetDeviceProperties(&prop, device);
+    if (e != cudaSuccess) return create_failed(be, "cudaGetDeviceProperties: %s", cudaGetErrorString(e));
+    if (prop.major < 8)
+        return create_failed(be, "%s has compute capability %d.%d; this build needs 8.0 or newer", prop.name,
+                             prop.major, prop.minor);
+    s->sm_count = prop.multiProcessorCount;
+    s->smem_optin = prop.sharedMemPerBlockOptin;
+    e = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) return create_failed(be, "cudaStreamCreate: %s", cudaGetErrorString(e));
+    cublasStatus_t st = cublasLtCreate(&s->lt);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        s->lt = NULL;
+        return create_failed(be, "cublasLtCreate: %s", cublasLtGetStatusString(st));
+    }
+    s->arena = cuda_arena_create();
+    s->gemm = cuda_gemm_cache_create();
+    if (!s->arena || !s->gemm) return create_failed(be, "%s", "out of host memory");
+    s->workspace = cuda_arena_alloc(s->arena, WORKSPACE_BYTES);
+    if (!s->workspace) return create_failed(be, "%s", vit_error());
+    s->workspace_bytes = WORKSPACE_BYTES;
+
+    be->name = "cuda";
+    be->alloc = cu_alloc;
+    be->release = cu_release;
+    be->upload = cu_upload;
+    be->download = cu_download;
+    be->zero = cu_zero;
+    be->synchronize = cu_synchronize;
+    be->gemm = cuda_gemm;
+    be->destroy = cu_destroy;
+    cuda_install_ops(be);
+    cuda_install_attention(be);
+    cuda_install_optimizer(be);
+    return be;
+}

@@ -1,0 +1,79 @@
+// Internal declarations shared by the CUDA backend's files (compiled by nvcc only).
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "backend/backend.h"
+#include "util/status.h"
+}
+#include "backend/cuda_backend.h"
+
+typedef struct CudaArena CudaArena;
+typedef struct GemmCache GemmCache;
+
+typedef struct {
+    int device;
+    CudaPrecision precision;
+    int sm_count;
+    size_t smem_optin;              // largest dynamic shared memory a block may ask for
+    cudaStream_t stream;            // every op runs on this one stream, in order
+    CudaArena *arena;
+    cublasLtHandle_t lt;
+    GemmCache *gemm;
+    void *workspace;                // the one cuBLASLt workspace
+    size_t workspace_bytes;
+    void *bf16;                     // bf16 copies of gemm operands (CUDA_BF16)
+    size_t bf16_bytes;
+    void *reduce;                   // partial sums of reductions (doubles)
+    size_t reduce_bytes;
+    int failed;                     // a CUDA call failed: later ops do nothing, int ops report it
+    char error[512];
+} CudaState;
+
+static inline CudaState *cuda_state(Backend *be) { return (CudaState *)be->impl; }
+
+// Records the first failure (message "<op>: ...") and returns VIT_ERR; later failures keep
+// the first message, which is the one that explains the rest.
+int cuda_fail(CudaState *s, const char *op, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// VIT_OK when e is cudaSuccess, else cuda_fail naming op and the CUDA error string.
+int cuda_check(CudaState *s, cudaError_t e, const char *op);
+// Checks the launch that just happened (configuration errors and earlier asynchronous faults).
+int cuda_check_launch(CudaState *s, const char *op);
+// For ops that return a status: VIT_ERR (re-raising the recorded message) once anything failed.
+int cuda_failed(CudaState *s);
+
+// Device memory from the run's arena: large cudaMalloc'd chunks carved into 256-byte
+// aligned blocks. alloc returns NULL with vit_fail naming the size when the device is full.
+CudaArena *cuda_arena_create(void);
+void *cuda_arena_alloc(CudaArena *a, size_t bytes);
+void cuda_arena_release(CudaArena *a, void *p);
+void cuda_arena_destroy(CudaArena *a);
+
+// A scratch buffer that grows (from the arena) to at least `bytes` and never shrinks, so
+// steps after the first allocate nothing. NULL (and a recorded failure) when out of memory.
+void *cuda_scratch(CudaState *s, void **buf, size_t *cap, size_t bytes, const char *what);
+
+// Grid-stride loop over n elements; launches size their grids with cuda_blocks.
+#define CUDA_FOR(i, n) \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)(n); i += (size_t)gridDim.x * blockDim.x)
+
+// Blocks for a grid-stride loop over n elements.
+static inline unsigned cuda_blocks(const CudaState *s, size_t n, int threads) {
+    size_t b = (n + threads - 1) / threads, cap = (size_t)s->sm_count * 32;
+    if (b > cap) b = cap;
+    return b ? (unsigned)b : 1u;
+}
+
+GemmCache *cuda_gemm_cache_create(void);
+void cuda_gemm_cache_destroy(GemmCache *c);
+int cuda_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B, int transB,
+              float *C, const float *bias, float alpha, int accumulate);
+// out[i, j] += bias[j] over rows x cols (the unfused bias path of cuda_gemm).
+void cuda_add_bias(CudaState *s, float *out, const float *bias, size_t rows, int cols);
+
+void cuda_install_ops(Backend *be);
+void cuda_install_attention(Backend *be);
+void cuda_install_optimizer(Backend *be);
