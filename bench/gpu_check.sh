@@ -163,11 +163,14 @@ if [ -n "$VIT" ]; then
         --resume_from_checkpoint_path $X/gpu/ViT-Ti_4-ckpt-001.safetensors || ok=0
     run_phase xdev_c2g 60 "${VRUN[@]}" $VIT train $SMALL --device cuda --save_dir $X/c2g \
         --resume_from_checkpoint_path $X/cpu/ViT-Ti_4-ckpt-001.safetensors || ok=0
+    run_phase xdev_rec 60 "${VRUN[@]}" $VIT train $SMALL --device cuda --save_dir $X/rec --recompute || ok=0
     run_phase xdev_eval 60 "${VRUN[@]}" $VIT evaluate --checkpoint $X/cpu/ViT-Ti_4-ckpt-final.safetensors \
         --synthetic_data --device cuda --batch_size 8 --validation_steps 2 --json || ok=0
     line="val_loss:"
     for r in cpu gpu g2c c2g; do line="$line $r $(json_num val_loss "$LOG/xdev_$r.log")"; done
     line="$line; evaluate on cuda of the cpu run: $(json_num loss "$LOG/xdev_eval.log")"
+    line="$line; gpu --recompute: $(json_num val_loss "$LOG/xdev_rec.log")"
+    [ "$(json_num val_loss "$LOG/xdev_rec.log")" = "$(json_num val_loss "$LOG/xdev_gpu.log")" ] || ok=0  # same ops, same order
     say "  $line"
     # All four runs train the same model to within rounding: the final losses agree to 1e-3.
     spread=$(for r in cpu gpu g2c c2g; do json_num val_loss "$LOG/xdev_$r.log"; done |

@@ -19,7 +19,7 @@ expect_error "bad model" "--model ViT-Q_16" train --model ViT-Q_16
 expect_error "bad optimizer" "--optimizer lamb" train --synthetic_data $SMALL --optimizer lamb
 expect_error "bad schedule" "lr_sched" train --synthetic_data $SMALL --lr_sched cosine
 expect_error "bad dtype" "--dtype fp8" train --synthetic_data $SMALL -d fp8
-expect_error "bf16 later" "not supported yet" train --synthetic_data $SMALL -d bf16
+expect_ok "bf16 matrix products on the CPU" train --synthetic_data $SMALL -d bf16
 expect_error "HPU refused" "--device HPU" train --synthetic_data $SMALL --device HPU
 expect_error "deterministic needs seed" "--deterministic needs --seed" train --synthetic_data $SMALL --deterministic
 expect_error "label smoothing range" "--label_smoothing 1.5" train --synthetic_data $SMALL --label_smoothing 1.5

@@ -11,8 +11,8 @@ SMALL="--synthetic_data --from_scratch --save_dir= --model ViT-Ti_4 --hidden_siz
 ra=$?
 "$VIT" train $SMALL >"$tmp/b.json" 2>"$tmp/b.err"
 check "deterministic runs succeed" $((ra + $?))
-a=$(sed 's/"seconds": [0-9.]*//; s/"images_per_sec": [0-9.]*//' "$tmp/a.json")
-b=$(sed 's/"seconds": [0-9.]*//; s/"images_per_sec": [0-9.]*//' "$tmp/b.json")
+a=$(sed 's/"seconds": [0-9.]*//; s/"images_per_sec": [0-9.]*//; s/"peak_rss_mib": [0-9.]*//' "$tmp/a.json")
+b=$(sed 's/"seconds": [0-9.]*//; s/"images_per_sec": [0-9.]*//; s/"peak_rss_mib": [0-9.]*//' "$tmp/b.json")
 [ -n "$a" ] && [ "$a" = "$b" ]
 check "same seed gives the same losses ($a)" $?
 steps=$(json_field "$tmp/a.json" steps)
@@ -31,8 +31,8 @@ mid="$tmp/full/ViT-Ti_4-ckpt-step-0000002.safetensors"
 check "step, epoch and final checkpoints written" $?
 "$VIT" train $RUN --save_dir "$tmp/resumed" --resume_from_checkpoint_path "$mid" >"$tmp/resumed.json" 2>"$tmp/resumed.err"
 check "resumed run" $?
-a=$(sed 's/"seconds": [0-9.]*//; s/"images_per_sec": [0-9.]*//; s/"checkpoint": "[^"]*"//' "$tmp/full.json")
-b=$(sed 's/"seconds": [0-9.]*//; s/"images_per_sec": [0-9.]*//; s/"checkpoint": "[^"]*"//' "$tmp/resumed.json")
+a=$(sed 's/"seconds": [0-9.]*//; s/"images_per_sec": [0-9.]*//; s/"peak_rss_mib": [0-9.]*//; s/"checkpoint": "[^"]*"//' "$tmp/full.json")
+b=$(sed 's/"seconds": [0-9.]*//; s/"images_per_sec": [0-9.]*//; s/"peak_rss_mib": [0-9.]*//; s/"checkpoint": "[^"]*"//' "$tmp/resumed.json")
 [ -n "$a" ] && [ "$a" = "$b" ]
 check "resumed run reports the same losses to 17 digits ($b)" $?
 if python3 -c "import safetensors, numpy" 2>/dev/null; then

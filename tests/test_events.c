@@ -24,15 +24,7 @@
 
 static char g_dir[64];
 
-static char *path_in(const char *name) {
-    static char buf[8][512];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 512, "%s/%s", g_dir, name);
-    return p;
-}
-
-static int has(const char *msg, const char *part) { return strstr(msg, part) != NULL; }
+static char *path_in(const char *name) { return testdir_path(g_dir, name); }
 
 // What the round trip writes, and what the readers must find.
 typedef struct {

@@ -12,6 +12,7 @@
 #include <png.h>
 
 #include "check.h"
+#include "testdir.h"
 #include "data/image.h"
 #include "util/status.h"
 
@@ -91,8 +92,6 @@ static Buf enc_png(const uint8_t *raw, int w, int h, int color_type, int depth, 
 }
 
 // ---------------------------------------------------------------- helpers
-
-static int has(const char *msg, const char *part) { return strstr(msg, part) != NULL; }
 
 // Largest |decoded - expected| over all pixels against a per-pixel expectation.
 typedef void (*ExpectFn)(int x, int y, int w, int h, int rgb[3]);

@@ -16,13 +16,7 @@
 
 static char g_dir[64];
 
-static char *path_in(const char *name) {
-    static char buf[8][256];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 256, "%s/%s", g_dir, name);
-    return p;
-}
+static char *path_in(const char *name) { return testdir_path(g_dir, name); }
 
 // An .npy byte stream: magic, version, header length (2 or 4 bytes), the dict padded with
 // spaces and a newline to a multiple of 64, then `nbytes` of data.

@@ -55,6 +55,40 @@ static void test_gemm(void) {
     }
 }
 
+// bf16 mode: every product sees both operands rounded to bf16 (nearest even), so against
+// fp64 products of the rounded values it is exact up to fp32 summation, and it differs from
+// the fp32 product by the rounding.
+static float round_to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+static void test_gemm_bf16(void) {
+    int M = 37, N = 29, K = 300;
+    float *A = randn((size_t)M * K, 11, 1), *B = randn((size_t)K * N, 12, 1), *bias = randn(N, 13, 1);
+    float *C = malloc(sizeof(float) * M * N), *C32 = malloc(sizeof(float) * M * N);
+    backend_cpu_set_bf16(be, 1);
+    int rc = be->gemm(be, 1, M, N, K, A, 0, B, 1, C, bias, 1.0f, 0);  // B used transposed: (N, K) read as (K, N)
+    backend_cpu_set_bf16(be, 0);
+    rc |= be->gemm(be, 1, M, N, K, A, 0, B, 1, C32, bias, 1.0f, 0);
+    double md = 0, m32 = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = bias[j];
+            for (int k = 0; k < K; k++) s += (double)round_to_bf16(A[i * K + k]) * round_to_bf16(B[(size_t)j * K + k]);
+            md = fmax(md, fabs(C[i * N + j] - s));
+            m32 = fmax(m32, fabs(C32[i * N + j] - s));
+        }
+    CHECK(rc == 0 && md < 2e-4, "bf16 gemm equals fp64 products of bf16-rounded operands (max diff %g)", md);
+    CHECK(m32 > 10 * md, "bf16 gemm differs from the fp32 one by the rounding (fp32 off by %g, bf16 by %g)", m32, md);
+    CHECK(round_to_bf16(1.0f + 1.0f / 256) == 1.0f && round_to_bf16(1.0f + 3.0f / 256) == 1.0f + 4.0f / 256,
+          "round to nearest even at bf16's 8-bit mantissa");
+    free(A), free(B), free(bias), free(C), free(C32);
+}
+
 // ---- layernorm --------------------------------------------------------------------------
 static double ln_loss(const float *x, const float *w, const float *b, const float *R, int rows, int C) {
     float *out = malloc(sizeof(float) * rows * C), *mean = malloc(sizeof(float) * rows), *rstd = malloc(sizeof(float) * rows);
@@ -378,6 +412,7 @@ static void test_optimizer(void) {
 int main(void) {
     be = backend_cpu_create(0);
     test_gemm();
+    test_gemm_bf16();
     test_layernorm();
     test_activations();
     test_dropout();

@@ -21,15 +21,7 @@ static const char *g_fixture = "tests/fixtures/records.tfrecord";
 static const char *g_fixture_json = "tests/fixtures/records.json";
 static char g_dir[64];
 
-static char *path_in(const char *name) {
-    static char buf[8][256];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 256, "%s/%s", g_dir, name);
-    return p;
-}
-
-static int has(const char *msg, const char *part) { return strstr(msg, part) != NULL; }
+static char *path_in(const char *name) { return testdir_path(g_dir, name); }
 
 static uint8_t *read_file(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");

@@ -1,5 +1,5 @@
-// Scratch folders for the file-format tests: counting entries (temp-file leftovers of a
-// failed save) and removing a folder tree afterwards.
+// Scratch folders for the file-format tests: paths inside one, counting entries (temp-file
+// leftovers of a failed save), removing a folder tree afterwards; and a message check.
 #pragma once
 #include <dirent.h>
 #include <stdio.h>
@@ -36,3 +36,14 @@ static inline void testdir_remove(const char *dir) {
     closedir(d);
     rmdir(dir);
 }
+
+// dir/name in one of 8 rotating buffers, so a few can be live in one call.
+static inline char *testdir_path(const char *dir, const char *name) {
+    static char buf[8][512];
+    static int k;
+    char *p = buf[k++ % 8];
+    snprintf(p, sizeof buf[0], "%s/%s", dir, name);
+    return p;
+}
+
+static inline int has(const char *msg, const char *part) { return strstr(msg, part) != NULL; }

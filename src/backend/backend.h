@@ -115,3 +115,8 @@ struct Backend {
 
 // Creates the CPU backend with `threads` OpenMP threads (0 = all cores).
 Backend *backend_cpu_create(int threads);
+// bf16 matrix products on the CPU backend (-d bf16): both operands of every gemm rounded to
+// bf16 (nearest even), products and sums in fp32 -- what AVX512-BF16/AMX instructions
+// compute. Without those instructions (oneDNN 2.6 has no bf16 matmul for AVX2) the rounded
+// operands go through the fp32 kernels: the same numbers, no speed-up.
+void backend_cpu_set_bf16(Backend *be, int on);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 #include <dirent.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -216,6 +217,12 @@ static void resume_command(char *buf, size_t cap, int argc, char **argv) {
     }
 }
 
+// Peak resident memory of this process so far, in MiB (Linux reports KiB).
+static double peak_rss_mib(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss / 1024.0 : 0;
+}
+
 static void print_json(const TrainResult *r) {
     // 17 significant digits: two runs that print the same numbers computed the same doubles.
     printf("{\"train_loss\": %.17g, \"train_top1\": %.17g, ", r->train_loss, r->train_top1);
@@ -225,9 +232,10 @@ static void print_json(const TrainResult *r) {
     else
         printf("\"val_loss\": null, \"val_top1\": null, \"val_top5\": null, \"val_images\": 0, ");
     printf("\"images_per_sec\": %.3f, \"steps\": %ld, \"skipped_updates\": %ld, \"stopped_by_signal\": %s, "
-           "\"seconds\": %.3f, \"allreduce_wait_seconds\": %.3f, \"ranks\": %d, \"checkpoint\": \"%s\"}\n",
+           "\"seconds\": %.3f, \"allreduce_wait_seconds\": %.3f, \"ranks\": %d, \"peak_rss_mib\": %.1f, "
+           "\"checkpoint\": \"%s\"}\n",
            r->images_per_sec, r->updates, r->skipped_updates, r->stopped_by_signal ? "true" : "false", r->seconds,
-           r->allreduce_wait, dist_size(), r->last_checkpoint);
+           r->allreduce_wait, dist_size(), peak_rss_mib(), r->last_checkpoint);
 }
 
 int cmd_train(int argc, char **argv) {
@@ -358,7 +366,7 @@ int cmd_train(int argc, char **argv) {
     } else {
         be = inner;
     }
-    if (!be || vit_create(&model, &c, be, o->batch_size / dist_size(), 1)) {
+    if (!be || vit_create_ex(&model, &c, be, o->batch_size / dist_size(), 1, o->recompute)) {
         npz_free(&weights);
         goto fail;
     }
@@ -401,10 +409,11 @@ int cmd_train(int argc, char **argv) {
             c.name, c.hidden, c.mlp, c.heads, c.layers, c.patch, c.image, c.image, c.channels, c.classes,
             model.table.total / 1e6, config_tokens(&c));
     fprintf(out, "data: %s, %d train / %d validation images;  batch %d x %d accumulation;  %s lr %g, %s;  seed %llu;  "
-                 "%s %s, activations %.1f MiB\n",
+                 "%s %s, activations %.1f MiB%s\n",
             o->synthetic_data ? "synthetic" : o->dataset_dir, train.count, val.count, o->batch_size,
             o->grad_accum_steps, optim_name(oc.kind), o->initial_lr, schedule_name(sched.kind),
-            (unsigned long long)seed, be->name, cli_precision_name(&p), model.activation_bytes / 1048576.0);
+            (unsigned long long)seed, be->name, cli_precision_name(&p), model.activation_bytes / 1048576.0,
+            o->recompute ? " (--recompute)" : "");
 
     // Every flag goes into each checkpoint's metadata.
     meta = calloc((size_t)g_flag_count, sizeof *meta);
@@ -455,8 +464,8 @@ int cmd_train(int argc, char **argv) {
     if (r.val.images)
         fprintf(out, "final validation accuracy: top1 %.2f%%  top5 %.2f%%  (%ld images)\n", 100 * r.val.top1,
                 100 * r.val.top5, r.val.images);
-    fprintf(out, "trained %ld updates in %.1f s, %.1f img/s%s%s\n", r.updates, r.seconds, r.images_per_sec,
-            *r.last_checkpoint ? "; checkpoint " : "", r.last_checkpoint);
+    fprintf(out, "trained %ld updates in %.1f s, %.1f img/s, peak host memory %.0f MiB%s%s\n", r.updates, r.seconds,
+            r.images_per_sec, peak_rss_mib(), *r.last_checkpoint ? "; checkpoint " : "", r.last_checkpoint);
     if (r.skipped_updates) fprintf(out, "skipped %ld updates with a non-finite loss or gradient\n", r.skipped_updates);
     if (dist_size() > 1)
         fprintf(out, "distributed: %d ranks; rank 0 waited %.2f s (%.1f%% of the run) for gradient all-reduces\n",

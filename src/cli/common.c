@@ -27,9 +27,6 @@ int cli_check_supported(const ParsedOptions *p) {
 #ifndef VIT_CUDA
     if (cuda) return vit_fail("--device %s: this vit was built without CUDA (rebuild with make CUDA=1)", o->device);
 #endif
-    if (bf16 && !cuda)
-        return vit_fail("--dtype bf16: not supported yet on the CPU (bf16 mixed precision arrives with the CPU speed "
-                        "work); use fp32, or --device cuda");
     if (o->allow_tf32 && !cuda) return vit_fail("--allow_tf32: TF32 exists only on NVIDIA GPUs (--device cuda)");
     if (cuda && o->distributed)
         return vit_fail("--distributed with --device cuda: multi-GPU training (NCCL) is not built yet; use one GPU, "
@@ -51,7 +48,11 @@ int cli_device_is_cuda(const char *device) {
 
 Backend *cli_create_backend(const ParsedOptions *p, int threads) {
     const Options *o = &p->o;
-    if (!cli_device_is_cuda(o->device)) return backend_cpu_create(threads);
+    if (!cli_device_is_cuda(o->device)) {
+        Backend *be = backend_cpu_create(threads);
+        if (be && (!strcasecmp(o->dtype, "bf16") || !strcasecmp(o->dtype, "bfloat16"))) backend_cpu_set_bf16(be, 1);
+        return be;
+    }
 #ifdef VIT_CUDA
     // cuda:N picks the device; under mpirun each rank takes the GPU of its local rank.
     int device = 0;
@@ -69,9 +70,11 @@ Backend *cli_create_backend(const ParsedOptions *p, int threads) {
 
 const char *cli_precision_name(const ParsedOptions *p) {
     const Options *o = &p->o;
-    if (!cli_device_is_cuda(o->device)) return "fp32";
-    if (!strcasecmp(o->dtype, "bf16") || !strcasecmp(o->dtype, "bfloat16"))
-        return "bf16 matrix products (fp32 accumulation), fp32 activations";
+    int bf16 = !strcasecmp(o->dtype, "bf16") || !strcasecmp(o->dtype, "bfloat16");
+    if (!cli_device_is_cuda(o->device))
+        return bf16 ? "bf16 matrix products (operands rounded to bf16, fp32 kernels: no bf16 instructions), fp32 "
+                      "activations" : "fp32";
+    if (bf16) return "bf16 matrix products (fp32 accumulation), fp32 activations";
     return o->allow_tf32 ? "fp32, TF32 matrix products" : "fp32";
 }
 

@@ -109,6 +109,9 @@ const Flag g_flags[] = {
      "N or A,B: profile micro-step N or steps A..B (Chrome trace in <log_dir>/profile, op table at the end)", NULL, 0},
     {"distributed", NULL, FLAG_BOOL, F(distributed, 0), "0",
      "data-parallel over MPI ranks (mpirun -np N vit train --distributed); --batch_size is global", NULL, 0},
+    {"recompute", NULL, FLAG_BOOL, F(recompute, 0), "0",
+     "activation checkpointing: keep only each block's input, recompute the block in the backward pass "
+     "(~4.6x less activation memory, ~23% more step time)", NULL, 0},
     {"skip_nonfinite", NULL, FLAG_BOOL, F(skip_nonfinite, 0), "0",
      "skip updates with a non-finite loss or gradient norm (counted) instead of stopping", NULL, 0},
     {"base_tf_server_port", NULL, FLAG_INT, F(base_tf_server_port, 0), "7850", "TensorFlow-only; ignored", NULL, 1},

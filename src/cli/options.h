@@ -46,6 +46,7 @@ typedef struct {
     int distributed;
     int skip_nonfinite;
     int allow_tf32;
+    int recompute;
     int base_tf_server_port;
     char recipe_cache[1024];
     int dump_config;

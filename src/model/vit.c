@@ -30,6 +30,10 @@ static void *plan(Planner *p, size_t bytes) {
 #define PLAN_F(n) ((float *)plan(&pl, (size_t)(n) * sizeof(float)))
 
 int vit_create(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training) {
+    return vit_create_ex(m, cfg, be, batch, training, 0);
+}
+
+int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training, int recompute) {
     memset(m, 0, sizeof *m);
     if (config_validate(cfg)) return VIT_ERR;
     if (batch < 1) return vit_fail("--batch_size %d: must be positive", batch);
@@ -37,6 +41,7 @@ int vit_create(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trainin
     m->be = be;
     m->batch = batch;
     m->training = training;
+    m->recompute = training && recompute;
     params_build(&m->table, &m->off, cfg);
 
     const ViTConfig *c = cfg;
@@ -58,10 +63,12 @@ int vit_create(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trainin
     size_t att_state = be->attention_state_floats(be, (int)B, (int)T, (int)H, (int)hd);
     for (int l = 0; l < c->layers; l++) {
         BlockActs *a = &m->blocks[l];
-        // Inference keeps nothing per layer: every block reuses the buffers of block 0.
-        if (!training && l > 0) {
+        // Inference keeps nothing per layer: every block reuses the buffers of block 0 and
+        // the residual stream alternates between two tensors. Recompute shares the block
+        // buffers too but keeps every block input x[l]: the backward pass rebuilds the rest.
+        if ((!training || m->recompute) && l > 0) {
             *a = m->blocks[0];
-            m->x[l + 1] = m->x[(l + 1) % 2];
+            m->x[l + 1] = training ? PLAN_F(N * D) : m->x[(l + 1) % 2];
             continue;
         }
         a->ln1 = PLAN_F(N * D);
@@ -114,7 +121,7 @@ int vit_create(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trainin
 void vit_destroy(ViT *m) {
     Backend *be = m->be;
     if (!be) return;
-    // Free every distinct device pointer once (inference aliases block buffers).
+    // Free every distinct device pointer once (inference and recompute alias block buffers).
     float **ptrs[] = {&m->params, &m->grads, &m->patches, &m->emb, &m->cls_x, &m->cls_ln, &m->cls_mean,
                       &m->cls_rstd, &m->pre, &m->logits, &m->probs, &m->losses, &m->s_nd1, &m->s_nd2,
                       &m->dq, &m->dk, &m->dv, &m->s_nm, &m->att_scratch, &m->dres, &m->dlogits, &m->dpre,
@@ -122,7 +129,7 @@ void vit_destroy(ViT *m) {
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) be->release(be, *ptrs[i]);
     be->release(be, m->images);
     be->release(be, m->labels);
-    int L = m->cfg.layers, owned = m->training ? L : (L > 0 ? 1 : 0);
+    int L = m->cfg.layers, owned = m->training && !m->recompute ? L : (L > 0 ? 1 : 0);
     for (int l = 0; l < owned && m->blocks; l++) {
         BlockActs *a = &m->blocks[l];
         float *bp[] = {a->ln1, a->ln1_mean, a->ln1_rstd, a->q, a->k, a->v, a->att_state, a->att_out,
@@ -165,6 +172,42 @@ static int linear_backward(Backend *be, float *dx, float *dW, float *db, const f
     return VIT_OK;
 }
 
+// Encoder block l from its input m->x[l] into `a`, writing its output to `out`. With out
+// NULL it stops once `a` holds everything the backward pass reads (the recompute in
+// vit_backward): the MLP's second matrix product, dropout and residual add are not needed.
+// Dropout masks are keyed by (seed, step, site(l, k)), so a re-run reproduces them exactly.
+static int block_forward(ViT *m, int l, BlockActs *a, int B, int training, uint64_t seed, uint32_t step,
+                         float *out) {
+    const ViTConfig *c = &m->cfg;
+    Backend *be = m->be;
+    const float *p = m->params;
+    const BlockOffsets *w = &m->off.blocks[l];
+    int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T, H = c->heads, hd = D / H;
+    float drop = training ? c->dropout : 0.0f;
+    const float *x = m->x[l];
+    // x + Dropout(MHSA(LN0(x)))
+    be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, p + w->ln0_scale, p + w->ln0_bias, N, D, LN_EPS);
+    if (linear_forward(be, a->q, a->ln1, p + w->q_kernel, p + w->q_bias, N, D, D) ||
+        linear_forward(be, a->k, a->ln1, p + w->k_kernel, p + w->k_bias, N, D, D) ||
+        linear_forward(be, a->v, a->ln1, p + w->v_kernel, p + w->v_bias, N, D, D) ||
+        be->attention_forward(be, a->att_out, a->att_state, m->att_scratch, a->q, a->k, a->v, B, T, H, hd) ||
+        linear_forward(be, m->s_nd1, a->att_out, p + w->out_kernel, p + w->out_bias, N, D, D))
+        return VIT_ERR;
+    if (drop > 0) be->dropout_forward(be, m->s_nd1, m->s_nd1, (size_t)N * D, drop, seed, step, site(l, 0));
+    be->add(be, a->resid1, x, m->s_nd1, (size_t)N * D);
+    // x + Dropout(Dense_1(Dropout(GELU(Dense_0(LN2(x))))))
+    be->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->resid1, p + w->ln2_scale, p + w->ln2_bias, N, D,
+                          LN_EPS);
+    if (linear_forward(be, a->fc1, a->ln2, p + w->fc1_kernel, p + w->fc1_bias, N, D, Mlp)) return VIT_ERR;
+    be->gelu_forward(be, a->gelu, a->fc1, (size_t)N * Mlp, c->gelu_tanh);
+    if (drop > 0) be->dropout_forward(be, a->gelu, a->gelu, (size_t)N * Mlp, drop, seed, step, site(l, 1));
+    if (!out) return VIT_OK;
+    if (linear_forward(be, m->s_nd1, a->gelu, p + w->fc2_kernel, p + w->fc2_bias, N, Mlp, D)) return VIT_ERR;
+    if (drop > 0) be->dropout_forward(be, m->s_nd1, m->s_nd1, (size_t)N * D, drop, seed, step, site(l, 2));
+    be->add(be, out, a->resid1, m->s_nd1, (size_t)N * D);
+    return VIT_OK;
+}
+
 int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int training, float smoothing,
                 uint64_t seed, uint32_t step) {
     const ViTConfig *c = &m->cfg;
@@ -173,9 +216,8 @@ int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int tra
     if (training && !m->training) return vit_fail("training forward pass on an inference-only model");
     const float *p = m->params;
     const ParamOffsets *o = &m->off;
-    int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T, G2 = config_grid(c) * config_grid(c);
-    int H = c->heads, hd = D / H, R = c->representation, K = c->classes, pin = c->patch * c->patch * c->channels;
-    float drop = training ? c->dropout : 0.0f;
+    int T = config_tokens(c), D = c->hidden, G2 = config_grid(c) * config_grid(c);
+    int R = c->representation, K = c->classes, pin = c->patch * c->patch * c->channels;
 
     be->upload(be, m->images, images, (size_t)B * c->image * c->image * c->channels);
     if (labels) be->upload(be, m->labels, labels, (size_t)B * sizeof(int));
@@ -185,31 +227,8 @@ int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int tra
     if (linear_forward(be, m->emb, m->patches, p + o->embed_kernel, p + o->embed_bias, B * G2, pin, D)) return VIT_ERR;
     be->tokens_forward(be, m->x[0], m->emb, p + o->cls, p + o->pos, B, T, D);
 
-    for (int l = 0; l < c->layers; l++) {
-        const BlockOffsets *w = &o->blocks[l];
-        BlockActs *a = &m->blocks[l];
-        const float *x = m->x[l];
-        float *out = m->x[l + 1];
-        // x + Dropout(MHSA(LN0(x)))
-        be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, p + w->ln0_scale, p + w->ln0_bias, N, D, LN_EPS);
-        if (linear_forward(be, a->q, a->ln1, p + w->q_kernel, p + w->q_bias, N, D, D) ||
-            linear_forward(be, a->k, a->ln1, p + w->k_kernel, p + w->k_bias, N, D, D) ||
-            linear_forward(be, a->v, a->ln1, p + w->v_kernel, p + w->v_bias, N, D, D) ||
-            be->attention_forward(be, a->att_out, a->att_state, m->att_scratch, a->q, a->k, a->v, B, T, H, hd) ||
-            linear_forward(be, m->s_nd1, a->att_out, p + w->out_kernel, p + w->out_bias, N, D, D))
-            return VIT_ERR;
-        if (drop > 0) be->dropout_forward(be, m->s_nd1, m->s_nd1, (size_t)N * D, drop, seed, step, site(l, 0));
-        be->add(be, a->resid1, x, m->s_nd1, (size_t)N * D);
-        // x + Dropout(Dense_1(Dropout(GELU(Dense_0(LN2(x))))))
-        be->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->resid1, p + w->ln2_scale, p + w->ln2_bias, N, D,
-                              LN_EPS);
-        if (linear_forward(be, a->fc1, a->ln2, p + w->fc1_kernel, p + w->fc1_bias, N, D, Mlp)) return VIT_ERR;
-        be->gelu_forward(be, a->gelu, a->fc1, (size_t)N * Mlp, c->gelu_tanh);
-        if (drop > 0) be->dropout_forward(be, a->gelu, a->gelu, (size_t)N * Mlp, drop, seed, step, site(l, 1));
-        if (linear_forward(be, m->s_nd1, a->gelu, p + w->fc2_kernel, p + w->fc2_bias, N, Mlp, D)) return VIT_ERR;
-        if (drop > 0) be->dropout_forward(be, m->s_nd1, m->s_nd1, (size_t)N * D, drop, seed, step, site(l, 2));
-        be->add(be, out, a->resid1, m->s_nd1, (size_t)N * D);
-    }
+    for (int l = 0; l < c->layers; l++)
+        if (block_forward(m, l, &m->blocks[l], B, training, seed, step, m->x[l + 1])) return VIT_ERR;
 
     // Only the class token reaches the head, so the final LayerNorm runs on those rows alone.
     be->gather_cls(be, m->cls_x, m->x[c->layers], B, T, D);
@@ -267,6 +286,9 @@ int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed
     for (int l = c->layers - 1; l >= 0; l--) {
         const BlockOffsets *w = &o->blocks[l];
         BlockActs *a = &m->blocks[l];
+        // Recompute: rebuild this block's activations from its kept input first. The forward
+        // pass that preceded a backward pass had dropout on (as `drop` above assumes).
+        if (m->recompute && block_forward(m, l, a, B, 1, seed, step, NULL)) return VIT_ERR;
         // MLP branch
         const float *dz = m->dres;
         if (drop > 0) {

@@ -25,6 +25,7 @@ typedef struct {
     Backend *be;
     int batch;          // micro-batch the activations are planned for
     int training;       // gradients and backward buffers allocated
+    int recompute;      // activation checkpointing: blocks share one BlockActs set (training only)
 
     float *params, *grads;      // device, table.total floats each (grads NULL for inference)
 
@@ -33,7 +34,7 @@ typedef struct {
     int *labels;                // (B)
     float *patches, *emb;       // (B*G*G, P*P*C), (B*G*G, D)
     float **x;                  // layers+1 residual-stream tensors (B, T, D)
-    BlockActs *blocks;
+    BlockActs *blocks;          // per block; all alias one set for inference and with recompute
     float *cls_x, *cls_ln, *cls_mean, *cls_rstd;  // final LayerNorm on the class tokens only
     float *pre;                 // tanh(pre_logits) (B, R)
     float *logits, *probs, *losses;
@@ -57,6 +58,11 @@ typedef struct {
 // Builds the parameter table and plans all buffers for micro-batches of up to `batch`.
 // Parameters are left uninitialised: call vit_init_params or upload into m->params.
 int vit_create(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training);
+// vit_create with activation checkpointing when `recompute` (ignored without `training`):
+// the forward pass keeps only each block's input, and vit_backward re-runs each block's
+// forward (same ops, same dropout keys) just before its backward. Gradients are unchanged;
+// ViT-B/16 at 224 plans 4.65x less activation memory for ~23% more CPU step time.
+int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training, int recompute);
 void vit_destroy(ViT *m);
 // Initialises parameters on the host as the official code does and uploads them.
 int vit_init_params(ViT *m, uint64_t seed);

@@ -10,6 +10,7 @@ typedef struct {
     GemmCache *gemm;
     double *partials;        // per-chunk partial sums for deterministic reductions
     size_t partials_floats;  // capacity in doubles
+    int bf16;                // matrix products on bf16-rounded operands (backend_cpu_set_bf16)
 } CpuState;
 
 // Reductions split rows into this many fixed chunks and add the chunk sums in order, so

@@ -28,6 +28,8 @@ static void cpu_destroy(Backend *be) {
     free(be);
 }
 
+void backend_cpu_set_bf16(Backend *be, int on) { ((CpuState *)be->impl)->bf16 = on; }
+
 Backend *backend_cpu_create(int threads) {
     Backend *be = calloc(1, sizeof *be);
     CpuState *s = calloc(1, sizeof *s);

@@ -26,6 +26,8 @@ struct GemmCache {
     size_t scratch_bytes;
     float *transposed;          // B transposed for products where that is faster (see cpu_gemm)
     size_t transposed_floats;
+    float *rounded;             // bf16-rounded copies of A and B (bf16 mode)
+    size_t rounded_floats;
 };
 
 GemmCache *cpu_gemm_cache_create(void) {
@@ -53,6 +55,7 @@ void cpu_gemm_cache_destroy(GemmCache *c) {
     free(c->entries);
     free(c->scratch);
     free(c->transposed);
+    free(c->rounded);
     dnnl_stream_destroy(c->stream);
     dnnl_engine_destroy(c->engine);
     free(c);
@@ -125,12 +128,31 @@ static void transpose(float *dst, const float *src, int K, int N) {
                 for (int k = k0; k < k0 + TILE && k < K; k++) dst[(size_t)k * N + j] = src[(size_t)j * K + k];
 }
 
-int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
-             int transB, float *C, const float *bias, float alpha, int accumulate) {
+// x rounded to the nearest bf16 (ties to even), kept in fp32 storage; NaN stays NaN.
+static inline float bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7f800000u) == 0x7f800000u) {
+        u = (u & 0x7fffffu) ? (u | 0x400000u) & 0xffff0000u : u & 0xffff0000u;
+    } else {
+        u += 0x7fffu + ((u >> 16) & 1u);
+        u &= 0xffff0000u;
+    }
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static void round_bf16(float *dst, const float *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
+}
+
+static int gemm_fp32(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
+                     int transB, float *C, const float *bias, float alpha, int accumulate) {
     GemmCache *c = ((CpuState *)be->impl)->gemm;
     if (bias && alpha != 1.0f) {
         // oneDNN's output scale multiplies the bias too; the contract is alpha * A @ B + bias.
-        if (cpu_gemm(be, batch, M, N, K, A, transA, B, transB, C, NULL, alpha, accumulate)) return VIT_ERR;
+        if (gemm_fp32(be, batch, M, N, K, A, transA, B, transB, C, NULL, alpha, accumulate)) return VIT_ERR;
         for (size_t r = 0; r < (size_t)batch * M; r++)
             for (int j = 0; j < N; j++) C[r * N + j] += bias[j];
         return VIT_OK;
@@ -194,4 +216,21 @@ int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int tr
     if (st == dnnl_success) st = dnnl_stream_wait(c->stream);
     if (st != dnnl_success) return vit_fail("oneDNN: matmul %dx%dx%d failed (status %d)", M, N, K, (int)st);
     return VIT_OK;
+}
+
+int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
+             int transB, float *C, const float *bias, float alpha, int accumulate) {
+    if (!((CpuState *)be->impl)->bf16) return gemm_fp32(be, batch, M, N, K, A, transA, B, transB, C, bias, alpha, accumulate);
+    GemmCache *c = ((CpuState *)be->impl)->gemm;
+    size_t na = (size_t)batch * M * K, nb = (size_t)batch * K * N;
+    if (na + nb > c->rounded_floats) {
+        free(c->rounded);
+        c->rounded = NULL;
+        if (posix_memalign((void **)&c->rounded, 64, (na + nb) * sizeof(float)))
+            return vit_fail("out of memory for bf16 operands (%zu floats)", na + nb);
+        c->rounded_floats = na + nb;
+    }
+    round_bf16(c->rounded, A, na);
+    round_bf16(c->rounded + na, B, nb);
+    return gemm_fp32(be, batch, M, N, K, c->rounded, transA, c->rounded + na, transB, C, bias, alpha, accumulate);
 }

@@ -15,8 +15,10 @@
 // kept in the scratch buffer for the dk/dv kernel. Two kernels, no atomics: the results
 // repeat bit for bit.
 //
-// Limits: hd <= 128 (any value up to that, not only powers of two); any T. fp32 only, SIMT
-// (no tensor cores): correct and simple first, fast in a later step.
+// Limits: hd <= 128 (any value up to that, not only powers of two); any T. fp32, SIMT (no
+// tensor cores). With bf16 precision and hd 32, 64 or 128 the tensor-core kernels of
+// cuda_attention_tc.cu run instead (same state and scratch, so either backward follows
+// either forward).
 #include <math.h>
 #include "cuda_common.h"
 #include "cuda_reduce.h"
@@ -342,6 +344,8 @@ static int attention_forward(Backend *be, float *out, float *state, float *scrat
                              const float *v, int B, int T, int H, int hd) {
     CudaState *s = cuda_state(be);
     if (check_shape(s, B, T, H, hd, "attention_forward")) return VIT_ERR;
+    const void *in[] = {q, k, v};
+    if (cuda_attention_tc_usable(s, hd, in, 3)) return cuda_attention_tc_forward(s, out, state, q, k, v, B, T, H, hd);
     switch ((hd + 31) / 32) {
     case 1: return forward_nc<1>(s, out, state, q, k, v, B, T, H, hd);
     case 2: return forward_nc<2>(s, out, state, q, k, v, B, T, H, hd);
@@ -355,6 +359,9 @@ static int attention_backward(Backend *be, float *dq, float *dk, float *dv, cons
                               int hd) {
     CudaState *s = cuda_state(be);
     if (check_shape(s, B, T, H, hd, "attention_backward")) return VIT_ERR;
+    const void *in[] = {q, k, v, dout};
+    if (cuda_attention_tc_usable(s, hd, in, 4))
+        return cuda_attention_tc_backward(s, dq, dk, dv, dout, state, scratch, q, k, v, B, T, H, hd);
     switch ((hd + 31) / 32) {
     case 1: return backward_nc<1>(s, dq, dk, dv, dout, state, scratch, q, k, v, B, T, H, hd);
     case 2: return backward_nc<2>(s, dq, dk, dv, dout, state, scratch, q, k, v, B, T, H, hd);

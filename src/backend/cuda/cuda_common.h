@@ -76,4 +76,11 @@ void cuda_add_bias(CudaState *s, float *out, const float *bias, size_t rows, int
 
 void cuda_install_ops(Backend *be);
 void cuda_install_attention(Backend *be);
+// Tensor-core (WMMA bf16) attention, same op and state as the fp32 kernels: used when the
+// precision is CUDA_BF16, hd is 32, 64 or 128 and the loaded arrays are 16-byte aligned.
+int cuda_attention_tc_usable(const CudaState *s, int hd, const void *const *ptrs, int n);
+int cuda_attention_tc_forward(CudaState *s, float *out, float *lse, const float *q, const float *k, const float *v,
+                              int B, int T, int H, int hd);
+int cuda_attention_tc_backward(CudaState *s, float *dq, float *dk, float *dv, const float *dout, const float *lse,
+                               float *Dvec, const float *q, const float *k, const float *v, int B, int T, int H, int hd);
 void cuda_install_optimizer(Backend *be);
