@@ -159,6 +159,7 @@ demo: vit
 
 fixtures:
 	python3 tools/make_fixtures.py tests/fixtures
+	python3 tools/make_bf16_fixture.py tests/fixtures
 
 clean:
 	rm -rf build build-asan vit

@@ -175,6 +175,48 @@ int main(int argc, char **argv) {
         printf("parity: %s after 3 updates, worst parameter %.2g (relative)\n", name, w);
     }
     free(m1), free(m2);
+
+    // bf16: the model with -d bf16 (gemm operands rounded to bf16, fp32 elsewhere) against
+    // the reference under PyTorch's CPU autocast to bfloat16 (tools/make_bf16_fixture.py),
+    // whose activations between products are bf16 too: agreement at bf16 resolution
+    // (8 bits of mantissa, 3.9e-3 per rounding) over a few chained products.
+    StFile bf = {0};
+    const char *bf_path = "tests/fixtures/parity_bf16.safetensors";
+    CHECK(st_read(&bf, bf_path) == 0, "%s: %s", bf_path, vit_error());
+    if (bf.count) {
+        load_params(&m);
+        backend_cpu_set_bf16(be, 1);
+        be->zero(be, m.grads, n * sizeof(float));
+        CHECK(vit_forward(&m, micro_images(0, (size_t)B * img_bytes), micro_labels(0, B), B, 1, 0.0f, 0, 0) == 0,
+              "bf16 forward");
+        const StTensor *lt = st_find(&bf, "logits"), *ls = st_find(&bf, "loss");
+        CHECK(lt && lt->nbytes == (size_t)B * K * sizeof(float) && ls, "bf16 fixture holds logits and loss");
+        if (lt && ls && lt->nbytes == (size_t)B * K * sizeof(float)) {
+            double rb = check_rel_diff(m.host_logits, lt->data, (size_t)B * K);
+            CHECK(rb <= 3e-2, "bf16 logits: relative difference %.3g > 3e-2", rb);
+            float bl = 0;
+            for (int b = 0; b < B; b++) bl += m.host_losses[b] / B;
+            double rbl = check_rel_diff(&bl, ls->data, 1);
+            CHECK(rbl <= 1e-2, "bf16 loss %.5f: relative difference %.3g > 1e-2", bl, rbl);
+            CHECK(vit_backward(&m, B, 0.0f, 1.0f / B, 0, 0) == 0, "bf16 backward");
+            double bw = 0;
+            for (int i = 0; i < m.table.count; i++) {
+                const ParamEntry *e = &m.table.entries[i];
+                char name[256];
+                snprintf(name, sizeof name, "grad/%s", e->name);
+                const StTensor *g = st_find(&bf, name);
+                CHECK(g && g->nbytes == e->size * sizeof(float), "bf16 fixture holds %s", name);
+                if (!g || g->nbytes != e->size * sizeof(float) || is_key_bias(e->name)) continue;
+                double r = check_rel_diff(m.grads + e->offset, g->data, e->size);
+                bw = fmax(bw, r);
+                CHECK(r <= 5e-2, "bf16 grad %s: relative difference %.3g > 5e-2", e->name, r);
+            }
+            printf("parity bf16 vs torch autocast: logits %.2g, loss %.2g, worst gradient %.2g (relative)\n", rb, rbl,
+                   bw);
+        }
+        backend_cpu_set_bf16(be, 0);
+        st_free(&bf);
+    }
     vit_destroy(&m);
     be->destroy(be);
     st_free(&fx);
