@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--inference", action="store_true", help="time forward passes only")
     ap.add_argument("--ddp", type=int, default=0, help="data-parallel over N gloo processes")
+    ap.add_argument("--bf16", action="store_true", help="forward under CPU autocast to bfloat16")
     a = ap.parse_args()
     if a.ddp:
         import torch.multiprocessing as mp
@@ -86,7 +87,9 @@ def run(rank, a):
         def step(i):
             images, labels = pool[i % len(pool)]
             opt.zero_grad(set_to_none=True)
-            V.loss_fn(net(images, training=True), labels).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+                logits = net(images, training=True)
+            V.loss_fn(logits.float(), labels).backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
 
