@@ -42,7 +42,8 @@ static const char *g_text =
     "| flag | value |\n|---|---|\n| --model | ViT-Ti_4 |\n| --initial_lr | 2e-3 |\n| note | µ ✓ |\n";
 
 // Reads every record of `path`: the Events (caller frees with free_events), their count, or
-// -1 when the TFRecord reader or the protobuf decoder refuses a record.
+// -1 when the TFRecord reader or the protobuf decoder refuses a record. With out NULL the
+// Events are only counted (no limit).
 static int read_events(const char *path, Vitc__Tb__Event **out, int max) {
     TfrReader r;
     if (tfr_open(&r, path) != VIT_OK) return -1;
@@ -52,16 +53,18 @@ static int read_events(const char *path, Vitc__Tb__Event **out, int max) {
     int count = 0, rc;
     while ((rc = tfr_next(&r, &d, &n, &off)) == 1) {
         Vitc__Tb__Event *e = vitc__tb__event__unpack(NULL, n, d);
-        if (!e || count == max) {
+        if (!e || (out && count == max)) {
             if (e) vitc__tb__event__free_unpacked(e, NULL);
             rc = VIT_ERR;
             break;
         }
-        out[count++] = e;
+        if (out) out[count] = e;
+        else vitc__tb__event__free_unpacked(e, NULL);
+        count++;
     }
     tfr_close(&r);
     if (rc != 0) {
-        for (int i = 0; i < count; i++) vitc__tb__event__free_unpacked(out[i], NULL);
+        for (int i = 0; out && i < count; i++) vitc__tb__event__free_unpacked(out[i], NULL);
         return -1;
     }
     return count;
@@ -72,22 +75,7 @@ static void free_events(Vitc__Tb__Event **ev, int n) {
 }
 
 // Records of `path` that pass the CRCs and decode as Events; -1 if any does not.
-static int count_records(const char *path) {
-    TfrReader r;
-    if (tfr_open(&r, path) != VIT_OK) return -1;
-    const uint8_t *d;
-    size_t n;
-    uint64_t off;
-    int count = 0, rc;
-    while ((rc = tfr_next(&r, &d, &n, &off)) == 1) {
-        Vitc__Tb__Event *e = vitc__tb__event__unpack(NULL, n, d);
-        if (!e) break;
-        vitc__tb__event__free_unpacked(e, NULL);
-        count++;
-    }
-    tfr_close(&r);
-    return rc == 0 ? count : -1;
-}
+static int count_records(const char *path) { return read_events(path, NULL, 0); }
 
 static long file_size(const char *path) {
     struct stat st;
