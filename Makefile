@@ -108,6 +108,11 @@ asan:
 build-asan/vit-asan: $(BUILD)/src/main.o $(BUILD)/libvit.a
 	$(CC) -o $@ $^ $(LDLIBS)
 
+# A binary inside a build folder of its own: `make BUILD=build-x CUDA=0 build-x/vit`, then
+# `sh tests/run.sh build-x build-x/vit` (side builds that leave ./vit alone).
+$(BUILD)/vit: $(BUILD)/src/main.o $(BUILD)/libvit.a
+	$(CC) -o $@ $^ $(LDLIBS)
+
 tests-asan: $(TESTS)
 
 # The Python checks of the suite (checkpoints with safetensors, shards with tfrecord, event
