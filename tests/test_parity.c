@@ -183,40 +183,50 @@ int main(int argc, char **argv) {
     StFile bf = {0};
     const char *bf_path = "tests/fixtures/parity_bf16.safetensors";
     CHECK(st_read(&bf, bf_path) == 0, "%s: %s", bf_path, vit_error());
-    if (bf.count) {
-        load_params(&m);
+    // Twice: activations between the passes in fp32, then in bf16 (VIT_STORE_BF16, what
+    // `vit train -d bf16` plans), against the same fixture and tolerances.
+    for (int store = 0; store < 2 && bf.count; store++) {
+        ViT ms;
+        ViT *mm = &m;
+        if (store) {
+            CHECK(vit_create_ex(&ms, &c, be, B, 1, VIT_STORE_BF16) == 0 && ms.store_bf16, "bf16-storing model builds");
+            mm = &ms;
+        }
+        const char *how = store ? "bf16-stored" : "fp32-stored";
+        load_params(mm);
         backend_cpu_set_bf16(be, 1);
-        be->zero(be, m.grads, n * sizeof(float));
-        CHECK(vit_forward(&m, micro_images(0, (size_t)B * img_bytes), micro_labels(0, B), B, 1, 0.0f, 0, 0) == 0,
-              "bf16 forward");
+        be->zero(be, mm->grads, n * sizeof(float));
+        CHECK(vit_forward(mm, micro_images(0, (size_t)B * img_bytes), micro_labels(0, B), B, 1, 0.0f, 0, 0) == 0,
+              "bf16 forward (%s)", how);
         const StTensor *lt = st_find(&bf, "logits"), *ls = st_find(&bf, "loss");
         CHECK(lt && lt->nbytes == (size_t)B * K * sizeof(float) && ls, "bf16 fixture holds logits and loss");
         if (lt && ls && lt->nbytes == (size_t)B * K * sizeof(float)) {
-            double rb = check_rel_diff(m.host_logits, lt->data, (size_t)B * K);
+            double rb = check_rel_diff(mm->host_logits, lt->data, (size_t)B * K);
             CHECK(rb <= 3e-2, "bf16 logits: relative difference %.3g > 3e-2", rb);
             float bl = 0;
-            for (int b = 0; b < B; b++) bl += m.host_losses[b] / B;
+            for (int b = 0; b < B; b++) bl += mm->host_losses[b] / B;
             double rbl = check_rel_diff(&bl, ls->data, 1);
             CHECK(rbl <= 1e-2, "bf16 loss %.5f: relative difference %.3g > 1e-2", bl, rbl);
-            CHECK(vit_backward(&m, B, 0.0f, 1.0f / B, 0, 0) == 0, "bf16 backward");
+            CHECK(vit_backward(mm, B, 0.0f, 1.0f / B, 0, 0) == 0, "bf16 backward (%s)", how);
             double bw = 0;
-            for (int i = 0; i < m.table.count; i++) {
-                const ParamEntry *e = &m.table.entries[i];
+            for (int i = 0; i < mm->table.count; i++) {
+                const ParamEntry *e = &mm->table.entries[i];
                 char name[256];
                 snprintf(name, sizeof name, "grad/%s", e->name);
                 const StTensor *g = st_find(&bf, name);
                 CHECK(g && g->nbytes == e->size * sizeof(float), "bf16 fixture holds %s", name);
                 if (!g || g->nbytes != e->size * sizeof(float) || is_key_bias(e->name)) continue;
-                double r = check_rel_diff(m.grads + e->offset, g->data, e->size);
+                double r = check_rel_diff(mm->grads + e->offset, g->data, e->size);
                 bw = fmax(bw, r);
                 CHECK(r <= 5e-2, "bf16 grad %s: relative difference %.3g > 5e-2", e->name, r);
             }
-            printf("parity bf16 vs torch autocast: logits %.2g, loss %.2g, worst gradient %.2g (relative)\n", rb, rbl,
-                   bw);
+            printf("parity bf16 (%s activations) vs torch autocast: logits %.2g, loss %.2g, worst gradient %.2g "
+                   "(relative)\n", how, rb, rbl, bw);
         }
         backend_cpu_set_bf16(be, 0);
-        st_free(&bf);
+        if (store) vit_destroy(&ms);
     }
+    st_free(&bf);
     vit_destroy(&m);
     be->destroy(be);
     st_free(&fx);

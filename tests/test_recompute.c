@@ -8,6 +8,7 @@
 #include "backend/backend.h"
 #include "check.h"
 #include "model/vit.h"
+#include "random_head.h"
 #include "util/rng.h"
 #include "util/status.h"
 
@@ -51,6 +52,8 @@ static void test_bit_identical(Backend *be) {
     CHECK(on.recompute == 1 && off.recompute == 0, "recompute flag stored");
     vit_init_params(&off, 5);
     vit_init_params(&on, 5);
+    randomize_head(&off, 5);
+    randomize_head(&on, 5);
     size_t n = off.table.total;
     be->zero(be, off.grads, n * sizeof(float));
     be->zero(be, on.grads, n * sizeof(float));
@@ -80,6 +83,8 @@ static void test_bit_identical(Backend *be) {
     CHECK(!d, "gradients differ, first in %s", d ? d : "");
     double ss = be->sum_squares(be, off.grads, n);
     CHECK(ss > 0 && ss == be->sum_squares(be, on.grads, n), "gradients nonzero and equal (|g|^2 = %.6g)", ss);
+    CHECK(be->sum_squares(be, off.grads + off.off.blocks[0].q_kernel, (size_t)c.hidden * c.hidden) > 0,
+          "the first block's gradients are nonzero (the backward pass reached it)");
     CHECK(on.activation_bytes < off.activation_bytes, "recompute plans less (%zu vs %zu bytes)", on.activation_bytes,
           off.activation_bytes);
 

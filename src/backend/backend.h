@@ -106,6 +106,12 @@ struct Backend {
     void (*xent_backward)(Backend *be, float *dlogits, const float *probs, const int *labels, int B, int K,
                           float smoothing, float scale);
 
+    // bf16 storage of the activations the backward pass reads (-d bf16): dst = src rounded to
+    // the nearest bf16 (ties to even, NaN kept) as raw bf16 bits, and back. A backend may
+    // leave both NULL; the model then keeps those activations in fp32.
+    void (*to_bf16)(Backend *be, uint16_t *dst, const float *src, size_t n);
+    void (*from_bf16)(Backend *be, float *dst, const uint16_t *src, size_t n);
+
     // One optimizer update of n parameters with slots m and v (unused slots may be NULL).
     void (*optimizer_update)(Backend *be, float *params, const float *grads, float *m, float *v, size_t n,
                              const OptimStep *s);

@@ -177,6 +177,20 @@ static void w_add(Backend *be, float *out, const float *a, const float *b, size_
     if (t0) span_end(w, t0, &(ProfOpSpan){"add", "n", {I64(n)}, 0, F4 * 3 * n});
 }
 
+static void w_to_bf16(Backend *be, uint16_t *dst, const float *src, size_t n) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->to_bf16(w->inner, dst, src, n);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"to_bf16", "n", {I64(n)}, 0, 6.0 * n});
+}
+
+static void w_from_bf16(Backend *be, float *dst, const uint16_t *src, size_t n) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->from_bf16(w->inner, dst, src, n);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"from_bf16", "n", {I64(n)}, 0, 6.0 * n});
+}
+
 static void w_scale(Backend *be, float *x, size_t n, float s) {
     Wrap *w = be->impl;
     uint64_t t0 = span_start(w);
@@ -329,9 +343,9 @@ static void w_destroy(Backend *be) {
     free(be);
 }
 
-// name, impl and 32 function pointers. When backend.h gains an op this stops the build, so the
+// name, impl and 34 function pointers. When backend.h gains an op this stops the build, so the
 // new op cannot stay NULL here (a crash) or be copied unwrapped (called with the wrong impl).
-_Static_assert(sizeof(Backend) == 2 * sizeof(void *) + 32 * sizeof(void (*)(void)),
+_Static_assert(sizeof(Backend) == 2 * sizeof(void *) + 34 * sizeof(void (*)(void)),
                "backend.h changed: wrap the new op in profiled_backend.c, then update this count");
 
 Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
@@ -387,6 +401,8 @@ Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
     WRAP(attention_backward);
     WRAP(xent_forward);
     WRAP(xent_backward);
+    WRAP(to_bf16);
+    WRAP(from_bf16);
     WRAP(optimizer_update);
 #undef WRAP
     return be;

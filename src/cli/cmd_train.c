@@ -366,7 +366,8 @@ int cmd_train(int argc, char **argv) {
     } else {
         be = inner;
     }
-    if (!be || vit_create_ex(&model, &c, be, o->batch_size / dist_size(), 1, o->recompute)) {
+    if (!be || vit_create_ex(&model, &c, be, o->batch_size / dist_size(), 1,
+                               (o->recompute ? VIT_RECOMPUTE : 0) | (cli_is_bf16(&p) ? VIT_STORE_BF16 : 0))) {
         npz_free(&weights);
         goto fail;
     }
@@ -409,10 +410,11 @@ int cmd_train(int argc, char **argv) {
             c.name, c.hidden, c.mlp, c.heads, c.layers, c.patch, c.image, c.image, c.channels, c.classes,
             model.table.total / 1e6, config_tokens(&c));
     fprintf(out, "data: %s, %d train / %d validation images;  batch %d x %d accumulation;  %s lr %g, %s;  seed %llu;  "
-                 "%s %s, activations %.1f MiB%s\n",
+                 "%s %s, %sactivations %.1f MiB%s\n",
             o->synthetic_data ? "synthetic" : o->dataset_dir, train.count, val.count, o->batch_size,
             o->grad_accum_steps, optim_name(oc.kind), o->initial_lr, schedule_name(sched.kind),
-            (unsigned long long)seed, be->name, cli_precision_name(&p), model.activation_bytes / 1048576.0,
+            (unsigned long long)seed, be->name, cli_precision_name(&p), model.store_bf16 ? "bf16-saved " : "",
+            model.activation_bytes / 1048576.0,
             o->recompute ? " (--recompute)" : "");
 
     // Every flag goes into each checkpoint's metadata.

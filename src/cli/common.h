@@ -16,6 +16,8 @@ int cli_device_is_cuda(const char *device);
 Backend *cli_create_backend(const ParsedOptions *p, int threads);
 // What the matrix products and activations compute in, for reports.
 const char *cli_precision_name(const ParsedOptions *p);
+// -d bf16 (or bfloat16) was asked for.
+int cli_is_bf16(const ParsedOptions *p);
 // Preset + overrides; `data` (may be NULL) supplies image size, channels and classes
 // unless the flags set them, and is checked against them.
 int cli_model_config(const ParsedOptions *p, const Dataset *data, ViTConfig *c);

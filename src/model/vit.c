@@ -33,7 +33,7 @@ int vit_create(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trainin
     return vit_create_ex(m, cfg, be, batch, training, 0);
 }
 
-int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training, int recompute) {
+int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training, int options) {
     memset(m, 0, sizeof *m);
     if (config_validate(cfg)) return VIT_ERR;
     if (batch < 1) return vit_fail("--batch_size %d: must be positive", batch);
@@ -41,7 +41,8 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
     m->be = be;
     m->batch = batch;
     m->training = training;
-    m->recompute = training && recompute;
+    m->recompute = training && (options & VIT_RECOMPUTE);
+    m->store_bf16 = training && !m->recompute && (options & VIT_STORE_BF16) && be->to_bf16 && be->from_bf16;
     params_build(&m->table, &m->off, cfg);
 
     const ViTConfig *c = cfg;
@@ -71,20 +72,29 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
             m->x[l + 1] = training ? PLAN_F(N * D) : m->x[(l + 1) % 2];
             continue;
         }
-        a->ln1 = PLAN_F(N * D);
+        // store_bf16: the eight packed tensors are fp32 only while their block is being
+        // computed, so all blocks share block 0's; each block keeps its bf16 copies.
+        if (m->store_bf16 && l > 0) {
+            const BlockActs *s = &m->blocks[0];
+            *a = (BlockActs){.ln1 = s->ln1, .q = s->q, .k = s->k, .v = s->v, .att_out = s->att_out,
+                             .ln2 = s->ln2, .fc1 = s->fc1, .gelu = s->gelu};
+        } else {
+            a->ln1 = PLAN_F(N * D);
+            a->q = PLAN_F(N * D);
+            a->k = PLAN_F(N * D);
+            a->v = PLAN_F(N * D);
+            a->att_out = PLAN_F(N * D);
+            a->ln2 = PLAN_F(N * D);
+            a->fc1 = PLAN_F(N * M);
+            a->gelu = PLAN_F(N * M);
+        }
+        if (m->store_bf16) a->packed = plan(&pl, (6 * N * D + 2 * N * M) * sizeof(uint16_t));
         a->ln1_mean = PLAN_F(N);
         a->ln1_rstd = PLAN_F(N);
-        a->q = PLAN_F(N * D);
-        a->k = PLAN_F(N * D);
-        a->v = PLAN_F(N * D);
         a->att_state = PLAN_F(att_state);
-        a->att_out = PLAN_F(N * D);
         a->resid1 = PLAN_F(N * D);
-        a->ln2 = PLAN_F(N * D);
         a->ln2_mean = PLAN_F(N);
         a->ln2_rstd = PLAN_F(N);
-        a->fc1 = PLAN_F(N * M);
-        a->gelu = PLAN_F(N * M);
         m->x[l + 1] = PLAN_F(N * D);
     }
     m->cls_x = PLAN_F(B * D);
@@ -132,9 +142,13 @@ void vit_destroy(ViT *m) {
     int L = m->cfg.layers, owned = m->training && !m->recompute ? L : (L > 0 ? 1 : 0);
     for (int l = 0; l < owned && m->blocks; l++) {
         BlockActs *a = &m->blocks[l];
-        float *bp[] = {a->ln1, a->ln1_mean, a->ln1_rstd, a->q, a->k, a->v, a->att_state, a->att_out,
-                       a->resid1, a->ln2, a->ln2_mean, a->ln2_rstd, a->fc1, a->gelu};
-        for (size_t i = 0; i < sizeof bp / sizeof bp[0]; i++) be->release(be, bp[i]);
+        float *own[] = {a->ln1_mean, a->ln1_rstd, a->att_state, a->resid1, a->ln2_mean, a->ln2_rstd};
+        for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) be->release(be, own[i]);
+        if (l == 0 || !m->store_bf16) {  // store_bf16 blocks share block 0's
+            float *shared[] = {a->ln1, a->q, a->k, a->v, a->att_out, a->ln2, a->fc1, a->gelu};
+            for (size_t i = 0; i < sizeof shared / sizeof shared[0]; i++) be->release(be, shared[i]);
+        }
+        be->release(be, a->packed);
     }
     if (m->x) {
         int xs = m->training ? L + 1 : (L > 0 ? 2 : 1);
@@ -170,6 +184,23 @@ static int linear_backward(Backend *be, float *dx, float *dW, float *db, const f
     if (be->gemm(be, 1, in, out, rows, x, 1, dy, 0, dW, NULL, 1.0f, 1)) return VIT_ERR;
     be->bias_backward(be, db, dy, rows, out);
     return VIT_OK;
+}
+
+// store_bf16: a block's eight packed tensors to their bf16 copies (after its forward pass)
+// or back (before its backward pass), for B images.
+static void pack_block(ViT *m, BlockActs *a, int B, int unpack) {
+    Backend *be = m->be;
+    size_t N = (size_t)B * config_tokens(&m->cfg), ND = N * m->cfg.hidden, NM = N * m->cfg.mlp;
+    float *t[] = {a->ln1, a->q, a->k, a->v, a->att_out, a->ln2, a->fc1, a->gelu};
+    size_t n[] = {ND, ND, ND, ND, ND, ND, NM, NM};
+    uint16_t *dst = a->packed;
+    for (int i = 0; i < 8; i++) {
+        if (unpack)
+            be->from_bf16(be, t[i], dst, n[i]);
+        else
+            be->to_bf16(be, dst, t[i], n[i]);
+        dst += n[i];
+    }
 }
 
 // Encoder block l from its input m->x[l] into `a`, writing its output to `out`. With out
@@ -227,8 +258,10 @@ int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int tra
     if (linear_forward(be, m->emb, m->patches, p + o->embed_kernel, p + o->embed_bias, B * G2, pin, D)) return VIT_ERR;
     be->tokens_forward(be, m->x[0], m->emb, p + o->cls, p + o->pos, B, T, D);
 
-    for (int l = 0; l < c->layers; l++)
+    for (int l = 0; l < c->layers; l++) {
         if (block_forward(m, l, &m->blocks[l], B, training, seed, step, m->x[l + 1])) return VIT_ERR;
+        if (m->store_bf16) pack_block(m, &m->blocks[l], B, 0);
+    }
 
     // Only the class token reaches the head, so the final LayerNorm runs on those rows alone.
     be->gather_cls(be, m->cls_x, m->x[c->layers], B, T, D);
@@ -289,6 +322,7 @@ int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed
         // Recompute: rebuild this block's activations from its kept input first. The forward
         // pass that preceded a backward pass had dropout on (as `drop` above assumes).
         if (m->recompute && block_forward(m, l, a, B, 1, seed, step, NULL)) return VIT_ERR;
+        if (m->store_bf16) pack_block(m, a, B, 1);
         // MLP branch
         const float *dz = m->dres;
         if (drop > 0) {

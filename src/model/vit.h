@@ -16,6 +16,7 @@ typedef struct {
     float *ln2, *ln2_mean, *ln2_rstd;  // LayerNorm_2
     float *fc1;                        // MLP pre-activation (B, T, mlp)
     float *gelu;                       // GELU output after dropout (input of Dense_1)
+    uint16_t *packed;                  // store_bf16: ln1, q, k, v, att_out, ln2, fc1, gelu in bf16
 } BlockActs;
 
 typedef struct {
@@ -26,6 +27,7 @@ typedef struct {
     int batch;          // micro-batch the activations are planned for
     int training;       // gradients and backward buffers allocated
     int recompute;      // activation checkpointing: blocks share one BlockActs set (training only)
+    int store_bf16;     // saved activations kept in bf16 between the passes (training only)
 
     float *params, *grads;      // device, table.total floats each (grads NULL for inference)
 
@@ -34,7 +36,8 @@ typedef struct {
     int *labels;                // (B)
     float *patches, *emb;       // (B*G*G, P*P*C), (B*G*G, D)
     float **x;                  // layers+1 residual-stream tensors (B, T, D)
-    BlockActs *blocks;          // per block; all alias one set for inference and with recompute
+    BlockActs *blocks;          // per block; all alias one set for inference and with recompute;
+                                // with store_bf16 the eight packed tensors share one fp32 set
     float *cls_x, *cls_ln, *cls_mean, *cls_rstd;  // final LayerNorm on the class tokens only
     float *pre;                 // tanh(pre_logits) (B, R)
     float *logits, *probs, *losses;
@@ -58,11 +61,19 @@ typedef struct {
 // Builds the parameter table and plans all buffers for micro-batches of up to `batch`.
 // Parameters are left uninitialised: call vit_init_params or upload into m->params.
 int vit_create(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training);
-// vit_create with activation checkpointing when `recompute` (ignored without `training`):
-// the forward pass keeps only each block's input, and vit_backward re-runs each block's
-// forward (same ops, same dropout keys) just before its backward. Gradients are unchanged;
-// ViT-B/16 at 224 plans 4.65x less activation memory for ~23% more CPU step time.
-int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training, int recompute);
+// vit_create with options (ignored without `training`):
+// VIT_RECOMPUTE: activation checkpointing. The forward pass keeps only each block's input,
+//   and vit_backward re-runs each block's forward (same ops, same dropout keys) just before
+//   its backward. Gradients are unchanged; ViT-B/16 at 224 plans 4.65x less activation
+//   memory for ~23% more CPU step time.
+// VIT_STORE_BF16: the activations that the backward pass reads only as matrix-product
+//   operands (LayerNorm outputs, q, k, v, merged heads, GELU output) and the MLP
+//   pre-activation are kept in bf16 between the passes, as under PyTorch's bf16 autocast.
+//   Meant for bf16 matrix products, which round those operands to bf16 anyway; only GELU's
+//   derivative sees a rounded input. Needs the backend's to_bf16/from_bf16 (else ignored)
+//   and gives way to VIT_RECOMPUTE.
+enum { VIT_RECOMPUTE = 1, VIT_STORE_BF16 = 2 };
+int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training, int options);
 void vit_destroy(ViT *m);
 // Initialises parameters on the host as the official code does and uploads them.
 int vit_init_params(ViT *m, uint64_t seed);

@@ -298,6 +298,29 @@ static void xent_backward(Backend *be, float *dlogits, const float *probs, const
         }
 }
 
+// fp32 -> bf16 bits, round to nearest even; a NaN stays a (quiet) NaN instead of rounding
+// into infinity. Written branch-free so the loop vectorises.
+static inline uint16_t bf16_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t nan = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+static void to_bf16(Backend *be, uint16_t *dst, const float *src, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) dst[i] = bf16_bits(src[i]);
+}
+
+static void from_bf16(Backend *be, float *dst, const uint16_t *src, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(dst + i, &u, sizeof u);
+    }
+}
+
 void cpu_install_ops(Backend *be) {
     be->bias_backward = bias_backward;
     be->layernorm_forward = layernorm_forward;
@@ -318,4 +341,6 @@ void cpu_install_ops(Backend *be) {
     be->scatter_cls = scatter_cls;
     be->xent_forward = xent_forward;
     be->xent_backward = xent_backward;
+    be->to_bf16 = to_bf16;
+    be->from_bf16 = from_bf16;
 }
