@@ -1,8 +1,8 @@
 #!/bin/sh
 # Observability of `vit train`: TensorBoard event files read back by the real tensorboard
 # reader (tools/check_events.py) with the scalars at the right steps and the printed values;
-# the --profile Chrome trace holds every op kind of steps A..B only; bad --log_dir and
-# --profile values are refused before training.
+# the --profile Chrome trace holds every op kind of steps A..B only and the measured roofline,
+# the table compares ops with it; bad --log_dir and --profile values are refused before training.
 . "$(dirname "$0")/lib.sh"
 
 RUN="--from_scratch --dataset_dir $FM --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
@@ -38,11 +38,15 @@ OPS=gemm,bias_backward,layernorm_forward,layernorm_backward,attention_forward,at
 OPS=$OPS,gelu_backward,tanh_forward,tanh_backward,dropout_forward,dropout_backward,add,patchify,tokens_forward
 OPS=$OPS,tokens_backward,gather_cls,scatter_cls,xent_forward,xent_backward,sum_squares,optimizer_update,zero
 python3 tools/check_trace.py "$tmp/logs/profile/trace.rank0.json" --steps 3,6 --ops $OPS \
-    --phases forward,backward,update,"data wait" >"$tmp/tr" 2>&1
-check "the trace covers steps 3..6 only with every op kind ($(tail -1 "$tmp/tr"))" $?
+    --phases forward,backward,update,"data wait" --roofline >"$tmp/tr" 2>&1
+check "the trace covers steps 3..6 only with every op kind and the roofline ($(tail -1 "$tmp/tr"))" $?
 [ $? -eq 0 ] || sed 's/^/    /' "$tmp/tr" | head -5
 grep -q "^gemm  *backward " "$tmp/run.err" && grep -q "GFLOP/s" "$tmp/run.err"
 check "the op table is printed with GFLOP/s" $?
+grep -q "^roofline: .* GFLOP/s matrix, .* GB/s memory" "$tmp/run.err" &&
+    grep -Eq "^gemm +backward .* (compute|memory) +[0-9]+\.[0-9]$" "$tmp/run.err" &&
+    grep -Eq " - +memory +[0-9]+\.[0-9]$" "$tmp/run.err"  # an op without flops: memory-bound
+check "the table prints the measured ceilings, bound and % roofline" $?
 
 "$VIT" train $RUN --log_dir "$tmp/logs1" --profile 5 >/dev/null 2>&1
 python3 tools/check_trace.py "$tmp/logs1/profile/trace.rank0.json" --steps 5,5 >"$tmp/tr" 2>&1

@@ -1,6 +1,8 @@
 // The step profiler and the profiling backend: wrapped ops give the CPU backend's results bit
 // for bit, spans are recorded only while active and keyed by phase, the trace is valid JSON
-// with properly nested spans, and failures to write are reported.
+// with properly nested spans, and failures to write are reported. The roofline columns
+// computed from spans of known duration against given ceilings; the ceilings measured on the
+// CPU backend.
 #include <string.h>
 #include "backend/backend.h"
 #include "backend/profiled_backend.h"
@@ -9,6 +11,7 @@
 #include "testdir.h"
 #include "util/profile.h"
 #include "util/rng.h"
+#include "util/roofline.h"
 #include "util/status.h"
 
 static Backend *cpu;
@@ -255,13 +258,14 @@ static void test_wrapped(const char *dir) {
               profiler_stat(p, "zero", "step 1").calls == 0,
           "an op outside any phase gets phase '-'");
 
-    // The table: rows per (op, phase), the peak column, the row limit.
+    // The table: rows per (op, phase), the roofline columns, the row limit.
+    profiler_set_roofline(p, &(Roofline){100, 10, 0});
     char *text = NULL;
     size_t len = 0;
     FILE *mem = open_memstream(&text, &len);
-    profiler_print_table(p, mem, 0, 100.0);
+    profiler_print_table(p, mem, 0);
     fclose(mem);
-    CHECK(text && strstr(text, "GFLOP/s") && strstr(text, "% peak") && strstr(text, "attention_backward") &&
+    CHECK(text && strstr(text, "GFLOP/s") && strstr(text, "% roofline") && strstr(text, "attention_backward") &&
               strstr(text, "backward") && strstr(text, "rank 3"),
           "table:\n%s", text ? text : "");
     int gemm_rows = 0;
@@ -269,12 +273,14 @@ static void test_wrapped(const char *dir) {
     CHECK(gemm_rows == 2, "2 gemm rows (forward, backward), got %d", gemm_rows);
     free(text);
     text = NULL;
+    profiler_print_table(p, stdout, 0);
+    profiler_set_roofline(p, NULL);
     mem = open_memstream(&text, &len);
-    profiler_print_table(p, mem, 2, 0);
+    profiler_print_table(p, mem, 2);
     fclose(mem);
-    CHECK(text && strstr(text, "(4 more rows") && !strstr(text, "% peak"), "top 2 of 6 rows:\n%s", text ? text : "");
+    CHECK(text && strstr(text, "(4 more rows") && strstr(text, "flop/B") && !strstr(text, "roofline"),
+          "top 2 of 6 rows, no ceilings:\n%s", text ? text : "");
     free(text);
-    profiler_print_table(p, stdout, 0, 100.0);
 
     // The trace: valid JSON, one X event per span, children inside their parents.
     char path[512];
@@ -416,6 +422,247 @@ static void test_phases(void) {
     free(x);
 }
 
+// ---- roofline ------------------------------------------------------------------------------
+
+// The table's line for (op, phase), parsed: calls, GFLOP/s, GB/s, flop/B and % roofline ("-"
+// read as -1), bound. 0 when the line is missing or has another layout.
+typedef struct {
+    long calls;
+    double gflops, gbs, ai, pct;
+    char bound[16];
+} TableRow;
+
+static double num_or_dash(const char *z) { return strcmp(z, "-") ? strtod(z, NULL) : -1; }
+
+static const char *next_line(const char *l) {
+    const char *nl = strchr(l, '\n');
+    return nl ? nl + 1 : l + strlen(l);
+}
+
+static int table_row(const char *text, const char *op, const char *phase, TableRow *r) {
+    memset(r, 0, sizeof *r);
+    for (const char *line = text; *line; line = next_line(line)) {
+        char o[32], ph[32], gf[32], ai[32], pct[32];
+        double total, time, mean;
+        if (sscanf(line, "%31s %31s %ld %lf %lf %lf %31s %lf %31s %15s %31s", o, ph, &r->calls, &total, &time, &mean,
+                   gf, &r->gbs, ai, r->bound, pct) == 11 &&
+            !strcmp(o, op) && !strcmp(ph, phase)) {
+            r->gflops = num_or_dash(gf), r->ai = num_or_dash(ai), r->pct = num_or_dash(pct);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static char *table_text(const Profiler *p) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    profiler_print_table(p, mem, 0);
+    fclose(mem);
+    return text;
+}
+
+static size_t read_text(const char *path, char *buf, size_t cap) {
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(buf, 1, cap - 1, f) : 0;
+    buf[got] = 0;
+    if (f) fclose(f);
+    return got;
+}
+
+// Spans of known duration and modelled work against ceilings of 100 GFLOP/s and 10 GB/s
+// (ridge 10 flop/B): every roofline figure is exact.
+static void test_roofline_table(const char *dir) {
+    Profiler *p = profiler_create(0);
+    profiler_set_active(p, 1);
+    uint64_t t = prof_clock_ns();
+    ProfOpSpan big = {"gemm", "M", {1}, 1e8, 1e6};   // 100 flop/B: 1 ms of compute, 0.1 ms of memory
+    ProfOpSpan thin = {"gemm", "M", {2}, 1e6, 1e6};  // 1 flop/B: 0.1 ms of memory
+    ProfOpSpan add = {"add", "n", {3}, 0, 4e6};      // no flops: 0.4 ms of memory
+    ProfOpSpan bwd = {"gemm", "M", {4}, 1e6, 4e5};   // 2.5 flop/B: 0.04 ms of memory
+    prof_begin(p, "forward", NULL);
+    prof_record_op(p, &big, t, t + 2000000);  // at 50% of its roofline
+    prof_record_op(p, &thin, t, t + 200000);  // at 50%
+    prof_record_op(p, &add, t, t + 1600000);  // at 25%
+    prof_end(p);
+    prof_begin(p, "backward", NULL);
+    prof_record_op(p, &bwd, t, t + 100000);  // at 40%
+    prof_end(p);
+    profiler_set_active(p, 0);
+
+    ProfStat g = profiler_stat(p, "gemm", "forward");
+    CHECK(g.roofline_ms == 0 && !g.compute_bound, "no ceilings: no roofline time (%g ms)", g.roofline_ms);
+    char *text = table_text(p);
+    TableRow r;
+    CHECK(text && !strstr(text, "roofline") && !strstr(text, "bound") && strstr(text, "flop/B"),
+          "no ceilings: no roofline columns, flop/B still shown:\n%s", text ? text : "");
+    free(text);
+
+    profiler_set_roofline(p, &(Roofline){100, 10, 0});
+    // Per call, not from the row's totals: max(1.01 ms, 0.2 ms) = 1.01 ms would give 45.9%.
+    g = profiler_stat(p, "gemm", "forward");
+    CHECK(fabs(g.roofline_ms - 1.1) < 1e-12 && g.compute_bound, "gemm/forward: %.15g ms at the roofline, compute %d",
+          g.roofline_ms, g.compute_bound);
+    ProfStat a = profiler_stat(p, "add", "forward"), b = profiler_stat(p, "gemm", "backward");
+    CHECK(fabs(a.roofline_ms - 0.4) < 1e-12 && !a.compute_bound, "add: %.15g ms, memory-bound", a.roofline_ms);
+    CHECK(fabs(b.roofline_ms - 0.04) < 1e-12 && !b.compute_bound, "gemm/backward: %.15g ms, memory-bound",
+          b.roofline_ms);
+
+    text = table_text(p);
+    CHECK(text && strstr(text, "roofline: 100.0 GFLOP/s matrix, 10.0 GB/s memory (ridge 10.0 flop/B), given\n"),
+          "ceilings header:\n%s", text ? text : "");
+    CHECK(text && strstr(text, "   bound % roofline\n"), "roofline column headers:\n%s", text ? text : "");
+    int ok = text && table_row(text, "gemm", "forward", &r);
+    CHECK(ok && r.calls == 2 && fabs(r.gflops - 45.91) < 1e-9 && fabs(r.gbs - 0.91) < 1e-9 && fabs(r.ai - 50.5) < 1e-9 &&
+              !strcmp(r.bound, "compute") && fabs(r.pct - 50.0) < 1e-9,
+          "gemm/forward row: calls %ld, %g GFLOP/s, %g GB/s, %g flop/B, %s, %g%% (want 2, 45.91, 0.91, 50.5, "
+          "compute, 50.0)",
+          r.calls, r.gflops, r.gbs, r.ai, r.bound, r.pct);
+    ok = text && table_row(text, "add", "forward", &r);
+    CHECK(ok && r.gflops == -1 && r.ai == -1 && !strcmp(r.bound, "memory") && fabs(r.pct - 25.0) < 1e-9,
+          "add row: %g GFLOP/s, %g flop/B, %s, %g%% (want -, -, memory, 25.0)", r.gflops, r.ai, r.bound, r.pct);
+    ok = text && table_row(text, "gemm", "backward", &r);
+    CHECK(ok && fabs(r.ai - 2.5) < 1e-9 && !strcmp(r.bound, "memory") && fabs(r.pct - 40.0) < 1e-9,
+          "gemm/backward row: %g flop/B, %s, %g%% (want 2.5, memory, 40.0)", r.ai, r.bound, r.pct);
+    int longest = 0;
+    for (const char *l = text ? text : ""; *l; l = next_line(l)) {
+        int n = (int)strcspn(l, "\n");
+        if (n > longest) longest = n;
+    }
+    CHECK(longest < 120, "table lines under 120 characters: %d", longest);
+    if (text) fputs(text, stdout);
+    free(text);
+
+    // The ceilings in the trace's otherData, still a valid document.
+    char path[512], buf[8192];
+    snprintf(path, sizeof path, "%s/roofline.json", dir);
+    profiler_set_roofline(p, &(Roofline){152.5, 18.25, 0.75});
+    int n;
+    CHECK(profiler_write_trace(p, path) == VIT_OK && read_trace(path, NULL, 0, &n) == VIT_OK && n == 3 + 6,
+          "trace with ceilings written and valid (%d events): %s", n, vit_error());
+    read_text(path, buf, sizeof buf);
+    CHECK(strstr(buf, "\"roofline\":{\"matrix_gflops\":152.5,\"memory_gbs\":18.25,\"measured_seconds\":0.75}"),
+          "ceilings in otherData:\n%s", buf);
+    text = table_text(p);
+    CHECK(text && strstr(text, "152.5 GFLOP/s matrix, 18.2 GB/s memory (ridge 8.4 flop/B), measured now in 0.8 s"),
+          "measured ceilings header:\n%s", text ? text : "");
+    free(text);
+
+    // Ceilings that cannot divide are refused: no columns, no roofline time, none in the trace.
+    Roofline bad[] = {{NAN, 10, 0}, {100, 0, 0}, {-1, 10, 0}, {100, INFINITY, 0}};
+    for (int i = 0; i < 4; i++) {
+        profiler_set_roofline(p, &(Roofline){100, 10, 0});
+        profiler_set_roofline(p, &bad[i]);
+        text = table_text(p);
+        CHECK(text && !strstr(text, "roofline") && profiler_stat(p, "add", "forward").roofline_ms == 0,
+              "ceilings %g, %g refused", bad[i].gflops, bad[i].gbs);
+        free(text);
+    }
+    CHECK(profiler_write_trace(p, path) == VIT_OK, "trace without ceilings: %s", vit_error());
+    CHECK(read_text(path, buf, sizeof buf) > 0 && !strstr(buf, "roofline"), "no ceilings in the trace once cleared");
+    profiler_destroy(p);
+}
+
+// The CPU backend with counters on what the calibration does, failing where told. Its gemm
+// takes at least 3 ms, so the calibration stays at 1024 on any machine (GEMM_SLOW), returns at
+// once, so it grows to 4096 (GEMM_INSTANT), or fails (GEMM_FAIL).
+enum { GEMM_SLOW, GEMM_INSTANT, GEMM_FAIL };
+static int allocs, releases, fail_alloc_at, gemms, adds, rsyncs, gemm_mode, min_gemm_side, max_gemm_side;
+static size_t add_n;
+
+static void *mock_alloc(Backend *be, size_t bytes) {
+    if (++allocs == fail_alloc_at) {
+        vit_fail("mock: no memory for %zu bytes", bytes);
+        return NULL;
+    }
+    return cpu->alloc(cpu, bytes);
+}
+
+static void mock_release(Backend *be, void *p) {
+    releases++;
+    cpu->release(cpu, p);
+}
+
+static int mock_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
+                     int transB, float *C, const float *bias, float alpha, int accumulate) {
+    gemms++;
+    int side = M < N ? M : N;
+    if (K < side) side = K;
+    if (side < min_gemm_side) min_gemm_side = side;
+    if (side > max_gemm_side) max_gemm_side = side;
+    if (gemm_mode == GEMM_FAIL) return vit_fail("mock gemm failed");
+    if (gemm_mode == GEMM_INSTANT) return VIT_OK;
+    uint64_t until = prof_clock_ns() + 3000000;
+    int rc = cpu->gemm(cpu, batch, M, N, K, A, transA, B, transB, C, bias, alpha, accumulate);
+    while (prof_clock_ns() < until) {}
+    return rc;
+}
+
+static void mock_add(Backend *be, float *out, const float *a, const float *b, size_t n) {
+    adds++;
+    add_n = n;
+    cpu->add(cpu, out, a, b, n);
+}
+
+static void mock_sync(Backend *be) { rsyncs++; }
+
+static Backend counting_cpu(int mode) {
+    Backend m = *cpu;
+    m.alloc = mock_alloc, m.release = mock_release, m.gemm = mock_gemm, m.add = mock_add, m.synchronize = mock_sync;
+    allocs = releases = fail_alloc_at = gemms = adds = rsyncs = max_gemm_side = 0;
+    gemm_mode = mode;
+    min_gemm_side = 1 << 30;
+    add_n = 0;
+    return m;
+}
+
+static void test_roofline_measure(void) {
+    Backend m = counting_cpu(GEMM_SLOW);
+    Roofline r;
+    CHECK(roofline_measure(&m, &r) == VIT_OK, "measured: %s", vit_error());
+    printf("roofline of the 1-thread CPU backend: %.1f GFLOP/s, %.2f GB/s, in %.2f s\n", r.gflops, r.gbs, r.seconds);
+    CHECK(isfinite(r.gflops) && r.gflops > 0 && isfinite(r.gbs) && r.gbs > 0 && isfinite(r.seconds) && r.seconds > 0,
+          "positive finite ceilings: %g GFLOP/s, %g GB/s, %g s", r.gflops, r.gbs, r.seconds);
+    CHECK(roofline_valid(&r), "roofline_valid agrees");
+    CHECK(allocs == 6 && releases == 6, "3 gemm and 3 add buffers, all released: %d allocs, %d releases", allocs,
+          releases);
+    CHECK(gemms >= 4 && min_gemm_side == 1024 && max_gemm_side == 1024,
+          "%d gemm calls, sides %d..%d (want >= 4 calls of 1024: a product over 2 ms is not grown)", gemms,
+          min_gemm_side, max_gemm_side);
+    CHECK(adds >= 4 && add_n == ((size_t)64 << 20) / sizeof(float), "%d add calls over %zu elements", adds, add_n);
+    // A warm-up, a probe and at least two batches each, every one between two synchronizes.
+    CHECK(rsyncs >= 2 * (4 + 4), "synchronized around the timings: %d", rsyncs);
+
+    // A product that takes no time is grown to 4096; one that no longer fits keeps the last figure.
+    m = counting_cpu(GEMM_INSTANT);
+    CHECK(roofline_measure(&m, &r) == VIT_OK && roofline_valid(&r) && max_gemm_side == 4096 && allocs == 12 &&
+              releases == 12,
+          "an instant gemm grows to %d (want 4096) with %d allocs, %d releases (want 12): %s", max_gemm_side, allocs,
+          releases, vit_error());
+    m = counting_cpu(GEMM_INSTANT);
+    fail_alloc_at = 4;  // the first 2048 buffer
+    CHECK(roofline_measure(&m, &r) == VIT_OK && roofline_valid(&r) && max_gemm_side == 1024 && releases == allocs - 1,
+          "a larger size that does not fit keeps 1024's figure: side %d, %d releases of %d allocs: %s", max_gemm_side,
+          releases, allocs - 1, vit_error());
+
+    m = counting_cpu(GEMM_FAIL);
+    r = (Roofline){1, 1, 1};
+    CHECK(roofline_measure(&m, &r) == VIT_ERR && strstr(vit_error(), "mock gemm failed") &&
+              strstr(vit_error(), "1024 x 1024 x 1024") && r.gflops == 0 && r.gbs == 0,
+          "a failing gemm is reported: %s", vit_error());
+    CHECK(releases == allocs, "buffers released after the failure: %d of %d", releases, allocs);
+
+    for (int at = 1; at <= 6; at++) {  // each of the gemm's and the add's three buffers
+        m = counting_cpu(GEMM_SLOW);
+        fail_alloc_at = at;
+        CHECK(roofline_measure(&m, &r) == VIT_ERR && strstr(vit_error(), "mock: no memory") && !roofline_valid(&r),
+              "alloc %d failing is reported: %s", at, vit_error());
+        CHECK(releases == allocs - 1, "alloc %d failing: %d released of %d allocated", at, releases, allocs - 1);
+    }
+    CHECK(roofline_measure(NULL, &r) == VIT_ERR && roofline_measure(cpu, NULL) == VIT_ERR, "bad arguments refused");
+}
+
 int main(void) {
     cpu = backend_cpu_create(1);
     if (!cpu) {
@@ -428,6 +675,8 @@ int main(void) {
     test_large_trace(dir);
     test_sync();
     test_phases();
+    test_roofline_table(dir);
+    test_roofline_measure();
     testdir_remove(dir);
     cpu->destroy(cpu);
     return check_report("test_profile");

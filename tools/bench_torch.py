@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--inference", action="store_true", help="time forward passes only")
     ap.add_argument("--ddp", type=int, default=0, help="data-parallel over N gloo processes")
-    ap.add_argument("--bf16", action="store_true", help="forward under CPU autocast to bfloat16")
+    ap.add_argument("--bf16", action="store_true", help="forward under CPU autocast to bfloat16 (training and --inference)")
     a = ap.parse_args()
     if a.ddp:
         import torch.multiprocessing as mp
@@ -78,7 +78,7 @@ def run(rank, a):
 
     if a.inference:
         def step(i):
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
                 model(pool[i % len(pool)][0], training=False)
     else:
         opt = make_adamw(model)

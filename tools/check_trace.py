@@ -1,13 +1,15 @@
 """Checks a `vit train --profile A,B` Chrome trace: valid JSON, step spans exactly A..B,
-every op span inside one of them, and a span for each expected op kind and phase.
+every op span inside one of them, a span for each expected op kind and phase, and the
+machine's ceilings in otherData.roofline well-formed where present (required by --roofline).
 
 usage: python3 tools/check_trace.py TRACE.json --steps A,B [--ops gemm,layernorm_forward,...]
-                                    [--phases forward,backward,update,...]
+                                    [--phases forward,backward,update,...] [--roofline]
 Prints "check_trace: N passed, M failed"; exit 1 on any failure.
 """
 
 import argparse
 import json
+import math
 import sys
 
 
@@ -17,6 +19,7 @@ def main():
     ap.add_argument("--steps", required=True)
     ap.add_argument("--ops", default="")
     ap.add_argument("--phases", default="")
+    ap.add_argument("--roofline", action="store_true", help="require the measured ceilings in otherData")
     a = ap.parse_args()
     first, last = (int(x) for x in a.steps.split(","))
     passed = failed = 0
@@ -55,6 +58,18 @@ def main():
         check(p in phases, f"no span for phase {p} (have {sorted(phases)})")
     gemm = [e for e in ops if e["name"] == "gemm"]
     check(all(e.get("args", {}).get("flops", 0) > 0 for e in gemm), "every gemm span carries its flop count")
+    roof = trace.get("otherData", {}).get("roofline")
+    if a.roofline:
+        check(roof is not None, "no otherData.roofline (the measured ceilings)")
+    if roof is not None:
+
+        def value(k):  # the number at k, or NaN when missing or not a number
+            v = roof.get(k) if isinstance(roof, dict) else None
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+        gf, gbs, sec = value("matrix_gflops"), value("memory_gbs"), value("measured_seconds")
+        check(all(math.isfinite(v) for v in (gf, gbs, sec)) and gf > 0 and gbs > 0 and sec >= 0,
+              f"otherData.roofline needs positive matrix_gflops, memory_gbs, measured_seconds >= 0: {roof}")
     print(f"check_trace: {passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 

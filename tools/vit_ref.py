@@ -83,6 +83,14 @@ def _key(name):
     return name.replace("/", "__")
 
 
+def attention(q, k, v):
+    """softmax(q k^T / sqrt(hd)) v; PyTorch before 2.0 (Debian's 1.13) lacks the fused op."""
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v)
+    s = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    return torch.softmax(s, dim=-1) @ v
+
+
 class ViT(torch.nn.Module):
     def __init__(self, cfg, params=None, dtype=torch.float64, seed=0):
         super().__init__()
@@ -146,7 +154,7 @@ class ViT(torch.nn.Module):
                 t = y @ g(a + n + "/kernel").reshape(D, D) + g(a + n + "/bias").reshape(D)
                 return t.reshape(B, N, H, hd).transpose(1, 2)
 
-            o = F.scaled_dot_product_attention(proj("query"), proj("key"), proj("value"))
+            o = attention(proj("query"), proj("key"), proj("value"))
             o = o.transpose(1, 2).reshape(B, N, D)
             o = o @ g(a + "out/kernel").reshape(D, D) + g(a + "out/bias")
             x = x + F.dropout(o, drop, training and drop > 0)

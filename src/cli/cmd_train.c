@@ -17,6 +17,7 @@
 #include "dist/dist.h"
 #include "io/npz.h"
 #include "backend/profiled_backend.h"
+#include "util/roofline.h"
 #include "model/trainer.h"
 #include "model/weights.h"
 #include "util/status.h"
@@ -45,6 +46,10 @@ static int check_ranges(const ParsedOptions *p) {
     if (o->data_workers < 0) return vit_fail("--data_workers %d: must be >= 0", o->data_workers);
     if (o->prefetch_batches < 1) return vit_fail("--prefetch_batches %d: must be >= 1", o->prefetch_batches);
     if (o->rotate_deg < 0 || o->rotate_deg > 180) return vit_fail("--rotate_deg %g: must be in [0, 180]", o->rotate_deg);
+    if (o->zero != 0 && o->zero != 1)
+        return vit_fail("--zero %d: expected 0 (off) or 1 (shard the optimizer state across the ranks)", o->zero);
+    if (o->zero && !o->distributed)
+        return vit_fail("--zero 1 needs --distributed: it shards the optimizer state across MPI ranks");
     if (strcasecmp(o->head_init, "zeros") && strcasecmp(o->head_init, "glorot"))
         return vit_fail("--head_init %s: expected zeros or glorot", o->head_init);
     return VIT_OK;
@@ -232,10 +237,10 @@ static void print_json(const TrainResult *r) {
     else
         printf("\"val_loss\": null, \"val_top1\": null, \"val_top5\": null, \"val_images\": 0, ");
     printf("\"images_per_sec\": %.3f, \"steps\": %ld, \"skipped_updates\": %ld, \"stopped_by_signal\": %s, "
-           "\"seconds\": %.3f, \"allreduce_wait_seconds\": %.3f, \"ranks\": %d, \"peak_rss_mib\": %.1f, "
-           "\"checkpoint\": \"%s\"}\n",
+           "\"seconds\": %.3f, \"allreduce_wait_seconds\": %.3f, \"ranks\": %d, \"optimizer_state_mib\": %.6f, "
+           "\"peak_rss_mib\": %.1f, \"checkpoint\": \"%s\"}\n",
            r->images_per_sec, r->updates, r->skipped_updates, r->stopped_by_signal ? "true" : "false", r->seconds,
-           r->allreduce_wait, dist_size(), peak_rss_mib(), r->last_checkpoint);
+           r->allreduce_wait, dist_size(), r->optimizer_state_bytes / 1048576.0, peak_rss_mib(), r->last_checkpoint);
 }
 
 int cmd_train(int argc, char **argv) {
@@ -373,10 +378,12 @@ int cmd_train(int argc, char **argv) {
     }
     if (have_ck) {
         size_t n = model.table.total;
+        // Sharded slots (--zero 1) are scattered from rank 0's copy by the trainer: only it holds them whole.
+        int sharded = o->zero && dist_size() > 1, full = rank == 0 || !sharded;
         host = malloc(n * sizeof(float));
-        slot_m = optim_uses_m(oc.kind) ? malloc(n * sizeof(float)) : NULL;
-        slot_v = optim_uses_v(oc.kind) ? malloc(n * sizeof(float)) : NULL;
-        if (!host || (optim_uses_m(oc.kind) && !slot_m) || (optim_uses_v(oc.kind) && !slot_v)) {
+        slot_m = full && optim_uses_m(oc.kind) ? malloc(n * sizeof(float)) : NULL;
+        slot_v = full && optim_uses_v(oc.kind) ? malloc(n * sizeof(float)) : NULL;
+        if (!host || (full && optim_uses_m(oc.kind) && !slot_m) || (full && optim_uses_v(oc.kind) && !slot_v)) {
             vit_fail("out of memory loading %s", resume);
             goto fail;
         }
@@ -384,7 +391,8 @@ int cmd_train(int argc, char **argv) {
             if (checkpoint_copy(&ck, resume, &model.table, host, slot_m, slot_v)) goto fail;
             be->upload(be, model.params, host, n * sizeof(float));
         }
-        if ((slot_m && dist_bcast(slot_m, n * sizeof(float), 0)) || (slot_v && dist_bcast(slot_v, n * sizeof(float), 0)))
+        if (!sharded && ((slot_m && dist_bcast(slot_m, n * sizeof(float), 0)) ||
+                         (slot_v && dist_bcast(slot_v, n * sizeof(float), 0))))
             goto fail;
         fprintf(out, "resuming %s: epoch %d, step %ld, update %ld\n", resume, rstate.epoch + 1, rstate.step_in_epoch,
                 rstate.update);
@@ -434,7 +442,8 @@ int cmd_train(int argc, char **argv) {
     if (rank == 0 && open_logs(&p, &events, &eval_events)) goto fail;
     char resume_cmd[8192];
     resume_command(resume_cmd, sizeof resume_cmd, argc, argv);
-    TrainSetup ts = {.model = &model, .train = &train, .val = val.count ? &val : NULL, .opt = oc, .sched = sched,
+    TrainSetup ts = {.model = &model, .train = &train, .val = val.count ? &val : NULL, .opt = oc, .zero = o->zero,
+                     .sched = sched,
                      .batch = o->batch_size, .accum = o->grad_accum_steps, .epochs = o->epochs,
                      .steps_per_epoch = o->steps_per_epoch, .validation_steps = o->validation_steps,
                      .workers = o->data_workers, .prefetch = o->prefetch_batches,
@@ -450,6 +459,14 @@ int cmd_train(int argc, char **argv) {
     int train_rc = train_run(&ts, &r);
     events = ts.events, eval_events = ts.eval_events;  // NULL if logging failed and stopped
     if (prof) {
+        // The ceilings for the table's roofline columns, measured after the profiled steps so
+        // they cannot disturb them, through the unwrapped backend so they record no spans.
+        // Ranks measure at once, as they trained: each sees its share of the machine.
+        Roofline roof;
+        if (!train_rc && roofline_measure(inner, &roof))
+            fprintf(stderr, "vit train: warning: roofline not measured: %s\n", vit_error());
+        else if (!train_rc)
+            profiler_set_roofline(prof, &roof);
         char trace[4096];
         snprintf(trace, sizeof trace, "%s/profile/trace.rank%d.json", *o->log_dir ? o->log_dir : ".", rank);
         char dir[4096];
@@ -458,7 +475,7 @@ int cmd_train(int argc, char **argv) {
         if (profiler_write_trace(prof, trace)) fprintf(stderr, "vit train: warning: %s\n", vit_error());
         else fprintf(out, "profile: micro-steps %ld..%ld written to %s (open in ui.perfetto.dev)\n", prof_first,
                      prof_last, trace);
-        profiler_print_table(prof, out, 25, 0);
+        profiler_print_table(prof, out, 25);
     }
     if (train_rc) goto fail;
     if (events_close(events) || events_close(eval_events)) fprintf(stderr, "vit train: warning: %s\n", vit_error());

@@ -232,6 +232,17 @@ int cli_load_model(const ParsedOptions *p, const Dataset *data, Backend *be, int
         checkpoint_close(&ck);
         return rc;
     }
+    if (o->from_scratch) {
+        // The official random initialisation (zero head: every prediction is a tie), to time
+        // inference without weights on disk.
+        ViTConfig c;
+        int rc = cli_model_config(p, data, &c);
+        if (rc == VIT_OK) rc = vit_create(m, &c, be, batch, 0);
+        if (rc == VIT_OK) rc = vit_init_params(m, (uint64_t)(o->seed >= 0 ? o->seed : 0));
+        if (rc == VIT_OK && report)
+            fprintf(report, "model: %s from random initialisation (--from_scratch): predictions are chance\n", c.name);
+        return rc;
+    }
     char path[2048];
     if (cli_weights_file(p, path, sizeof path)) return VIT_ERR;
     NpzFile f;

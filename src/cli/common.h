@@ -34,6 +34,7 @@ int cli_open_data(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Da
 // training augmentation (off with --deterministic) for train, the evaluation crop for val.
 void cli_data_output(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Dataset *val);
 // A model for evaluate/predict/export, from --checkpoint (config from its metadata) or from
-// official weights (--pretrained or the default file; config from the flags and the file).
+// official weights (--pretrained or the default file; config from the flags and the file),
+// or with --from_scratch from the official random initialisation (for timing).
 // `data` (may be NULL) supplies image size, channels and classes as for training.
 int cli_load_model(const ParsedOptions *p, const Dataset *data, Backend *be, int batch, ViT *m, FILE *report);

@@ -109,6 +109,9 @@ const Flag g_flags[] = {
      "N or A,B: profile micro-step N or steps A..B (Chrome trace in <log_dir>/profile, op table at the end)", NULL, 0},
     {"distributed", NULL, FLAG_BOOL, F(distributed, 0), "0",
      "data-parallel over MPI ranks (mpirun -np N vit train --distributed); --batch_size is global", NULL, 0},
+    {"zero", NULL, FLAG_INT, F(zero, 0), "0",
+     "with --distributed: 1 = each rank keeps the optimizer state (Adam m/v, momentum) of 1/N of the parameters "
+     "(ZeRO stage 1; checkpoints stay full); 0 = every rank keeps all of it", NULL, 0},
     {"recompute", NULL, FLAG_BOOL, F(recompute, 0), "0",
      "activation checkpointing: keep only each block's input, recompute the block in the backward pass "
      "(~4.6x less activation memory, ~23% more step time)", NULL, 0},

@@ -44,6 +44,7 @@ typedef struct {
     int save_summary_steps;
     char profile[64];
     int distributed;
+    int zero;
     int skip_nonfinite;
     int allow_tf32;
     int recompute;

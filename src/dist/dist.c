@@ -25,13 +25,26 @@ int dist_launcher_size(void) {
     return 1;
 }
 
+int dist_shard_layout(size_t total, int *counts, int *displs) {
+    if (total > 2147483647u) return vit_fail("%zu parameters exceed MPI's int count: cannot shard them", total);
+    // Boundaries rounded down to 16 floats; the last piece ends at the buffer's end.
+    size_t lo = 0;
+    for (int r = 0; r < g_size; r++) {
+        size_t hi = r + 1 == g_size ? total : total / (size_t)g_size * (size_t)(r + 1) / 16 * 16;
+        displs[r] = (int)lo;
+        counts[r] = (int)(hi - lo);
+        lo = hi;
+    }
+    return VIT_OK;
+}
+
+#ifdef VIT_MPI
 static double now_seconds(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
-#ifdef VIT_MPI
 int dist_init(int want) {
     if (!want) return VIT_OK;
     int provided;
@@ -81,6 +94,28 @@ static int allreduce_double(double *v, size_t n, MPI_Op op) {
 int dist_allreduce_sum_double(double *v, size_t n) { return allreduce_double(v, n, MPI_SUM); }
 int dist_allreduce_max_double(double *v, size_t n) { return allreduce_double(v, n, MPI_MAX); }
 int dist_allreduce_min_double(double *v, size_t n) { return allreduce_double(v, n, MPI_MIN); }
+
+int dist_allgatherv_float(float *buf, const int *counts, const int *displs) {
+    if (!g_active) return VIT_OK;
+    return check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, MPI_FLOAT, MPI_COMM_WORLD),
+                 "parameter all-gather (MPI_Allgatherv)");
+}
+
+int dist_gatherv_float(const float *mine, float *all, const int *counts, const int *displs, int root) {
+    if (!g_active) return VIT_OK;
+    int rc = g_rank == root
+                 ? MPI_Gatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, all, counts, displs, MPI_FLOAT, root, MPI_COMM_WORLD)
+                 : MPI_Gatherv(mine, counts[g_rank], MPI_FLOAT, NULL, NULL, NULL, MPI_FLOAT, root, MPI_COMM_WORLD);
+    return check(rc, "optimizer state gather (MPI_Gatherv)");
+}
+
+int dist_scatterv_float(const float *all, float *mine, const int *counts, const int *displs, int root) {
+    if (!g_active) return VIT_OK;
+    int rc = g_rank == root
+                 ? MPI_Scatterv(all, counts, displs, MPI_FLOAT, MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, root, MPI_COMM_WORLD)
+                 : MPI_Scatterv(NULL, NULL, NULL, MPI_FLOAT, mine, counts[g_rank], MPI_FLOAT, root, MPI_COMM_WORLD);
+    return check(rc, "optimizer state scatter (MPI_Scatterv)");
+}
 
 struct GradSync {
     float *grads;
@@ -168,6 +203,9 @@ int dist_bcast(void *buf, size_t bytes, int root) { return VIT_OK; }
 int dist_allreduce_sum_double(double *v, size_t n) { return VIT_OK; }
 int dist_allreduce_max_double(double *v, size_t n) { return VIT_OK; }
 int dist_allreduce_min_double(double *v, size_t n) { return VIT_OK; }
+int dist_allgatherv_float(float *buf, const int *counts, const int *displs) { return VIT_OK; }
+int dist_gatherv_float(const float *mine, float *all, const int *counts, const int *displs, int root) { return VIT_OK; }
+int dist_scatterv_float(const float *all, float *mine, const int *counts, const int *displs, int root) { return VIT_OK; }
 
 struct GradSync {
     int unused;

@@ -21,6 +21,18 @@ int dist_allreduce_sum_double(double *v, size_t n);   // in place
 int dist_allreduce_max_double(double *v, size_t n);   // in place
 int dist_allreduce_min_double(double *v, size_t n);   // in place
 
+// A buffer of `total` floats cut into one contiguous piece per rank (ZeRO sharding): rank r
+// owns [displs[r], displs[r] + counts[r]). The pieces are near-equal and start on a multiple
+// of 16 floats (64-byte lines). counts and displs hold dist_size() entries. Errors when a
+// count would not fit MPI's int.
+int dist_shard_layout(size_t total, int *counts, int *displs);
+// Collectives over those pieces, on host memory (the CPU backend's buffers).
+int dist_allgatherv_float(float *buf, const int *counts, const int *displs);  // in place: every rank gets all
+// Root receives every piece into all (its own must already be there); others send `mine`.
+int dist_gatherv_float(const float *mine, float *all, const int *counts, const int *displs, int root);
+// Root sends piece r of all to rank r's `mine` (its own stays in place); all is read at root only.
+int dist_scatterv_float(const float *all, float *mine, const int *counts, const int *displs, int root);
+
 // Summing gradients in buckets as the backward pass finishes them. The parameter buffer
 // is cut into contiguous buckets; the backward pass reports finished ranges from the top
 // of the buffer down (head first, embedding last), and every bucket that is then wholly

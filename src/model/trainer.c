@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include "data/loader.h"
 #include "dist/dist.h"
+#include "dist/zero.h"
 #include "io/progress.h"
 #include "util/status.h"
 #include "util/stop_signal.h"
@@ -72,23 +73,26 @@ typedef struct {
     int n_written;
 } SaveState;
 
+// Every rank calls it at the same points: sharded optimizer slots are gathered to rank 0,
+// which writes the same full checkpoint an unsharded run does.
 static int save_checkpoint(TrainSetup *s, TrainResult *r, SaveState *ss, const char *tag, int counted,
-                           const TrainState *st, const float *mom1, const float *mom2) {
+                           const TrainState *st, const ZeroSlots *slots) {
     ViT *m = s->model;
     Backend *be = m->be;
     size_t n = m->table.total;
-    if (dist_rank() != 0) return VIT_OK;  // replicas hold the same state; one writer
-    if (!ss->params) {
+    int root = dist_rank() == 0;
+    if (!root && !slots->sharded) return VIT_OK;  // replicas hold the same state; one writer
+    if (root && !ss->params) {
         ss->params = malloc(n * sizeof(float));
-        ss->m = mom1 ? malloc(n * sizeof(float)) : NULL;
-        ss->v = mom2 ? malloc(n * sizeof(float)) : NULL;
+        ss->m = slots->m ? malloc(n * sizeof(float)) : NULL;
+        ss->v = slots->v ? malloc(n * sizeof(float)) : NULL;
         ss->written = calloc((size_t)(s->keep > 0 ? s->keep + 1 : 1), sizeof *ss->written);
-        if (!ss->params || (mom1 && !ss->m) || (mom2 && !ss->v) || !ss->written)
+        if (!ss->params || (slots->m && !ss->m) || (slots->v && !ss->v) || !ss->written)
             return vit_fail("out of memory for a checkpoint copy (%.1f MiB)", 3.0 * n * 4 / 1048576);
     }
+    if (zero_slots_gather(slots, be, ss->m, ss->v)) return VIT_ERR;
+    if (!root) return VIT_OK;
     be->download(be, ss->params, m->params, n * sizeof(float));
-    if (mom1) be->download(be, ss->m, mom1, n * sizeof(float));
-    if (mom2) be->download(be, ss->v, mom2, n * sizeof(float));
     char path[1100];
     snprintf(path, sizeof path, "%s/%s-ckpt-%s.safetensors", s->save_dir, m->cfg.name, tag);
     if (checkpoint_save(path, &m->cfg, &m->table, ss->params, ss->m, ss->v, s->opt.kind, st, s->meta, s->n_meta))
@@ -113,16 +117,20 @@ static void log_failed(TrainSetup *s) {
     s->events = s->eval_events = NULL;
 }
 
-// Replicas must hold the same parameters; a sum over them, compared across ranks at each
-// epoch end, catches a rank that drifted (a non-deterministic reduction, a bad host).
-static int check_replicas(ViT *m, int epoch) {
+// Replicas must hold the same parameters; a sum over them, compared across ranks every
+// REPLICA_CHECK_EVERY updates and at each epoch end, catches a rank that drifted (a
+// non-deterministic reduction, a bad host, a shard that missed the all-gather). It costs one
+// pass over the parameters and an all-reduce of two doubles.
+#define REPLICA_CHECK_EVERY 100
+static int check_replicas(ViT *m, int epoch, long update) {
     Backend *be = m->be;
     double v[2];
     v[0] = be->sum_squares(be, m->params, m->table.total);
     v[1] = -v[0];
     if (dist_allreduce_max_double(v, 2)) return VIT_ERR;
     if (v[0] != -v[1])
-        return vit_fail("epoch %d: the ranks' parameters differ (sum of squares %.17g vs %.17g)", epoch + 1, v[0], -v[1]);
+        return vit_fail("epoch %d, update %ld: the ranks' parameters differ (sum of squares %.17g vs %.17g)", epoch + 1,
+                        update, v[0], -v[1]);
     return VIT_OK;
 }
 
@@ -184,8 +192,8 @@ int train_run(TrainSetup *s, TrainResult *r) {
     size_t n = m->table.total;
     int *order = malloc((size_t)d->count * sizeof(int)), *seq = malloc((size_t)steps * Bl * sizeof(int));
     Loader *ld = loader_create(d, Bl, s->workers, s->prefetch);
-    float *mom1 = optim_uses_m(s->opt.kind) ? be->alloc(be, n * sizeof(float)) : NULL;
-    float *mom2 = optim_uses_v(s->opt.kind) ? be->alloc(be, n * sizeof(float)) : NULL;
+    ZeroSlots slots;
+    int slots_rc = zero_slots_create(&slots, be, n, s->opt.kind, s->zero);
     // 4M floats (16 MiB) per bucket: a few dozen all-reduces for ViT-B, each large enough
     // to run at link bandwidth, the first starting after the head and the last block.
     GradSync *sync = ranks > 1 ? gradsync_create(m->grads, n, (size_t)4 << 20) : NULL;
@@ -198,22 +206,29 @@ int train_run(TrainSetup *s, TrainResult *r) {
     if (out && loader_workers(ld))
         fprintf(out, "data: %d loader threads, %.1f MiB of prefetched batches\n", loader_workers(ld),
                 loader_memory_bytes(ld) / 1048576.0);
-    if (!order || !seq || (optim_uses_m(s->opt.kind) && !mom1) || (optim_uses_v(s->opt.kind) && !mom2) ||
-        (ranks > 1 && !sync)) {
+    if (slots_rc) {
+        rc = VIT_ERR;
+        goto done;
+    }
+    if (!order || !seq || (ranks > 1 && !sync)) {
         rc = vit_fail("out of memory for the training state");
         goto done;
     }
+    r->optimizer_state_bytes = (double)zero_slots_bytes(&slots);
     if (sync) {
         m->grad_ready = on_grad_ready;
         m->grad_ready_ctx = sync;
-        if (out)
-            fprintf(out, "distributed: %d ranks x batch %d; gradients summed in %zu buckets of up to 16 MiB\n", ranks,
-                    Bl, gradsync_buckets(sync));
+        if (out) {
+            fprintf(out, "distributed: %d ranks x batch %d; gradients summed in %zu buckets of up to 16 MiB; "
+                         "optimizer state %.2f MiB per rank", ranks, Bl, gradsync_buckets(sync),
+                    r->optimizer_state_bytes / 1048576.0);
+            if (slots.sharded)
+                fprintf(out, " (--zero 1: 1/%d of %.2f MiB)", ranks,
+                        (double)n * sizeof(float) * (optim_uses_m(s->opt.kind) + optim_uses_v(s->opt.kind)) / 1048576.0);
+            fprintf(out, "\n");
+        }
     }
-    if (mom1) be->zero(be, mom1, n * sizeof(float));
-    if (mom2) be->zero(be, mom2, n * sizeof(float));
-    if (mom1 && s->resume_m) be->upload(be, mom1, s->resume_m, n * sizeof(float));
-    if (mom2 && s->resume_v) be->upload(be, mom2, s->resume_v, n * sizeof(float));
+    if (s->resume && (rc = zero_slots_restore(&slots, be, s->resume_m, s->resume_v))) goto done;
 
     TrainState start = {0};
     if (s->resume) start = *s->resume;
@@ -318,9 +333,18 @@ int train_run(TrainSetup *s, TrainResult *r) {
                 }
                 double norm = NAN;
                 prof_begin(s->prof, "update", "phase");
-                int ok = !window_bad && optim_step(be, &m->table, m->params, m->grads, mom1, mom2, &s->opt, (float)lr,
-                                                   (int)update + 1, &norm) == VIT_OK;
+                int ok = !window_bad && zero_slots_step(&slots, be, &m->table, m->params, m->grads, &s->opt,
+                                                        (float)lr, (int)update + 1, &norm) == VIT_OK;
                 prof_end(s->prof);
+                if (ok && slots.sharded) {  // every rank updated its shard: share them (the norm agrees, so all do)
+                    prof_begin(s->prof, "allgather", "comm");
+                    rc = zero_slots_allgather(&slots, m->params);
+                    prof_end(s->prof);
+                    if (rc) {
+                        prof_end(s->prof);
+                        break;
+                    }
+                }
                 if (!ok && !s->skip_nonfinite) {
                     prof_end(s->prof);
                     rc = vit_fail("epoch %d, update %ld: gradient norm is %g (loss %g); stopping (the last checkpoint "
@@ -334,6 +358,10 @@ int train_run(TrainSetup *s, TrainResult *r) {
                                           "skipped (%ld so far)\n", epoch + 1, update + 1, norm, r->skipped_updates);
                 } else {
                     update++;
+                    if (ranks > 1 && update % REPLICA_CHECK_EVERY == 0 && (rc = check_replicas(m, epoch, update))) {
+                        prof_end(s->prof);
+                        break;
+                    }
                 }
                 if (update == first_update + 1 && ok) t_after_first = progress_now();
                 else images_after_first += (long)B * A;
@@ -349,7 +377,7 @@ int train_run(TrainSetup *s, TrainResult *r) {
                     char tag[32];
                     snprintf(tag, sizeof tag, "%03d", epoch + 1);
                     prof_begin(s->prof, "checkpoint", "io");
-                    rc = save_checkpoint(s, r, &ss, tag, 1, &st, mom1, mom2);
+                    rc = save_checkpoint(s, r, &ss, tag, 1, &st, &slots);
                     prof_end(s->prof);
                     if (rc) {
                         prof_end(s->prof);
@@ -361,7 +389,7 @@ int train_run(TrainSetup *s, TrainResult *r) {
                     char tag[32];
                     snprintf(tag, sizeof tag, "step-%07ld", update);
                     prof_begin(s->prof, "checkpoint", "io");
-                    rc = save_checkpoint(s, r, &ss, tag, !stop, &st, mom1, mom2);
+                    rc = save_checkpoint(s, r, &ss, tag, !stop, &st, &slots);
                     prof_end(s->prof);
                     if (rc) {
                         prof_end(s->prof);
@@ -420,12 +448,12 @@ int train_run(TrainSetup *s, TrainResult *r) {
              events_scalar(s->eval_events, "epoch_top5_accuracy", epoch + 1, r->val.top5) ||
              events_flush(s->eval_events)))
             log_failed(s);
-        if (ranks > 1 && (rc = check_replicas(m, epoch))) break;
+        if (ranks > 1 && (rc = check_replicas(m, epoch, update))) break;
         if (s->save_dir) {
             TrainState st = {update, epoch + 1, 0, micro, s->seed, 0, 0, 0, 0};
             char tag[32];
             snprintf(tag, sizeof tag, "%03d", epoch + 1);
-            rc = save_checkpoint(s, r, &ss, tag, 1, &st, mom1, mom2);
+            rc = save_checkpoint(s, r, &ss, tag, 1, &st, &slots);
         }
     }
     if (rc == VIT_OK && r->stopped_by_signal && out) {
@@ -437,7 +465,7 @@ int train_run(TrainSetup *s, TrainResult *r) {
     }
     if (rc == VIT_OK && s->save_dir && !r->stopped_by_signal) {
         TrainState st = {update, s->epochs, 0, micro, s->seed, 0, 0, 0, 0};
-        rc = save_checkpoint(s, r, &ss, "final", 0, &st, mom1, mom2);
+        rc = save_checkpoint(s, r, &ss, "final", 0, &st, &slots);
     }
     stop_signal_restore();
     free(ss.params), free(ss.m), free(ss.v), free(ss.written);
@@ -453,7 +481,6 @@ done:
     gradsync_destroy(sync);
     loader_destroy(ld);
     free(order), free(seq);
-    be->release(be, mom1);
-    be->release(be, mom2);
+    zero_slots_destroy(&slots, be);
     return rc;
 }

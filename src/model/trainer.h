@@ -17,6 +17,7 @@ typedef struct {
     ViT *model;                  // planned for `batch` / ranks with training = 1
     const Dataset *train, *val;  // val may be NULL
     OptimConfig opt;
+    int zero;                    // 1: each rank keeps the optimizer slots of its 1/N of the parameters (--zero)
     Schedule sched;              // epochs and updates_per_epoch are set by train_run
     int batch, accum, epochs;    // batch: global, split evenly across the MPI ranks
     long steps_per_epoch;        // micro-steps; 0 = train->count / batch
@@ -28,7 +29,8 @@ typedef struct {
     FILE *out;                   // progress and reports
 
     const TrainState *resume;    // continue from here (NULL: from the start)
-    const float *resume_m, *resume_v;  // host optimizer slots to restore (NULL: zeros)
+    const float *resume_m, *resume_v;  // full host optimizer slots to restore (NULL: zeros); with
+                                       // sharded slots only rank 0's are read (others may pass NULL)
     int start_epoch;             // without `resume`: first epoch (--resume_from_epoch, weights only)
 
     const char *save_dir;        // NULL: no checkpoints
@@ -64,6 +66,7 @@ typedef struct {
     int stopped_by_signal;          // the run stopped early on SIGINT/SIGTERM/SIGUSR1 (after a checkpoint)
     long skipped_updates;           // updates skipped for a non-finite loss or gradient (--skip_nonfinite)
     double allreduce_wait;          // seconds blocked waiting for the gradient all-reduce (data parallel)
+    double optimizer_state_bytes;   // optimizer slots held by this rank (1/N of them with --zero 1)
 } TrainResult;
 
 int train_run(TrainSetup *s, TrainResult *r);

@@ -39,19 +39,28 @@ int optim_uses_v(OptimizerKind k) { return k != OPT_SGD; }
 
 int optim_step(Backend *be, const ParamTable *table, float *params, float *grads, float *m, float *v,
                const OptimConfig *o, float lr, int t, double *norm) {
+    return optim_step_range(be, table, params, grads, m, v, 0, table->total, o, lr, t, norm);
+}
+
+int optim_step_range(Backend *be, const ParamTable *table, float *params, float *grads, float *m, float *v,
+                     size_t lo, size_t hi, const OptimConfig *o, float lr, int t, double *norm) {
     double n = sqrt(be->sum_squares(be, grads, table->total));
     *norm = n;
     if (!isfinite(n)) return vit_fail("gradient norm is %g", n);
     OptimStep s = {o->kind, lr, o->momentum, o->beta1, o->beta2, o->rho, o->epsilon, 0.0f, t, 1.0f};
     if (o->clip_norm > 0 && n > o->clip_norm) s.grad_scale = (float)(o->clip_norm / n);
-    // Walk the table, merging neighbouring tensors that share the decay setting into one call.
+    // Walk the table, merging neighbouring tensors that share the decay setting into one call,
+    // cut to [lo, hi): a run split between shards keeps its decay setting on both sides.
     int i = 0;
     while (i < table->count) {
         int decay = table->entries[i].decay, j = i;
         size_t start = table->entries[i].offset, len = 0;
         while (j < table->count && table->entries[j].decay == decay) len += table->entries[j++].size;
+        size_t a = start > lo ? start : lo, b = start + len < hi ? start + len : hi;
         s.weight_decay = decay ? o->weight_decay : 0.0f;
-        be->optimizer_update(be, params + start, grads + start, m ? m + start : NULL, v ? v + start : NULL, len, &s);
+        if (a < b)
+            be->optimizer_update(be, params + a, grads + a, m ? m + (a - lo) : NULL, v ? v + (a - lo) : NULL, b - a,
+                                 &s);
         i = j;
     }
     return VIT_OK;

@@ -24,3 +24,9 @@ int optim_uses_v(OptimizerKind k);
 // touching the parameters.
 int optim_step(Backend *be, const ParamTable *table, float *params, float *grads, float *m, float *v,
                const OptimConfig *o, float lr, int t, double *norm);
+// The same update for the parameters [lo, hi) only, whose slots m and v hold hi - lo floats
+// (a rank's shard under ZeRO stage 1). The norm is still that of the whole gradient, and each
+// element gets the very operations optim_step gives it, so the shards together update
+// bit-identically to one optim_step.
+int optim_step_range(Backend *be, const ParamTable *table, float *params, float *grads, float *m, float *v,
+                     size_t lo, size_t hi, const OptimConfig *o, float lr, int t, double *norm);

@@ -43,6 +43,7 @@ struct Profiler {
     int n_names, cap_names;
     OpenPhase open[PROF_MAX_DEPTH];
     int depth, overflow;                 // overflow: begins past the depth limit, ignored
+    Roofline roof;                       // the machine's ceilings; zero when not set
 };
 
 uint64_t prof_clock_ns(void) {
@@ -79,6 +80,19 @@ void profiler_set_active(Profiler *p, int on) {
 }
 
 int profiler_active(const Profiler *p) { return p && p->active; }
+
+void profiler_set_roofline(Profiler *p, const Roofline *r) {
+    if (p) p->roof = roofline_valid(r) ? *r : (Roofline){0};
+}
+
+// An op span's time at the roofline in ns (flops per ns = GFLOP/s, bytes per ns = GB/s), and
+// whether compute limits it. Summed per call, not from a row's totals: a row mixing
+// compute- and memory-bound shapes is bound by each call's own limit.
+static double roof_ns(const Roofline *r, const Span *s, int *compute) {
+    double c = s->flops / r->gflops, m = s->bytes / r->gbs;
+    *compute = c > m;
+    return c > m ? c : m;
+}
 
 static uint64_t profiled_ns(const Profiler *p) {
     return p->active_ns + (p->active ? prof_clock_ns() - p->active_since : 0);
@@ -248,8 +262,11 @@ int profiler_write_trace(const Profiler *p, const char *path) {
         put_span(&b, &p->spans[i], r, now_rel);
         if (b.n >= (1u << 20)) ok = drain(&b, f) && ok;
     }
-    json_printf(&b, "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{\"rank\":%d,\"dropped_spans\":%ld}}\n", r,
-                p->dropped);
+    json_printf(&b, "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{\"rank\":%d,\"dropped_spans\":%ld", r, p->dropped);
+    if (roofline_valid(&p->roof))  // valid means finite, so %g stays valid JSON
+        json_printf(&b, ",\"roofline\":{\"matrix_gflops\":%.6g,\"memory_gbs\":%.6g,\"measured_seconds\":%.6g}",
+                    p->roof.gflops, p->roof.gbs, p->roof.seconds);
+    json_puts(&b, "}}\n");
     int oom = b.oom;
     ok = drain(&b, f) && ok;
     int err = errno;
@@ -275,6 +292,7 @@ typedef struct {
     long calls;
     uint64_t ns;
     double flops, bytes;
+    double roof_ns, roof_compute_ns;  // time at the roofline; the part of compute-bound calls
 } Row;
 
 static int row_cmp(const void *a, const void *b) {
@@ -292,7 +310,7 @@ typedef struct {
     int n, cap;
 } Rows;
 
-static int add_row(Rows *rows, const char *name, const char *phase, const Span *s, uint64_t dur) {
+static int add_row(Rows *rows, const char *name, const char *phase, const Span *s, uint64_t dur, const Roofline *roof) {
     int i = 0;
     while (i < rows->n && (rows->r[i].phase != phase || strcmp(rows->r[i].name, name))) i++;
     if (i == rows->n) {
@@ -303,13 +321,19 @@ static int add_row(Rows *rows, const char *name, const char *phase, const Span *
             rows->r = nr;
             rows->cap = nc;
         }
-        rows->r[rows->n++] = (Row){name, phase, 0, 0, 0, 0};
+        rows->r[rows->n++] = (Row){name, phase, 0, 0, 0, 0, 0, 0};
     }
     Row *r = &rows->r[i];
     r->calls++;
     r->ns += dur;
     r->flops += s->flops;
     r->bytes += s->bytes;
+    if (roof) {
+        int compute;
+        double t = roof_ns(roof, s, &compute);
+        r->roof_ns += t;
+        r->roof_compute_ns += compute ? t : 0;
+    }
     return VIT_OK;
 }
 
@@ -317,12 +341,14 @@ static int add_row(Rows *rows, const char *name, const char *phase, const Span *
 static int collect(const Profiler *p, int want_ops, Rows *rows) {
     *rows = (Rows){0};
     uint64_t now_rel = prof_clock_ns() - p->t0;
+    const Roofline *roof = roofline_valid(&p->roof) ? &p->roof : NULL;
     for (long i = 0; i < p->n; i++) {
         const Span *s = &p->spans[i];
         if (!s->dims != !want_ops) continue;
-        int rc = want_ops ? add_row(rows, s->name, s->phase, s, s->dur)
+        int rc = want_ops ? add_row(rows, s->name, s->phase, s, s->dur, roof)
                           // Steps are summed as one row named by their category.
-                          : add_row(rows, strcmp(s->cat, "step") ? s->name : s->cat, NULL, s, span_dur(s, now_rel));
+                          : add_row(rows, strcmp(s->cat, "step") ? s->name : s->cat, NULL, s, span_dur(s, now_rel),
+                                    NULL);
         if (rc) return VIT_ERR;
     }
     if (rows->n) qsort(rows->r, (size_t)rows->n, sizeof *rows->r, row_cmp);
@@ -334,6 +360,7 @@ ProfStat profiler_stat(const Profiler *p, const char *op, const char *phase) {
     if (!p || !op) return st;
     if (phase && !*phase) phase = NULL;
     uint64_t ns = 0;
+    double roof = 0, roof_compute = 0;
     for (long i = 0; i < p->n; i++) {
         const Span *s = &p->spans[i];
         if (!s->dims || strcmp(s->name, op) || !s->phase != !phase || (phase && strcmp(s->phase, phase))) continue;
@@ -341,8 +368,16 @@ ProfStat profiler_stat(const Profiler *p, const char *op, const char *phase) {
         ns += s->dur;
         st.flops += s->flops;
         st.bytes += s->bytes;
+        if (roofline_valid(&p->roof)) {
+            int compute;
+            double t = roof_ns(&p->roof, s, &compute);
+            roof += t;
+            roof_compute += compute ? t : 0;
+        }
     }
     st.total_ms = ns / 1e6;
+    st.roofline_ms = roof / 1e6;
+    st.compute_bound = roof > 0 && 2 * roof_compute > roof;
     return st;
 }
 
@@ -356,7 +391,7 @@ static int max_len(const Row *rows, int n, int phase_col, int at_least) {
     return w;
 }
 
-void profiler_print_table(const Profiler *p, FILE *out, int top, double peak_gflops) {
+void profiler_print_table(const Profiler *p, FILE *out, int top) {
     if (!p || !out) return;
     double prof_ms = profiled_ns(p) / 1e6;
     Rows op_rows, ph_rows;
@@ -368,30 +403,41 @@ void profiler_print_table(const Profiler *p, FILE *out, int top, double peak_gfl
         return;
     }
     const Row *ops = op_rows.r, *phases = ph_rows.r;
-    int n_ops = op_rows.n, n_ph = ph_rows.n;
+    int n_ops = op_rows.n, n_ph = ph_rows.n, roof = roofline_valid(&p->roof);
     long calls = 0;
     uint64_t op_ns = 0;
     for (int i = 0; i < n_ops; i++) calls += ops[i].calls, op_ns += ops[i].ns;
     double pct_div = prof_ms > 0 ? prof_ms : 1;
     fprintf(out, "profile, rank %d: %.3f ms profiled; %ld op calls take %.3f ms (%.1f%%)\n", p->rank, prof_ms, calls,
             op_ns / 1e6, 100 * op_ns / 1e6 / pct_div);
+    if (roof) {
+        char how[64] = "given";
+        if (p->roof.seconds > 0) snprintf(how, sizeof how, "measured now in %.1f s", p->roof.seconds);
+        // The ridge: an op with more flop per byte than this is compute-bound.
+        fprintf(out, "roofline: %.1f GFLOP/s matrix, %.1f GB/s memory (ridge %.1f flop/B), %s\n", p->roof.gflops,
+                p->roof.gbs, p->roof.gflops / p->roof.gbs, how);
+    }
     if (p->dropped)
         fprintf(out, "  (%ld spans dropped at the cap of %d: the figures below miss them)\n", p->dropped,
                 PROF_MAX_SPANS);
     int wo = max_len(ops, n_ops, 0, 2), wp = max_len(ops, n_ops, 1, 5), shown = top > 0 && top < n_ops ? top : n_ops;
     if (n_ops) {
-        fprintf(out, "%-*s  %-*s %8s %11s %7s %11s %9s %9s%s\n", wo, "op", wp, "phase", "calls", "total ms", "% time",
-                "mean us", "GFLOP/s", "GB/s", peak_gflops > 0 ? "  % peak" : "");
+        fprintf(out, "%-*s  %-*s %7s %10s %7s %10s %9s %8s %6s%s\n", wo, "op", wp, "phase", "calls", "total ms",
+                "% time", "mean us", "GFLOP/s", "GB/s", "flop/B", roof ? "   bound % roofline" : "");
         for (int i = 0; i < shown; i++) {
             const Row *r = &ops[i];
             double ns = r->ns > 0 ? (double)r->ns : 1;  // flops per ns = GFLOP/s
-            char gf[32] = "-", pk[32] = "";
+            char gf[32] = "-", ai[32] = "-", rf[48] = "";
             if (r->flops > 0) snprintf(gf, sizeof gf, "%.2f", r->flops / ns);
-            if (peak_gflops > 0 && r->flops > 0) snprintf(pk, sizeof pk, "  %6.1f", 100 * r->flops / ns / peak_gflops);
-            else if (peak_gflops > 0) snprintf(pk, sizeof pk, "  %6s", "-");
-            fprintf(out, "%-*s  %-*s %8ld %11.3f %7.1f %11.1f %9s %9.2f%s\n", wo, r->name, wp,
+            if (r->flops > 0 && r->bytes > 0) snprintf(ai, sizeof ai, "%.1f", r->flops / r->bytes);
+            if (roof && r->roof_ns > 0)
+                snprintf(rf, sizeof rf, " %7s %10.1f", 2 * r->roof_compute_ns > r->roof_ns ? "compute" : "memory",
+                         100 * r->roof_ns / ns);
+            else if (roof)
+                snprintf(rf, sizeof rf, " %7s %10s", "-", "-");
+            fprintf(out, "%-*s  %-*s %7ld %10.3f %7.1f %10.1f %9s %8.2f %6s%s\n", wo, r->name, wp,
                     r->phase ? r->phase : "-", r->calls, r->ns / 1e6, 100 * r->ns / 1e6 / pct_div,
-                    r->ns / 1e3 / r->calls, gf, r->bytes / ns, pk);
+                    r->ns / 1e3 / r->calls, gf, r->bytes / ns, ai, rf);
         }
         if (shown < n_ops) {
             uint64_t rest = 0;

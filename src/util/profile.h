@@ -9,6 +9,7 @@
 #pragma once
 #include <stdint.h>
 #include <stdio.h>
+#include "util/roofline.h"
 
 typedef struct Profiler Profiler;
 
@@ -34,11 +35,19 @@ void prof_end(Profiler *p);
 // open are written as ending now. Written atomically; VIT_ERR with a message naming path.
 int profiler_write_trace(const Profiler *p, const char *path);
 
+// The machine's ceilings (util/roofline.h) for the table's roofline columns and the trace's
+// otherData. Ceilings that are not positive and finite, or NULL, clear them.
+void profiler_set_roofline(Profiler *p, const Roofline *r);
+
 // Top ops by total time, one row per (op, phase): calls, total ms, % of the profiled time
-// (the time the profiler was active), mean us, GFLOP/s where the op's flops are modelled, and
-// GB/s of its compulsory memory traffic. peak_gflops > 0 adds "% peak" for ops with flops.
-// At most `top` op rows (0 = all), then the phases. Cheap enough for the end of a run only.
-void profiler_print_table(const Profiler *p, FILE *out, int top, double peak_gflops);
+// (the time the profiler was active), mean us, GFLOP/s where the op's flops are modelled,
+// GB/s of its compulsory memory traffic, and flop/B (arithmetic intensity) where flops are
+// modelled. With ceilings set, a header line prints them and each row adds "bound" (compute
+// or memory: what limits most of its roofline time) and "% roofline": the time its calls would
+// take at the roofline, sum of max(flops / peak rate, bytes / bandwidth), over the measured
+// time. Ops without flops are memory-bound by construction. At most `top` op rows (0 = all),
+// then the phases. Cheap enough for the end of a run only.
+void profiler_print_table(const Profiler *p, FILE *out, int top);
 
 // Totals of one (op, phase) row, for tests and tools. phase NULL or "" is the row of calls
 // made outside any non-step phase (printed as "-"). All zero when there is no such row.
@@ -46,6 +55,8 @@ typedef struct {
     long calls;
     double total_ms;
     double flops, bytes;  // summed over the calls
+    double roofline_ms;   // the calls' time at the roofline; 0 without ceilings
+    int compute_bound;    // compute-bound calls make most of roofline_ms
 } ProfStat;
 ProfStat profiler_stat(const Profiler *p, const char *op, const char *phase);
 // Spans recorded so far (ops and phases); spans dropped at the memory cap are not counted.
