@@ -20,7 +20,7 @@ TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
 # CUDA backend (src/backend/cuda/*.cu) when nvcc is found; `make CUDA=0` builds with no CUDA
 # dependency at all, `make CUDA=1` insists on it. Objects made with and without -DVIT_CUDA
-# differ, so a change of CUDA rebuilds them ($(BUILD)/cuda.flag).
+# (or -DVIT_NCCL) differ, so a change of CUDA or NCCL rebuilds them ($(BUILD)/cuda.flag).
 CUDA    ?= auto
 NVCC    ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 ifeq ($(CUDA),auto)
@@ -41,8 +41,29 @@ LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudar
 else
 TESTS   := $(filter-out $(BUILD)/tests/test_cuda,$(TESTS))
 endif
+
+# NCCL (--distributed --device cuda: one process per GPU) when CUDA and MPI are both in and
+# nccl.h is in $(CUDA_HOME)/include or /usr/include; `make NCCL=0` leaves it out, `make NCCL=1`
+# insists on it. Only src/dist/nccl_sync.c sees the CUDA and NCCL headers.
+NCCL    ?= auto
+NCCL_H  := $(if $(filter 11,$(CUDA)$(MPI)),$(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h)))
+ifeq ($(NCCL),auto)
+override NCCL := $(if $(NCCL_H),1,0)
+endif
+ifeq ($(NCCL),1)
+ifneq ($(CUDA)$(MPI),11)
+$(error NCCL=1 needs CUDA=1 and MPI=1 (the NCCL id travels over MPI))
+endif
+ifeq ($(NCCL_H),)
+$(error NCCL=1 but nccl.h is in neither $(CUDA_HOME)/include nor /usr/include)
+endif
+CFLAGS  += -DVIT_NCCL
+LDLIBS  += -lnccl
+$(BUILD)/src/dist/nccl_sync.o: CFLAGS += -I$(CUDA_HOME)/include $(filter-out -I/usr/include/ -I$(CUDA_HOME)/include/,-I$(dir $(NCCL_H)))
+endif
+
 CUDA_FLAG := $(BUILD)/cuda.flag
-$(shell mkdir -p $(BUILD) && (echo $(CUDA) | cmp -s - $(CUDA_FLAG) || echo $(CUDA) > $(CUDA_FLAG)))
+$(shell mkdir -p $(BUILD) && (echo $(CUDA) $(NCCL) | cmp -s - $(CUDA_FLAG) || echo $(CUDA) $(NCCL) > $(CUDA_FLAG)))
 
 DEBIAN_PACKAGES := build-essential pkg-config libdnnl-dev zlib1g-dev libzip-dev dataset-fashion-mnist python3 python3-pip libjpeg62-turbo-dev libpng-dev libprotobuf-c-dev protobuf-c-compiler openmpi-bin libopenmpi-dev
 # Only for `make fuzz` (clang with libFuzzer); kept out of `make deps`.

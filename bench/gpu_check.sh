@@ -13,10 +13,13 @@
 # The GPU machine's image has CUDA, PyTorch and timm, but possibly not the Debian packages
 # vit links (oneDNN, libjpeg, libpng, libzip, protobuf-c); nothing can be installed there.
 # The script names what is missing and then uses a prebuilt bundle when one was carried:
-# `--bundle` builds vit and test_cuda here (portable -march=x86-64-v3, no MPI, in
-# build/gpu-bundle/) and packs them with their non-system libraries into
-# build/gpu-bundle.tar.gz (about 14 MB; ignored by git like all of build/): name that path
-# in the device call's carry.
+# `--bundle` builds vit and test_cuda here (portable -march=x86-64-v3, with MPI and NCCL when
+# this machine has them, in build/gpu-bundle/) and packs them with their non-system libraries
+# into build/gpu-bundle.tar.gz (about 18 MB; ignored by git like all of build/): name that path
+# in the device call's carry. Open MPI's libraries go to lib-mpi/, used there only when the
+# machine has no libmpi of its own; NCCL is not packed (its pip wheel, nvidia-nccl-cu13, is
+# found at run time like cuBLASLt). The multi-GPU phase (tests/cli_gpu_dist.sh) needs an
+# Open MPI mpirun there and is skipped with a line without one.
 # Knobs: VIT_BATCHES ("256 128 64"), VIT_STEPS (10), TORCH_STEPS (10), GPU_CHECK_BUDGET.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -24,25 +27,30 @@ BUNDLE=build/gpu-bundle.tar.gz
 
 if [ "${1:-}" = "--bundle" ]; then
     B=build/gpu-bundle
-    FLAGS=(CUDA=1 MPI=0 BUILD=$B "OPT=-O3 -march=x86-64-v3")
+    FLAGS=(CUDA=1 BUILD=$B "OPT=-O3 -march=x86-64-v3")  # MPI and NCCL as found here
     make -j"$(nproc)" "${FLAGS[@]}" $B/libvit.a $B/src/main.o $B/tests/test_cuda || exit 1
     # Link vit as the Makefile does, but into the bundle folder (./vit stays as it is).
     printf '%s/vit-bundle: %s/src/main.o %s/libvit.a\n\t$(CC) -o $@ $^ $(LDLIBS)\n' $B $B $B |
         make -f Makefile -f - "${FLAGS[@]}" $B/vit-bundle || exit 1
     stage=$(mktemp -d)
-    mkdir -p "$stage/vit-bundle/lib"
+    mkdir -p "$stage/vit-bundle/lib" "$stage/vit-bundle/lib-mpi"
     cp $B/vit-bundle "$stage/vit-bundle/vit"
     cp $B/tests/test_cuda "$stage/vit-bundle/test_cuda"
-    # Everything they load except the C library, the C++ runtime and CUDA (all on the GPU machine).
+    # Everything they load except the C library, the C++ runtime, CUDA and NCCL (all on the GPU
+    # machine); Open MPI's own libraries apart, since a machine with an mpirun needs its own.
     for lib in $(ldd $B/vit-bundle $B/tests/test_cuda | awk '/=> \// {print $3}' | sort -u); do
         case $(basename "$lib") in
         libc.so* | libm.so* | libpthread* | libdl.so* | librt.so* | ld-linux* | libstdc++* | libgcc_s* | libcuda* | \
-            libcublas* | libcudart*) ;;
+            libcublas* | libcudart* | libnccl*) ;;
+        libmpi* | libopen-rte* | libopen-pal* | libhwloc* | libevent* | libpmix* | libudev*)
+            cp -L "$lib" "$stage/vit-bundle/lib-mpi/" ;;
         *) cp -L "$lib" "$stage/vit-bundle/lib/" ;;
         esac
     done
+    nccl=no
+    grep -q '^1 1' $B/cuda.flag && nccl=yes
     tar -C "$stage" -czf $BUNDLE vit-bundle && rm -rf "$stage"
-    echo "wrote $BUNDLE ($(du -h $BUNDLE | cut -f1)): $(tar -tzf $BUNDLE | grep -c .) files"
+    echo "wrote $BUNDLE ($(du -h $BUNDLE | cut -f1)): $(tar -tzf $BUNDLE | grep -c .) files; NCCL (multi-GPU): $nccl"
     echo "for the GPU machine: name \"$BUNDLE\" in the device call's carry"
     exit 0
 fi
@@ -119,9 +127,18 @@ if [ -z "$VIT" ]; then
         rm -rf /tmp/vit-bundle && mkdir -p /tmp/vit-bundle && tar -C /tmp/vit-bundle -xzf $BUNDLE
         VIT=/tmp/vit-bundle/vit-bundle/vit TEST=/tmp/vit-bundle/vit-bundle/test_cuda VLIB=/tmp/vit-bundle/vit-bundle/lib
         BUILD_NOTE="prebuilt bundle"
-        # CUDA libraries: the toolkit's, else the ones PyTorch's wheels carry.
-        if LD_LIBRARY_PATH=$VLIB ldd $VIT | grep -qE 'lib(cublasLt|cudart)\.so.* not found'; then
-            for lib in libcublasLt.so.13 libcudart.so.13; do
+        # Open MPI: the machine's own when it has one (its mpirun and libmpi belong together; also
+        # one beside mpirun, outside the loader's path), else the bundle's, only so that vit loads.
+        if ! ldconfig -p 2>/dev/null | grep -q 'libmpi\.so\.40 '; then
+            m=$(command -v mpirun 2>/dev/null) pre=""
+            [ -n "$m" ] && [ -e "$(dirname "$(readlink -f "$m")")/../lib/libmpi.so.40" ] &&
+                pre="$(cd "$(dirname "$(readlink -f "$m")")/../lib" && pwd):"
+            VLIB="$VLIB:$pre/tmp/vit-bundle/vit-bundle/lib-mpi"
+        fi
+        # CUDA and NCCL libraries: the toolkit's, else the ones PyTorch's wheels carry
+        # (nvidia-nccl-cu13: site-packages/nvidia/nccl/lib).
+        if LD_LIBRARY_PATH=$VLIB ldd $VIT | grep -qE 'lib(cublasLt|cudart|nccl)\.so.* not found'; then
+            for lib in libcublasLt.so.13 libcudart.so.13 libnccl.so.2; do
                 f=$(find /usr/local /usr/lib /opt "$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)" \
                     -name "$lib" 2>/dev/null | head -n 1)
                 [ -n "$f" ] && VLIB="$VLIB:$(dirname "$f")"
@@ -142,7 +159,7 @@ TESTS="not run"
 if [ -n "$TEST" ]; then
     section "GPU tests (test_cuda: every op, a whole step and a 50-step run against the CPU backend)"
     run_phase test_cuda "$(limit 240 200)" "${VRUN[@]}" "$TEST"
-    grep -E '^FAIL|^  (gradient|parameter)|^50-step' "$LOG/test_cuda.log" | head -n 40
+    grep -E '^FAIL|^  (gradient|parameter)|^50-step|^nccl' "$LOG/test_cuda.log" | head -n 40
     TESTS=$(grep -E '^test_cuda: ' "$LOG/test_cuda.log" | tail -n 1)
     [ -n "$TESTS" ] || TESTS="test_cuda: no summary (crashed? see the log)"
     say "  $TESTS"
@@ -177,6 +194,24 @@ if [ -n "$VIT" ]; then
         awk 'NR == 1 {lo = hi = $1} {if ($1 < lo) lo = $1; if ($1 > hi) hi = $1} END {print (NR == 4 && hi - lo <= 1e-3 * hi) ? "ok" : "FAIL"}')
     [ $ok -eq 1 ] && [ "$spread" = ok ] && XDEV="ok ($line)" || XDEV="FAIL ($line)"
     say "  cross-device: $XDEV"
+fi
+
+MGPU="not run"
+if [ -n "$VIT" ]; then
+    section "multi-GPU: --distributed --device cuda over NCCL (tests/cli_gpu_dist.sh)"
+    ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+    if ! command -v mpirun >/dev/null 2>&1; then
+        MGPU="skipped: no mpirun on this machine ($ngpu GPUs)"
+    elif ! mpirun --version 2>&1 | grep -q "Open MPI"; then
+        MGPU="skipped: mpirun is not Open MPI's ($(mpirun --version 2>&1 | head -n 1)), vit's libmpi is"
+    else
+        # -np 1 (and -np 2 with two GPUs) against one process, same flags; one GPU: -np 2 must fail cleanly.
+        run_phase gpu_dist "$(limit 150 300)" "${VRUN[@]}" VIT="$VIT" sh tests/cli_gpu_dist.sh
+        grep -E '^FAIL|^cli_gpu_dist' "$LOG/gpu_dist.log" | head -n 20 | sed 's/^/  /'
+        MGPU=$(grep -E '^cli_gpu_dist: [0-9]+ passed' "$LOG/gpu_dist.log" | tail -n 1)
+        [ -n "$MGPU" ] || MGPU="cli_gpu_dist: no summary (see the log)"
+    fi
+    say "  $MGPU"
 fi
 
 VIT_IPS="" VIT_BATCH="" GFLOP=""
@@ -237,5 +272,6 @@ fi
     say "ceiling: bf16 matmul ${CEIL:-?} TFLOP/s measured; $GFLOP GFLOP per trained image"
     say "tests: $TESTS"
     say "cross-device checkpoints: $XDEV"
+    say "multi-GPU (NCCL): $MGPU"
 } | tee "$LOG/summary.txt"
 finish

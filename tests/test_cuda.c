@@ -13,6 +13,8 @@
 //   with bf16 matrix products (a looser sanity bound: bf16 training is a different run).
 // VIT_TEST_CUDA_ON_CPU=1 runs the same comparisons with a second CPU backend in place of
 // the GPU (a check of this harness on machines without one).
+// Built with NCCL: a one-rank communicator sums a bucket and a backward pass's buckets as the
+// identity, bit for bit (test_nccl).
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,9 @@
 #include "optim/optimizer.h"
 #include "util/rng.h"
 #include "util/status.h"
+#ifdef VIT_NCCL
+#include "dist/nccl_sync.h"
+#endif
 
 static Backend *cpu, *gpu, *gpu_tf32, *gpu_bf16;
 
@@ -631,6 +636,71 @@ static void test_errors(void) {
     CHECK(!strcmp(gpu->name, "cuda") || getenv("VIT_TEST_CUDA_ON_CPU"), "backend name '%s'", gpu->name);
 }
 
+#ifdef VIT_NCCL
+// ---- NCCL with one rank -----------------------------------------------------------------------
+// No MPI here: the communicator has this process alone, so a sum is the identity. A bucket
+// all-reduced in place is unchanged, and the bucketed sync driven by a backward pass (small
+// buckets, so many start while the pass runs) leaves every gradient bit-identical to a pass
+// without it. Ordering between the streams only shows with several ranks (tests/cli_gpu_dist.sh).
+static void on_ready(void *ctx, size_t offset, size_t count) { gradsync_ready(ctx, offset, count); }
+
+static void test_nccl(void) {
+    NcclSync *s = nccl_sync_create(gpu);
+    CHECK(s != NULL, "nccl_sync_create with one rank: %s", s ? "" : vit_error());
+    if (!s) return;
+    GradTransport t = nccl_sync_transport(s);
+    size_t n = ((size_t)1 << 20) + 3;
+    float *h = randn(n, 40, 1.0f), *d = up(gpu, h, n, 1);
+    t.start(t.ctx, d, n);
+    int rc = t.finish(t.ctx);
+    float *back = down(gpu, d, n);
+    CHECK(rc == 0 && !memcmp(back, h, n * sizeof(float)), "one-rank in-place all-reduce of %zu floats: rc %d %s", n,
+          rc, rc ? vit_error() : "(values changed)");
+    free(h), free(back);
+    gpu->release(gpu, d - 1);
+
+    enum { B = 8 };
+    ViTConfig c = small_config(0, 0);
+    float *init = initial_params(&c);
+    ViT m;
+    if (vit_create(&m, &c, gpu, B, 1)) {
+        CHECK(0, "model on the GPU: %s", vit_error());
+        nccl_sync_destroy(s);
+        free(init);
+        return;
+    }
+    size_t np = m.table.total, per = (size_t)c.image * c.image * c.channels;
+    uint8_t *img = malloc(B * per);
+    int lab[B];
+    make_batch(img, lab, B, &c, 0);
+    gpu->upload(gpu, m.params, init, np * sizeof(float));
+    float *grads[2];
+    GradSync *g = gradsync_create_with(m.grads, np, 4099, &t);
+    for (int with = 0; with < 2; with++) {
+        gpu->zero(gpu, m.grads, np * sizeof(float));
+        gradsync_begin(g);
+        m.grad_ready = with ? on_ready : NULL;
+        m.grad_ready_ctx = g;
+        rc = vit_forward(&m, img, lab, B, 1, 0.1f, 99, 0);
+        if (rc == VIT_OK) rc = vit_backward(&m, B, 0.1f, 1.0f / B, 99, 0);
+        if (rc == VIT_OK && with) rc = gradsync_finish(g);
+        CHECK(rc == VIT_OK, "backward pass %s the NCCL buckets: %s", with ? "with" : "without", rc ? vit_error() : "");
+        grads[with] = down(gpu, m.grads, np);
+    }
+    CHECK(!memcmp(grads[0], grads[1], np * sizeof(float)), "one-rank NCCL buckets (%zu of them) changed the gradients",
+          gradsync_buckets(g));
+    double w = gradsync_wait_seconds(g);
+    CHECK(w >= 0 && w < 10, "NCCL wait seconds %g", w);
+    printf("nccl (one rank): %zu buckets over %zu gradients unchanged; exposed wait %.3f ms\n", gradsync_buckets(g), np,
+           1e3 * w);
+    m.grad_ready = NULL;
+    gradsync_destroy(g);
+    nccl_sync_destroy(s);
+    free(grads[0]), free(grads[1]), free(img), free(init);
+    vit_destroy(&m);
+}
+#endif
+
 int main(void) {
     int on_cpu = getenv("VIT_TEST_CUDA_ON_CPU") && !strcmp(getenv("VIT_TEST_CUDA_ON_CPU"), "1");
     if (!on_cpu && backend_cuda_device_count() == 0) {
@@ -660,6 +730,9 @@ int main(void) {
     test_whole_step();
     test_training_run();
     if (!on_cpu) test_errors();
+#ifdef VIT_NCCL
+    if (!on_cpu) test_nccl();
+#endif
     if (!on_cpu) {
         gpu->destroy(gpu);
         gpu_tf32->destroy(gpu_tf32);

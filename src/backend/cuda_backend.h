@@ -24,6 +24,12 @@ int backend_cuda_device_count(void);
 // "no CUDA device found (cudaGetDeviceCount: no CUDA-capable device is detected)".
 Backend *backend_cuda_create(int device, CudaPrecision precision);
 
+// For the NCCL gradient all-reduce (src/dist/nccl_sync.c), which must order its work against
+// the backend's: the device and the one stream every op runs on (a cudaStream_t). -1 / NULL
+// when `be` is not a backend made by backend_cuda_create (a profiling wrapper is not).
+int backend_cuda_device(Backend *be);
+void *backend_cuda_stream(Backend *be);
+
 #ifdef __cplusplus
 }
 #endif

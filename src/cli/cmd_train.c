@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "common.h"
 #include "dist/dist.h"
+#include "dist/nccl_sync.h"
 #include "io/npz.h"
 #include "backend/profiled_backend.h"
 #include "util/roofline.h"
@@ -50,6 +51,10 @@ static int check_ranges(const ParsedOptions *p) {
         return vit_fail("--zero %d: expected 0 (off) or 1 (shard the optimizer state across the ranks)", o->zero);
     if (o->zero && !o->distributed)
         return vit_fail("--zero 1 needs --distributed: it shards the optimizer state across MPI ranks");
+    // The shards move with MPI on host memory; on GPUs the slots live in device memory.
+    if (o->zero && cli_device_is_cuda(o->device) == 1)
+        return vit_fail("--zero 1 with --device cuda: sharding the optimizer state is not supported on GPUs yet; "
+                        "use --zero 0 (or --device cpu)");
     if (strcasecmp(o->head_init, "zeros") && strcasecmp(o->head_init, "glorot"))
         return vit_fail("--head_init %s: expected zeros or glorot", o->head_init);
     return VIT_OK;
@@ -274,6 +279,8 @@ int cmd_train(int argc, char **argv) {
     long prof_first = 0, prof_last = 0;
     EventWriter *events = NULL, *eval_events = NULL;
     ViT model = {0};
+    NcclSync *nccl = NULL;
+    GradTransport nccl_transport = {0};
     Checkpoint ck = {0};
     int rc = 2, have_ck = 0, ck_open = 0;
     float *slot_m = NULL, *slot_v = NULL, *host = NULL;
@@ -408,6 +415,12 @@ int cmd_train(int argc, char **argv) {
     }
 
     if (dist_active() && broadcast_params(&model)) goto fail;
+    // One process per GPU: gradients are summed by NCCL on the device (even with one rank, so
+    // `mpirun -np 1` runs the same path). It orders its work against the unwrapped backend.
+    if (dist_active() && cli_device_is_cuda(o->device) == 1) {
+        if (!(nccl = nccl_sync_create(inner))) goto fail;
+        nccl_transport = nccl_sync_transport(nccl);
+    }
     if (rank == 0 && *o->save_dir) {
         size_t slots = (size_t)optim_uses_m(oc.kind) + (size_t)optim_uses_v(oc.kind);
         if (check_save_space(o->save_dir, model.table.total * sizeof(float) * (1 + slots) + (1 << 20))) goto fail;
@@ -443,6 +456,7 @@ int cmd_train(int argc, char **argv) {
     char resume_cmd[8192];
     resume_command(resume_cmd, sizeof resume_cmd, argc, argv);
     TrainSetup ts = {.model = &model, .train = &train, .val = val.count ? &val : NULL, .opt = oc, .zero = o->zero,
+                     .grad_transport = nccl ? &nccl_transport : NULL,
                      .sched = sched,
                      .batch = o->batch_size, .accum = o->grad_accum_steps, .epochs = o->epochs,
                      .steps_per_epoch = o->steps_per_epoch, .validation_steps = o->validation_steps,
@@ -500,6 +514,7 @@ fail:
     }
     fprintf(stderr, "vit train: %s\n", vit_error());
 done:
+    nccl_sync_destroy(nccl);  // waits for sums in flight on the gradients vit_destroy frees
     vit_destroy(&model);
     if (be && be != inner) be->destroy(be);
     if (inner) inner->destroy(inner);

@@ -28,9 +28,12 @@ int cli_check_supported(const ParsedOptions *p) {
     if (cuda) return vit_fail("--device %s: this vit was built without CUDA (rebuild with make CUDA=1)", o->device);
 #endif
     if (o->allow_tf32 && !cuda) return vit_fail("--allow_tf32: TF32 exists only on NVIDIA GPUs (--device cuda)");
+#ifndef VIT_NCCL
     if (cuda && o->distributed)
-        return vit_fail("--distributed with --device cuda: multi-GPU training (NCCL) is not built yet; use one GPU, "
-                        "or --device cpu");
+        return vit_fail("--distributed with --device cuda: this vit was built without NCCL (multi-GPU needs CUDA, "
+                        "MPI and NCCL: put nccl.h in CUDA's include folder or /usr/include and rebuild with make; "
+                        "make NCCL=1 insists), or use one GPU or --device cpu");
+#endif
     if (o->threads < 0) return vit_fail("--threads %d: must be >= 0", o->threads);
     return VIT_OK;
 }
@@ -54,9 +57,12 @@ Backend *cli_create_backend(const ParsedOptions *p, int threads) {
         return be;
     }
 #ifdef VIT_CUDA
-    // cuda:N picks the device; under mpirun each rank takes the GPU of its local rank.
+    // cuda:N picks the device; under a launcher each rank takes the GPU of its local rank
+    // (Open MPI's mpirun, MPICH's Hydra, Slurm's srun).
     int device = 0;
     const char *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    if (!local) local = getenv("MPI_LOCALRANKID");
+    if (!local) local = getenv("SLURM_LOCALID");
     if (!strncasecmp(o->device, "cuda:", 5)) device = atoi(o->device + 5);
     else if (local) device = atoi(local);
     int bf16 = !strcasecmp(o->dtype, "bf16") || !strcasecmp(o->dtype, "bfloat16");

@@ -117,78 +117,6 @@ int dist_scatterv_float(const float *all, float *mine, const int *counts, const 
     return check(rc, "optimizer state scatter (MPI_Scatterv)");
 }
 
-struct GradSync {
-    float *grads;
-    size_t total, bucket;
-    size_t nb;
-    MPI_Request *req;
-    size_t next;         // buckets are started from the top: next to start is nb-1-next
-    size_t ready_from;   // [ready_from, total) is final
-    double wait;
-};
-
-GradSync *gradsync_create(float *grads, size_t total, size_t bucket_floats) {
-    GradSync *g = calloc(1, sizeof *g);
-    if (!g) return NULL;
-    g->grads = grads;
-    g->total = total;
-    g->bucket = bucket_floats ? bucket_floats : total;
-    g->nb = (total + g->bucket - 1) / g->bucket;
-    g->req = malloc(g->nb * sizeof *g->req);
-    if (!g->req) {
-        free(g);
-        return NULL;
-    }
-    for (size_t i = 0; i < g->nb; i++) g->req[i] = MPI_REQUEST_NULL;
-    gradsync_begin(g);
-    return g;
-}
-
-void gradsync_destroy(GradSync *g) {
-    if (!g) return;
-    if (g_active) MPI_Waitall((int)g->nb, g->req, MPI_STATUSES_IGNORE);
-    free(g->req);
-    free(g);
-}
-
-void gradsync_begin(GradSync *g) {
-    g->next = 0;
-    g->ready_from = g->total;
-}
-
-size_t gradsync_buckets(const GradSync *g) { return g->nb; }
-double gradsync_wait_seconds(const GradSync *g) { return g->wait; }
-
-static void start_ready_buckets(GradSync *g) {
-    while (g->next < g->nb) {
-        size_t b = g->nb - 1 - g->next, lo = b * g->bucket;
-        if (lo < g->ready_from) break;
-        size_t n = (b + 1 == g->nb ? g->total : lo + g->bucket) - lo;
-        MPI_Iallreduce(MPI_IN_PLACE, g->grads + lo, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &g->req[b]);
-        g->next++;
-    }
-}
-
-void gradsync_ready(GradSync *g, size_t offset, size_t count) {
-    if (!g_active || g_size < 2) return;
-    // Ranges arrive top-down; a range that does not join the final region changes nothing.
-    if (offset + count >= g->ready_from && offset < g->ready_from) g->ready_from = offset;
-    start_ready_buckets(g);
-    // Open MPI progresses non-blocking collectives inside MPI calls: poke it here.
-    int flag;
-    MPI_Testall((int)g->nb, g->req, &flag, MPI_STATUSES_IGNORE);
-}
-
-int gradsync_finish(GradSync *g) {
-    if (!g_active || g_size < 2) return VIT_OK;
-    g->ready_from = 0;
-    start_ready_buckets(g);
-    double t0 = now_seconds();
-    int rc = MPI_Waitall((int)g->nb, g->req, MPI_STATUSES_IGNORE);
-    g->wait += now_seconds() - t0;
-    return check(rc, "gradient all-reduce (MPI_Iallreduce)");
-}
-
 #else  // built without MPI: one rank
 
 int dist_init(int want) {
@@ -207,14 +135,109 @@ int dist_allgatherv_float(float *buf, const int *counts, const int *displs) { re
 int dist_gatherv_float(const float *mine, float *all, const int *counts, const int *displs, int root) { return VIT_OK; }
 int dist_scatterv_float(const float *all, float *mine, const int *counts, const int *displs, int root) { return VIT_OK; }
 
-struct GradSync {
-    int unused;
-};
-GradSync *gradsync_create(float *grads, size_t total, size_t bucket_floats) { return calloc(1, sizeof(GradSync)); }
-void gradsync_destroy(GradSync *g) { free(g); }
-void gradsync_begin(GradSync *g) {}
-void gradsync_ready(GradSync *g, size_t offset, size_t count) {}
-int gradsync_finish(GradSync *g) { return VIT_OK; }
-double gradsync_wait_seconds(const GradSync *g) { return 0; }
-size_t gradsync_buckets(const GradSync *g) { return 1; }
 #endif
+
+// ---- gradient buckets ------------------------------------------------------------------------
+// The bucketing is the same for every transport; MPI (host memory) is built in, another
+// transport (NCCL on device memory) comes in through GradTransport.
+
+struct GradSync {
+    float *grads;
+    size_t total, bucket;
+    size_t nb;
+    size_t next;         // buckets are started from the top: next to start is nb-1-next
+    size_t ready_from;   // [ready_from, total) is final
+    int active;          // something to sum: a transport, or MPI with several ranks
+    GradTransport t;     // t.start NULL: MPI
+#ifdef VIT_MPI
+    MPI_Request *req;
+#endif
+    double wait;
+};
+
+GradSync *gradsync_create(float *grads, size_t total, size_t bucket_floats) {
+    return gradsync_create_with(grads, total, bucket_floats, NULL);
+}
+
+GradSync *gradsync_create_with(float *grads, size_t total, size_t bucket_floats, const GradTransport *t) {
+    GradSync *g = calloc(1, sizeof *g);
+    if (!g) return NULL;
+    g->grads = grads;
+    g->total = total;
+    g->bucket = bucket_floats ? bucket_floats : total;
+    g->nb = g->bucket ? (total + g->bucket - 1) / g->bucket : 0;
+    if (t) g->t = *t;
+    g->active = g->t.start ? 1 : g_active && g_size > 1;
+#ifdef VIT_MPI
+    if (!g->t.start) {
+        g->req = malloc((g->nb ? g->nb : 1) * sizeof *g->req);
+        if (!g->req) {
+            free(g);
+            return NULL;
+        }
+        for (size_t i = 0; i < g->nb; i++) g->req[i] = MPI_REQUEST_NULL;
+    }
+#endif
+    gradsync_begin(g);
+    return g;
+}
+
+void gradsync_destroy(GradSync *g) {
+    if (!g) return;
+#ifdef VIT_MPI
+    if (g->req && g_active) MPI_Waitall((int)g->nb, g->req, MPI_STATUSES_IGNORE);
+    free(g->req);
+#endif
+    free(g);
+}
+
+void gradsync_begin(GradSync *g) {
+    g->next = 0;
+    g->ready_from = g->total;
+}
+
+size_t gradsync_buckets(const GradSync *g) { return g->nb; }
+
+double gradsync_wait_seconds(const GradSync *g) {
+    return g->t.start && g->t.wait_seconds ? g->t.wait_seconds(g->t.ctx) : g->wait;
+}
+
+static void start_ready_buckets(GradSync *g) {
+    while (g->next < g->nb) {
+        size_t b = g->nb - 1 - g->next, lo = b * g->bucket;
+        if (lo < g->ready_from) break;
+        size_t n = (b + 1 == g->nb ? g->total : lo + g->bucket) - lo;
+        if (g->t.start) g->t.start(g->t.ctx, g->grads + lo, n);
+#ifdef VIT_MPI
+        else MPI_Iallreduce(MPI_IN_PLACE, g->grads + lo, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &g->req[b]);
+#endif
+        g->next++;
+    }
+}
+
+void gradsync_ready(GradSync *g, size_t offset, size_t count) {
+    if (!g->active) return;
+    // Ranges arrive top-down; a range that does not join the final region changes nothing.
+    if (offset + count >= g->ready_from && offset < g->ready_from) g->ready_from = offset;
+    start_ready_buckets(g);
+#ifdef VIT_MPI
+    // Open MPI progresses non-blocking collectives inside MPI calls: poke it here.
+    int flag;
+    if (!g->t.start) MPI_Testall((int)g->nb, g->req, &flag, MPI_STATUSES_IGNORE);
+#endif
+}
+
+int gradsync_finish(GradSync *g) {
+    if (!g->active) return VIT_OK;
+    g->ready_from = 0;
+    start_ready_buckets(g);
+    if (g->t.start) return g->t.finish(g->t.ctx);
+#ifdef VIT_MPI
+    double t0 = now_seconds();
+    int rc = MPI_Waitall((int)g->nb, g->req, MPI_STATUSES_IGNORE);
+    g->wait += now_seconds() - t0;
+    return check(rc, "gradient all-reduce (MPI_Iallreduce)");
+#else
+    return VIT_OK;
+#endif
+}

@@ -39,10 +39,24 @@ int dist_scatterv_float(const float *all, float *mine, const int *counts, const 
 // final starts its non-blocking all-reduce at once, so communication overlaps the rest
 // of the backward pass. All ranks report the same ranges in the same order.
 typedef struct GradSync GradSync;
+// MPI_Iallreduce on host memory (the CPU backend); a no-op with one rank.
 GradSync *gradsync_create(float *grads, size_t total, size_t bucket_floats);
+
+// Another way to sum a bucket across the ranks (NCCL on device memory: src/dist/nccl_sync.h).
+// start is called once per bucket, top bucket first, as soon as the bucket is final; finish
+// once after the last start, and must order the sums before whatever the caller does next
+// with the gradients. A transport is used even with one rank (it exercises the same path).
+typedef struct {
+    const char *name;                                    // for reports: "NCCL"
+    void *ctx;
+    void (*start)(void *ctx, float *buf, size_t count);  // begin summing buf[0, count) in place; errors wait for finish
+    int (*finish)(void *ctx);                            // VIT_ERR (with vit_fail) when any start or the sums failed
+    double (*wait_seconds)(void *ctx);                   // time the run waited on the sums, total (may be NULL)
+} GradTransport;
+GradSync *gradsync_create_with(float *grads, size_t total, size_t bucket_floats, const GradTransport *t);
 void gradsync_destroy(GradSync *g);
 void gradsync_begin(GradSync *g);                             // a new accumulation window
 void gradsync_ready(GradSync *g, size_t offset, size_t count); // grads[offset, offset+count) are final
-int gradsync_finish(GradSync *g);                              // waits until every bucket is summed
-double gradsync_wait_seconds(const GradSync *g);               // time blocked in gradsync_finish, total
+int gradsync_finish(GradSync *g);                              // MPI: waits for every bucket; a transport orders them
+double gradsync_wait_seconds(const GradSync *g);               // time waited on the sums (MPI: blocked in finish), total
 size_t gradsync_buckets(const GradSync *g);

@@ -196,7 +196,8 @@ int train_run(TrainSetup *s, TrainResult *r) {
     int slots_rc = zero_slots_create(&slots, be, n, s->opt.kind, s->zero);
     // 4M floats (16 MiB) per bucket: a few dozen all-reduces for ViT-B, each large enough
     // to run at link bandwidth, the first starting after the head and the last block.
-    GradSync *sync = ranks > 1 ? gradsync_create(m->grads, n, (size_t)4 << 20) : NULL;
+    int want_sync = ranks > 1 || s->grad_transport;
+    GradSync *sync = want_sync ? gradsync_create_with(m->grads, n, (size_t)4 << 20, s->grad_transport) : NULL;
     long signal_at = test_hook("VIT_TEST_SIGNAL_AT_STEP"), nan_at = test_hook("VIT_TEST_NAN_AT_UPDATE");
     int rc = VIT_OK;
     if (!ld) {
@@ -210,7 +211,7 @@ int train_run(TrainSetup *s, TrainResult *r) {
         rc = VIT_ERR;
         goto done;
     }
-    if (!order || !seq || (ranks > 1 && !sync)) {
+    if (!order || !seq || (want_sync && !sync)) {
         rc = vit_fail("out of memory for the training state");
         goto done;
     }
@@ -219,8 +220,9 @@ int train_run(TrainSetup *s, TrainResult *r) {
         m->grad_ready = on_grad_ready;
         m->grad_ready_ctx = sync;
         if (out) {
-            fprintf(out, "distributed: %d ranks x batch %d; gradients summed in %zu buckets of up to 16 MiB; "
-                         "optimizer state %.2f MiB per rank", ranks, Bl, gradsync_buckets(sync),
+            fprintf(out, "distributed: %d ranks x batch %d; gradients summed (%s) in %zu buckets of up to 16 MiB; "
+                         "optimizer state %.2f MiB per rank", ranks, Bl,
+                    s->grad_transport ? s->grad_transport->name : "MPI", gradsync_buckets(sync),
                     r->optimizer_state_bytes / 1048576.0);
             if (slots.sharded)
                 fprintf(out, " (--zero 1: 1/%d of %.2f MiB)", ranks,

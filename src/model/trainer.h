@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include "data/dataset.h"
+#include "dist/dist.h"
 #include "io/checkpoint.h"
 #include "io/events.h"
 #include "optim/optimizer.h"
@@ -18,6 +19,8 @@ typedef struct {
     const Dataset *train, *val;  // val may be NULL
     OptimConfig opt;
     int zero;                    // 1: each rank keeps the optimizer slots of its 1/N of the parameters (--zero)
+    const GradTransport *grad_transport;  // how gradient buckets are summed (NCCL on GPUs); NULL: MPI
+                                          // on host memory. Given, it is used even with one rank.
     Schedule sched;              // epochs and updates_per_epoch are set by train_run
     int batch, accum, epochs;    // batch: global, split evenly across the MPI ranks
     long steps_per_epoch;        // micro-steps; 0 = train->count / batch

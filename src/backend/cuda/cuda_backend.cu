@@ -93,6 +93,14 @@ static void cu_destroy(Backend *be) {
     free(be);
 }
 
+int backend_cuda_device(Backend *be) {
+    return be && be->destroy == cu_destroy ? cuda_state(be)->device : -1;
+}
+
+void *backend_cuda_stream(Backend *be) {
+    return be && be->destroy == cu_destroy ? (void *)cuda_state(be)->stream : NULL;
+}
+
 int backend_cuda_device_count(void) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
