@@ -28,4 +28,7 @@ double *cpu_partials(Backend *be, size_t n);
 
 void cpu_install_ops(Backend *be);
 void cpu_install_attention(Backend *be);
+// Attention products through dnnl_sgemm instead of the AVX2/FMA kernel (for tests; CPUs
+// without AVX2/FMA always take it). Process-wide; 0 restores the default.
+void cpu_attention_use_sgemm(int on);
 void cpu_install_optimizer(Backend *be);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "cpu.h"
+#include "cpu_math.h"
 #include "util/status.h"
 
 typedef struct {
@@ -128,23 +129,9 @@ static void transpose(float *dst, const float *src, int K, int N) {
                 for (int k = k0; k < k0 + TILE && k < K; k++) dst[(size_t)k * N + j] = src[(size_t)j * K + k];
 }
 
-// x rounded to the nearest bf16 (ties to even), kept in fp32 storage; NaN stays NaN.
-static inline float bf16_round(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    if ((u & 0x7f800000u) == 0x7f800000u) {
-        u = (u & 0x7fffffu) ? (u | 0x400000u) & 0xffff0000u : u & 0xffff0000u;
-    } else {
-        u += 0x7fffu + ((u >> 16) & 1u);
-        u &= 0xffff0000u;
-    }
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
 static void round_bf16(float *dst, const float *src, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
+    for (size_t i = 0; i < n; i++) dst[i] = cpu_bf16_round(src[i]);
 }
 
 static int gemm_fp32(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
