@@ -55,6 +55,30 @@ static void test_gemm(void) {
     }
 }
 
+// The fused inference epilogue: GELU(A @ B + bias), exact erf and the tanh approximation,
+// against fp64 products and the fp64 GELU.
+static void test_gemm_bias_gelu(void) {
+    CHECK(be->gemm_bias_gelu != NULL, "the CPU backend fuses GELU into products");
+    if (!be->gemm_bias_gelu) return;
+    int M = 37, N = 29, K = 50;
+    float *A = randn((size_t)M * K, 21, 1), *B = randn((size_t)K * N, 22, 0.3), *bias = randn(N, 23, 1);
+    float *C = malloc(sizeof(float) * M * N);
+    for (int tanh_approx = 0; tanh_approx < 2; tanh_approx++) {
+        int rc = be->gemm_bias_gelu(be, M, N, K, A, B, C, bias, tanh_approx);
+        double md = 0;
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                double x = bias[j];
+                for (int k = 0; k < K; k++) x += (double)A[i * K + k] * B[(size_t)k * N + j];
+                double g = tanh_approx ? 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)))
+                                       : 0.5 * x * (1 + erf(x / sqrt(2.0)));
+                md = fmax(md, fabs(C[i * N + j] - g) / (1 + fabs(g)));
+            }
+        CHECK(rc == 0 && md < 1e-5, "gemm_bias_gelu (%s): max relative diff %g", tanh_approx ? "tanh" : "erf", md);
+    }
+    free(A), free(B), free(C), free(bias);
+}
+
 // bf16 mode: every product sees both operands rounded to bf16 (nearest even), so against
 // fp64 products of the rounded values it is exact up to fp32 summation, and it differs from
 // the fp32 product by the rounding.
@@ -413,6 +437,7 @@ int main(void) {
     be = backend_cpu_create(0);
     test_gemm();
     test_gemm_bf16();
+    test_gemm_bias_gelu();
     test_layernorm();
     test_activations();
     test_dropout();

@@ -42,6 +42,12 @@ struct Backend {
     // batches are contiguous. bias may be NULL. Returns VIT_ERR on failure.
     int (*gemm)(Backend *be, int batch, int M, int N, int K, const float *A, int transA,
                 const float *B, int transB, float *C, const float *bias, float alpha, int accumulate);
+    // C = GELU(A @ B + bias) (erf, or the tanh approximation) for plain A (M x K) and B (K x N):
+    // the MLP's first layer with its activation as the product's epilogue, for forward passes
+    // that keep no pre-activation (inference). May be NULL: the model then runs gemm and
+    // gelu_forward.
+    int (*gemm_bias_gelu)(Backend *be, int M, int N, int K, const float *A, const float *B, float *C,
+                          const float *bias, int tanh_approx);
     // dbias[j] += sum_i dout[i*N + j]
     void (*bias_backward)(Backend *be, float *dbias, const float *dout, int M, int N);
 

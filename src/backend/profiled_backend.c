@@ -177,6 +177,19 @@ static void w_add(Backend *be, float *out, const float *a, const float *b, size_
     if (t0) span_end(w, t0, &(ProfOpSpan){"add", "n", {I64(n)}, 0, F4 * 3 * n});
 }
 
+// gemm's counts for one product (A, B, C once; bias) plus the GELU it ends with (not counted).
+static int w_gemm_bias_gelu(Backend *be, int M, int N, int K, const float *A, const float *B, float *C,
+                            const float *bias, int tanh_approx) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    int rc = w->inner->gemm_bias_gelu(w->inner, M, N, K, A, B, C, bias, tanh_approx);
+    if (t0)
+        span_end(w, t0,
+                 &(ProfOpSpan){"gemm_bias_gelu", "M,N,K,tanh", {M, N, K, tanh_approx}, 2.0 * M * N * K,
+                               F4 * ((double)M * K + (double)K * N + (double)M * N + N)});
+    return rc;
+}
+
 static void w_to_bf16(Backend *be, uint16_t *dst, const float *src, size_t n) {
     Wrap *w = be->impl;
     uint64_t t0 = span_start(w);
@@ -343,9 +356,9 @@ static void w_destroy(Backend *be) {
     free(be);
 }
 
-// name, impl and 34 function pointers. When backend.h gains an op this stops the build, so the
+// name, impl and 35 function pointers. When backend.h gains an op this stops the build, so the
 // new op cannot stay NULL here (a crash) or be copied unwrapped (called with the wrong impl).
-_Static_assert(sizeof(Backend) == 2 * sizeof(void *) + 34 * sizeof(void (*)(void)),
+_Static_assert(sizeof(Backend) == 2 * sizeof(void *) + 35 * sizeof(void (*)(void)),
                "backend.h changed: wrap the new op in profiled_backend.c, then update this count");
 
 Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
@@ -378,6 +391,7 @@ Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
     WRAP(zero);
     WRAP(synchronize);
     WRAP(gemm);
+    WRAP(gemm_bias_gelu);
     WRAP(bias_backward);
     WRAP(layernorm_forward);
     WRAP(layernorm_backward);

@@ -65,11 +65,11 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
     for (int l = 0; l < c->layers; l++) {
         BlockActs *a = &m->blocks[l];
         // Inference keeps nothing per layer: every block reuses the buffers of block 0 and
-        // the residual stream alternates between two tensors. Recompute shares the block
+        // updates the residual stream x[0] in place. Recompute shares the block
         // buffers too but keeps every block input x[l]: the backward pass rebuilds the rest.
         if ((!training || m->recompute) && l > 0) {
             *a = m->blocks[0];
-            m->x[l + 1] = training ? PLAN_F(N * D) : m->x[(l + 1) % 2];
+            m->x[l + 1] = training ? PLAN_F(N * D) : m->x[0];
             continue;
         }
         // store_bf16: the eight packed tensors are fp32 only while their block is being
@@ -85,17 +85,18 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
             a->v = PLAN_F(N * D);
             a->att_out = PLAN_F(N * D);
             a->ln2 = PLAN_F(N * D);
-            a->fc1 = PLAN_F(N * M);
+            // Inference with a fused GELU epilogue never holds the pre-activation.
+            a->fc1 = training || !be->gemm_bias_gelu ? PLAN_F(N * M) : NULL;
             a->gelu = PLAN_F(N * M);
         }
         if (m->store_bf16) a->packed = plan(&pl, (6 * N * D + 2 * N * M) * sizeof(uint16_t));
         a->ln1_mean = PLAN_F(N);
         a->ln1_rstd = PLAN_F(N);
         a->att_state = PLAN_F(att_state);
-        a->resid1 = PLAN_F(N * D);
+        a->resid1 = training ? PLAN_F(N * D) : NULL;  // inference adds into x in place
         a->ln2_mean = PLAN_F(N);
         a->ln2_rstd = PLAN_F(N);
-        m->x[l + 1] = PLAN_F(N * D);
+        m->x[l + 1] = training ? PLAN_F(N * D) : m->x[0];
     }
     m->cls_x = PLAN_F(B * D);
     m->cls_ln = PLAN_F(B * D);
@@ -105,9 +106,9 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
     m->logits = PLAN_F(B * K);
     m->probs = PLAN_F(B * K);
     m->losses = PLAN_F(B);
-    m->s_nd1 = PLAN_F(N * D);
     m->att_scratch = PLAN_F(be->attention_scratch_floats(be, (int)B, (int)T, (int)H, (int)hd));
     if (training) {
+        m->s_nd1 = PLAN_F(N * D);
         m->s_nd2 = PLAN_F(N * D);
         m->dq = PLAN_F(N * D);
         m->dk = PLAN_F(N * D);
@@ -151,7 +152,7 @@ void vit_destroy(ViT *m) {
         be->release(be, a->packed);
     }
     if (m->x) {
-        int xs = m->training ? L + 1 : (L > 0 ? 2 : 1);
+        int xs = m->training ? L + 1 : 1;
         for (int i = 0; i < xs; i++) be->release(be, m->x[i]);
     }
     free(m->x);
@@ -203,6 +204,34 @@ static void pack_block(ViT *m, BlockActs *a, int B, int unpack) {
     }
 }
 
+// Inference (no dropout, nothing kept): the residual stream x is updated in place, each
+// branch's last product adding into it (the product's accumulate, a fused epilogue), and
+// GELU runs as fc1's epilogue where the backend has one.
+static int block_forward_inplace(ViT *m, int l, BlockActs *a, int B) {
+    const ViTConfig *c = &m->cfg;
+    Backend *be = m->be;
+    const float *p = m->params;
+    const BlockOffsets *w = &m->off.blocks[l];
+    int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T, H = c->heads, hd = D / H;
+    float *x = m->x[l];
+    be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, p + w->ln0_scale, p + w->ln0_bias, N, D, LN_EPS);
+    if (linear_forward(be, a->q, a->ln1, p + w->q_kernel, p + w->q_bias, N, D, D) ||
+        linear_forward(be, a->k, a->ln1, p + w->k_kernel, p + w->k_bias, N, D, D) ||
+        linear_forward(be, a->v, a->ln1, p + w->v_kernel, p + w->v_bias, N, D, D) ||
+        be->attention_forward(be, a->att_out, a->att_state, m->att_scratch, a->q, a->k, a->v, B, T, H, hd) ||
+        be->gemm(be, 1, N, D, D, a->att_out, 0, p + w->out_kernel, 0, x, p + w->out_bias, 1.0f, 1))
+        return VIT_ERR;
+    be->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, x, p + w->ln2_scale, p + w->ln2_bias, N, D, LN_EPS);
+    if (be->gemm_bias_gelu) {
+        if (be->gemm_bias_gelu(be, N, Mlp, D, a->ln2, p + w->fc1_kernel, a->gelu, p + w->fc1_bias, c->gelu_tanh))
+            return VIT_ERR;
+    } else {
+        if (linear_forward(be, a->fc1, a->ln2, p + w->fc1_kernel, p + w->fc1_bias, N, D, Mlp)) return VIT_ERR;
+        be->gelu_forward(be, a->gelu, a->fc1, (size_t)N * Mlp, c->gelu_tanh);
+    }
+    return be->gemm(be, 1, N, D, Mlp, a->gelu, 0, p + w->fc2_kernel, 0, x, p + w->fc2_bias, 1.0f, 1);
+}
+
 // Encoder block l from its input m->x[l] into `a`, writing its output to `out`. With out
 // NULL it stops once `a` holds everything the backward pass reads (the recompute in
 // vit_backward): the MLP's second matrix product, dropout and residual add are not needed.
@@ -216,6 +245,7 @@ static int block_forward(ViT *m, int l, BlockActs *a, int B, int training, uint6
     int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T, H = c->heads, hd = D / H;
     float drop = training ? c->dropout : 0.0f;
     const float *x = m->x[l];
+    if (out == x) return block_forward_inplace(m, l, a, B);
     // x + Dropout(MHSA(LN0(x)))
     be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, p + w->ln0_scale, p + w->ln0_bias, N, D, LN_EPS);
     if (linear_forward(be, a->q, a->ln1, p + w->q_kernel, p + w->q_bias, N, D, D) ||

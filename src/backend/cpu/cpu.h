@@ -21,6 +21,8 @@ GemmCache *cpu_gemm_cache_create(void);
 void cpu_gemm_cache_destroy(GemmCache *c);
 int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
              int transB, float *C, const float *bias, float alpha, int accumulate);
+int cpu_gemm_bias_gelu(Backend *be, int M, int N, int K, const float *A, const float *B, float *C, const float *bias,
+                       int tanh_approx);
 
 // Scratch of n doubles for reductions; grows once, never shrinks (no allocation per step
 // after the first).

@@ -57,6 +57,7 @@ Backend *backend_cpu_create(int threads) {
     be->zero = cpu_zero;
     be->synchronize = cpu_synchronize;
     be->gemm = cpu_gemm;
+    be->gemm_bias_gelu = cpu_gemm_bias_gelu;
     be->destroy = cpu_destroy;
     cpu_install_ops(be);
     cpu_install_attention(be);

@@ -12,6 +12,7 @@
 
 typedef struct {
     int batch, M, N, K, transA, transB, has_bias, accumulate;
+    int gelu;  // epilogue: 0 none, 1 GELU (erf), 2 GELU (tanh approximation)
     float alpha;
     dnnl_primitive_t prim;
     dnnl_memory_t src, weights, bias, dst, scratch;
@@ -92,10 +93,12 @@ static int create_entry(GemmCache *c, GemmEntry *e) {
     dnnl_primitive_attr_create(&attr);
     dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
     if (e->alpha != 1.0f) dnnl_primitive_attr_set_output_scales(attr, 1, 0, &e->alpha);
-    if (e->accumulate) {
+    if (e->accumulate || e->gelu) {
         dnnl_post_ops_t po;
         dnnl_post_ops_create(&po);
-        dnnl_post_ops_append_sum(po, 1.0f);
+        if (e->accumulate) dnnl_post_ops_append_sum(po, 1.0f);
+        if (e->gelu)
+            dnnl_post_ops_append_eltwise(po, 1.0f, e->gelu == 1 ? dnnl_eltwise_gelu_erf : dnnl_eltwise_gelu_tanh, 0, 0);
         dnnl_primitive_attr_set_post_ops(attr, po);
         dnnl_post_ops_destroy(po);
     }
@@ -135,11 +138,12 @@ static void round_bf16(float *dst, const float *src, size_t n) {
 }
 
 static int gemm_fp32(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
-                     int transB, float *C, const float *bias, float alpha, int accumulate) {
+                     int transB, float *C, const float *bias, float alpha, int accumulate, int gelu) {
     GemmCache *c = ((CpuState *)be->impl)->gemm;
     if (bias && alpha != 1.0f) {
         // oneDNN's output scale multiplies the bias too; the contract is alpha * A @ B + bias.
-        if (gemm_fp32(be, batch, M, N, K, A, transA, B, transB, C, NULL, alpha, accumulate)) return VIT_ERR;
+        if (gelu) return vit_fail("cpu gemm: a GELU epilogue with alpha != 1 and a bias is not supported");
+        if (gemm_fp32(be, batch, M, N, K, A, transA, B, transB, C, NULL, alpha, accumulate, 0)) return VIT_ERR;
         for (size_t r = 0; r < (size_t)batch * M; r++)
             for (int j = 0; j < N; j++) C[r * N + j] += bias[j];
         return VIT_OK;
@@ -161,12 +165,13 @@ static int gemm_fp32(Backend *be, int batch, int M, int N, int K, const float *A
         transB = 0;
     }
     GemmEntry key = {.batch = batch, .M = M, .N = N, .K = K, .transA = transA, .transB = transB,
-                     .has_bias = bias != NULL, .accumulate = accumulate, .alpha = alpha};
+                     .has_bias = bias != NULL, .accumulate = accumulate, .gelu = gelu, .alpha = alpha};
     GemmEntry *e = NULL;
     for (int i = 0; i < c->count && !e; i++) {
         GemmEntry *x = &c->entries[i];
         if (x->batch == batch && x->M == M && x->N == N && x->K == K && x->transA == transA &&
-            x->transB == transB && x->has_bias == key.has_bias && x->accumulate == accumulate && x->alpha == alpha)
+            x->transB == transB && x->has_bias == key.has_bias && x->accumulate == accumulate && x->gelu == gelu &&
+            x->alpha == alpha)
             e = x;
     }
     if (!e) {
@@ -205,9 +210,10 @@ static int gemm_fp32(Backend *be, int batch, int M, int N, int K, const float *A
     return VIT_OK;
 }
 
-int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
-             int transB, float *C, const float *bias, float alpha, int accumulate) {
-    if (!((CpuState *)be->impl)->bf16) return gemm_fp32(be, batch, M, N, K, A, transA, B, transB, C, bias, alpha, accumulate);
+static int gemm_any(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
+                    int transB, float *C, const float *bias, float alpha, int accumulate, int gelu) {
+    if (!((CpuState *)be->impl)->bf16)
+        return gemm_fp32(be, batch, M, N, K, A, transA, B, transB, C, bias, alpha, accumulate, gelu);
     GemmCache *c = ((CpuState *)be->impl)->gemm;
     size_t na = (size_t)batch * M * K, nb = (size_t)batch * K * N;
     if (na + nb > c->rounded_floats) {
@@ -219,5 +225,18 @@ int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int tr
     }
     round_bf16(c->rounded, A, na);
     round_bf16(c->rounded + na, B, nb);
-    return gemm_fp32(be, batch, M, N, K, c->rounded, transA, c->rounded + na, transB, C, bias, alpha, accumulate);
+    return gemm_fp32(be, batch, M, N, K, c->rounded, transA, c->rounded + na, transB, C, bias, alpha, accumulate,
+                     gelu);
+}
+
+int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
+             int transB, float *C, const float *bias, float alpha, int accumulate) {
+    return gemm_any(be, batch, M, N, K, A, transA, B, transB, C, bias, alpha, accumulate, 0);
+}
+
+// GELU as oneDNN's eltwise post-op: applied to each output tile while it is in registers,
+// instead of a second pass over the (rows x N) result.
+int cpu_gemm_bias_gelu(Backend *be, int M, int N, int K, const float *A, const float *B, float *C, const float *bias,
+                       int tanh_approx) {
+    return gemm_any(be, 1, M, N, K, A, 0, B, 0, C, bias, 1.0f, 0, tanh_approx ? 2 : 1);
 }
