@@ -10,8 +10,12 @@
 # has it). A PyTorch run that does not finish in TORCH_LIMIT seconds (default 300) is
 # reported as "none", with the rate it stayed below.
 # usage: bench/cpu_speed.sh [threads]        (from the repository root)
+# Debian's PyTorch multiplies through the system BLAS (libblas.so.3): with only the reference
+# BLAS installed it is 10-30x slower; install libopenblas0-pthread for a fair comparison (the
+# script prints which BLAS it found).
 threads=${1:-$(nproc)}
 limit=${TORCH_LIMIT:-300}
+export OPENBLAS_NUM_THREADS=$threads
 make -s vit build/bench/gemm_ceiling >/dev/null || exit 1
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, threads $threads," \
      "avx512_bf16: $(grep -qw avx512_bf16 /proc/cpuinfo && echo yes || echo no)," \
@@ -28,7 +32,7 @@ for py in python3 /usr/bin/python3; do
     case " $torches " in *"=$v "*) continue ;; esac  # the same install seen twice
     torches="$torches $py=$v"
 done
-echo "PyTorch:${torches:- none found}"
+echo "PyTorch:${torches:- none found}; system BLAS: $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || echo none)"
 
 field() { sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p"; }
 gflop() { ./vit info --json $1 | field "$2"; }
