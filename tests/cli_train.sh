@@ -78,7 +78,7 @@ done
 [ "$n" -ge 1 ] && [ "$n" -le 4 ] && [ "$bad" -eq 0 ]
 check "after kill -9: $n checkpoints kept (--keep_checkpoints 3), $bad unreadable" $?
 
-# The demo: a small ViT learns Fashion-MNIST to >= 85% test accuracy in 2 epochs.
+# The demo: a small ViT learns Fashion-MNIST to >= 85% test accuracy in 3 epochs.
 if [ -z "$VIT_SKIP_LONG" ] && [ -d "$FM" ]; then
     # shellcheck disable=SC2046
     "$VIT" train $(cat "$(dirname "$0")/demo.flags") --save_dir "$tmp/saves" --json >"$tmp/demo.json" 2>"$tmp/demo.err"
