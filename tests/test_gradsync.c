@@ -10,7 +10,7 @@
 #include "dist/dist.h"
 #include "dist/nccl_sync.h"
 #include "model/vit.h"
-#include "random_head.h"
+#include "model_inputs.h"
 #include "util/rng.h"
 #include "util/status.h"
 
@@ -83,12 +83,6 @@ static void test_hand_ranges(void) {
     gradsync_ready(none, 0, 10);
     CHECK(none && gradsync_finish(none) == VIT_OK && gradsync_wait_seconds(none) == 0, "one rank without a transport");
     gradsync_destroy(none);
-}
-
-static void synth_batch(uint8_t *images, int *labels, int B, const ViTConfig *c, uint32_t stream) {
-    size_t n = (size_t)B * c->image * c->image * c->channels;
-    for (size_t i = 0; i < n; i++) images[i] = (uint8_t)(256 * rng_uniform(3, stream, i));
-    for (int b = 0; b < B; b++) labels[b] = (int)(c->classes * rng_uniform(4, stream, (uint64_t)b));
 }
 
 static void on_ready(void *ctx, size_t offset, size_t count) { gradsync_ready(ctx, offset, count); }

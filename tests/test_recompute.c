@@ -8,7 +8,7 @@
 #include "backend/backend.h"
 #include "check.h"
 #include "model/vit.h"
-#include "random_head.h"
+#include "model_inputs.h"
 #include "util/rng.h"
 #include "util/status.h"
 
@@ -22,12 +22,6 @@ static void on_ready(void *ctx, size_t offset, size_t count) {
     ReadyLog *r = ctx;
     if (r->n < 64) r->calls[r->n][0] = offset, r->calls[r->n][1] = count;
     r->n++;
-}
-
-static void synth_batch(uint8_t *images, int *labels, int B, const ViTConfig *c, uint32_t stream) {
-    size_t n = (size_t)B * c->image * c->image * c->channels;
-    for (size_t i = 0; i < n; i++) images[i] = (uint8_t)(256 * rng_uniform(3, stream, i));
-    for (int b = 0; b < B; b++) labels[b] = (int)(c->classes * rng_uniform(4, stream, (uint64_t)b));
 }
 
 // Names the first parameter tensor whose gradients differ bit-wise, or NULL.

@@ -14,7 +14,7 @@
 #include "backend/backend.h"
 #include "check.h"
 #include "model/vit.h"
-#include "random_head.h"
+#include "model_inputs.h"
 #include "util/rng.h"
 #include "util/status.h"
 
@@ -76,12 +76,6 @@ static void test_conversions(Backend *be) {
     CHECK(bad == 0, "to_bf16: %zu of %zu values off by more than half a bf16 ulp", bad, big);
     CHECK(moved == 0, "bf16 rounding is idempotent (%zu values moved)", moved);
     free(x), free(y), free(z), free(h), free(h2);
-}
-
-static void synth_batch(uint8_t *images, int *labels, int B, const ViTConfig *c, uint32_t stream) {
-    size_t n = (size_t)B * c->image * c->image * c->channels;
-    for (size_t i = 0; i < n; i++) images[i] = (uint8_t)(256 * rng_uniform(3, stream, i));
-    for (int b = 0; b < B; b++) labels[b] = (int)(c->classes * rng_uniform(4, stream, (uint64_t)b));
 }
 
 static double rel_diff(const float *a, const float *b, size_t n) {

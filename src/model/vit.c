@@ -204,6 +204,23 @@ static void pack_block(ViT *m, BlockActs *a, int B, int unpack) {
     }
 }
 
+// LayerNorm_0 of the block input x, the q, k, v projections and attention, into `a`: the
+// attention branch up to its out projection, the same for training and inference.
+static int attention_heads(ViT *m, int l, BlockActs *a, int B, const float *x) {
+    const ViTConfig *c = &m->cfg;
+    Backend *be = m->be;
+    const float *p = m->params;
+    const BlockOffsets *w = &m->off.blocks[l];
+    int T = config_tokens(c), D = c->hidden, N = B * T, H = c->heads, hd = D / H;
+    be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, p + w->ln0_scale, p + w->ln0_bias, N, D, LN_EPS);
+    return linear_forward(be, a->q, a->ln1, p + w->q_kernel, p + w->q_bias, N, D, D) ||
+                   linear_forward(be, a->k, a->ln1, p + w->k_kernel, p + w->k_bias, N, D, D) ||
+                   linear_forward(be, a->v, a->ln1, p + w->v_kernel, p + w->v_bias, N, D, D) ||
+                   be->attention_forward(be, a->att_out, a->att_state, m->att_scratch, a->q, a->k, a->v, B, T, H, hd)
+               ? VIT_ERR
+               : VIT_OK;
+}
+
 // Inference (no dropout, nothing kept): the residual stream x is updated in place, each
 // branch's last product adding into it (the product's accumulate, a fused epilogue), and
 // GELU runs as fc1's epilogue where the backend has one.
@@ -212,13 +229,9 @@ static int block_forward_inplace(ViT *m, int l, BlockActs *a, int B) {
     Backend *be = m->be;
     const float *p = m->params;
     const BlockOffsets *w = &m->off.blocks[l];
-    int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T, H = c->heads, hd = D / H;
+    int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T;
     float *x = m->x[l];
-    be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, p + w->ln0_scale, p + w->ln0_bias, N, D, LN_EPS);
-    if (linear_forward(be, a->q, a->ln1, p + w->q_kernel, p + w->q_bias, N, D, D) ||
-        linear_forward(be, a->k, a->ln1, p + w->k_kernel, p + w->k_bias, N, D, D) ||
-        linear_forward(be, a->v, a->ln1, p + w->v_kernel, p + w->v_bias, N, D, D) ||
-        be->attention_forward(be, a->att_out, a->att_state, m->att_scratch, a->q, a->k, a->v, B, T, H, hd) ||
+    if (attention_heads(m, l, a, B, x) ||
         be->gemm(be, 1, N, D, D, a->att_out, 0, p + w->out_kernel, 0, x, p + w->out_bias, 1.0f, 1))
         return VIT_ERR;
     be->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, x, p + w->ln2_scale, p + w->ln2_bias, N, D, LN_EPS);
@@ -242,16 +255,12 @@ static int block_forward(ViT *m, int l, BlockActs *a, int B, int training, uint6
     Backend *be = m->be;
     const float *p = m->params;
     const BlockOffsets *w = &m->off.blocks[l];
-    int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T, H = c->heads, hd = D / H;
+    int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T;
     float drop = training ? c->dropout : 0.0f;
     const float *x = m->x[l];
     if (out == x) return block_forward_inplace(m, l, a, B);
     // x + Dropout(MHSA(LN0(x)))
-    be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, p + w->ln0_scale, p + w->ln0_bias, N, D, LN_EPS);
-    if (linear_forward(be, a->q, a->ln1, p + w->q_kernel, p + w->q_bias, N, D, D) ||
-        linear_forward(be, a->k, a->ln1, p + w->k_kernel, p + w->k_bias, N, D, D) ||
-        linear_forward(be, a->v, a->ln1, p + w->v_kernel, p + w->v_bias, N, D, D) ||
-        be->attention_forward(be, a->att_out, a->att_state, m->att_scratch, a->q, a->k, a->v, B, T, H, hd) ||
+    if (attention_heads(m, l, a, B, x) ||
         linear_forward(be, m->s_nd1, a->att_out, p + w->out_kernel, p + w->out_bias, N, D, D))
         return VIT_ERR;
     if (drop > 0) be->dropout_forward(be, m->s_nd1, m->s_nd1, (size_t)N * D, drop, seed, step, site(l, 0));
