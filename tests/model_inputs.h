@@ -1,8 +1,18 @@
 // Inputs for tests that run the whole model: synthetic batches, and a random head.
 #pragma once
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "model/vit.h"
 #include "util/rng.h"
+
+// A 3-block model small enough to train in milliseconds, with dropout on, named `name`.
+static inline ViTConfig small_config(const char *name) {
+    ViTConfig c = {.hidden = 48, .mlp = 96, .heads = 4, .layers = 3, .patch = 4, .image = 16, .channels = 3,
+                   .classes = 10, .representation = 0, .dropout = 0.1f, .gelu_tanh = 0};
+    snprintf(c.name, sizeof c.name, "%s", name);
+    return c;
+}
 
 // Random uint8 images and labels of the model's shape, keyed by `stream`.
 static inline void synth_batch(uint8_t *images, int *labels, int B, const ViTConfig *c, uint32_t stream) {

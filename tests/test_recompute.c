@@ -34,9 +34,7 @@ static const char *first_diff(const ViT *a, const ViT *b) {
 }
 
 static void test_bit_identical(Backend *be) {
-    ViTConfig c = {.hidden = 48, .mlp = 96, .heads = 4, .layers = 3, .patch = 4, .image = 16, .channels = 3,
-                   .classes = 10, .representation = 0, .dropout = 0.1f, .gelu_tanh = 0};
-    strcpy(c.name, "recompute");
+    ViTConfig c = small_config("recompute");
     const int B = 4, A = 2;
     const float smoothing = 0.1f;
     const uint64_t seed = 11;

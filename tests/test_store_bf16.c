@@ -88,9 +88,7 @@ static double rel_diff(const float *a, const float *b, size_t n) {
 }
 
 static void test_model(Backend *be) {
-    ViTConfig c = {.hidden = 48, .mlp = 96, .heads = 4, .layers = 3, .patch = 4, .image = 16, .channels = 3,
-                   .classes = 10, .representation = 0, .dropout = 0.1f, .gelu_tanh = 0};
-    strcpy(c.name, "store_bf16");
+    ViTConfig c = small_config("store_bf16");
     const int B = 4, A = 2;
     const float smoothing = 0.1f;
     const uint64_t seed = 7;
