@@ -34,9 +34,10 @@ else
     echo "note: python3 tensorboard missing (make deps installs it): event files not read back"
 fi
 
-OPS=gemm,bias_backward,layernorm_forward,layernorm_backward,attention_forward,attention_backward,gelu_forward
-OPS=$OPS,gelu_backward,tanh_forward,tanh_backward,dropout_forward,dropout_backward,add,patchify,tokens_forward
-OPS=$OPS,tokens_backward,gather_cls,scatter_cls,xent_forward,xent_backward,sum_squares,optimizer_update,zero
+OPS=gemm,bias_backward,layernorm_forward,layernorm_backward,attention_forward,attention_backward
+OPS=$OPS,residual_layernorm,gelu_dropout_forward,gelu_dropout_backward,tanh_forward,tanh_backward,dropout_backward
+OPS=$OPS,patchify,tokens_forward,tokens_backward,gather_cls,scatter_cls,xent_forward,xent_backward,sum_squares
+OPS=$OPS,optimizer_update,zero,upload_async
 python3 tools/check_trace.py "$tmp/logs/profile/trace.rank0.json" --steps 3,6 --ops $OPS \
     --phases forward,backward,update,"data wait" --roofline >"$tmp/tr" 2>&1
 check "the trace covers steps 3..6 only with every op kind and the roofline ($(tail -1 "$tmp/tr"))" $?

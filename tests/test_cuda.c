@@ -225,6 +225,83 @@ static void test_dropout(void) {
     }
 }
 
+// The fused ops of the training step against the CPU's: the same dropout masks exactly
+// (zeros in the same places), values within 1e-5; dbias and the in-place forms as the model
+// calls them. Widths off the multiples of 4 and of the warp, and ViT-B's.
+static void fused_case(int rows, int C, float rate, int tanh_approx) {
+    size_t n = (size_t)rows * C;
+    float *x = randn(n, 50, 1), *y = randn(n, 51, 2), *w = randn(C, 52, 1), *b = randn(C, 53, 0.5f),
+          *db0 = randn(C, 54, 1);
+    float *res[2][7];
+    Backend *bes[2] = {cpu, gpu};
+    for (int k = 0; k < 2; k++) {
+        Backend *be = bes[k];
+        float *dx = up(be, x, n, 0), *dy = up(be, y, n, 0), *dw = up(be, w, C, 0), *dbs = up(be, b, C, 0);
+        float *sum = be->alloc(be, n * sizeof(float)), *ln = be->alloc(be, n * sizeof(float));
+        float *mean = be->alloc(be, rows * sizeof(float)), *rstd = be->alloc(be, rows * sizeof(float));
+        float *db = up(be, db0, C, 0);
+        be->residual_layernorm_forward(be, sum, ln, mean, rstd, dx, dy, dw, dbs, rows, C, 1e-6f, rate, 77, 5, 3);
+        res[k][0] = down(be, sum, n);
+        res[k][1] = down(be, ln, n);
+        res[k][2] = down(be, rstd, rows);
+        be->residual_layernorm_forward(be, dx, NULL, NULL, NULL, dx, dy, NULL, NULL, rows, C, 0.0f, rate, 77, 5, 4);
+        res[k][3] = down(be, dx, n);  // in place, no LayerNorm
+        be->gelu_dropout_forward(be, sum, dy, n, tanh_approx, rate, 77, 6, 1);
+        res[k][4] = down(be, sum, n);
+        be->gelu_dropout_backward(be, ln, db, dy, ln, rows, C, tanh_approx, rate, 77, 6, 1);  // dinp aliases dout
+        res[k][5] = down(be, ln, n);
+        res[k][6] = down(be, db, C);
+        float *all[] = {dx, dy, dw, dbs, sum, ln, mean, rstd, db};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) be->release(be, all[i]);
+    }
+    const char *names[7] = {"residual_layernorm sum", "residual_layernorm out", "residual_layernorm rstd",
+                            "residual add in place", "gelu_dropout_forward", "gelu_dropout_backward",
+                            "gelu_dropout_backward dbias"};
+    size_t lens[7] = {n, n, (size_t)rows, n, n, n, (size_t)C};
+    for (int j = 0; j < 7; j++) {
+        char what[160];
+        snprintf(what, sizeof what, "%s (%dx%d, rate %g, %s)", names[j], rows, C, rate, tanh_approx ? "tanh" : "erf");
+        compare(what, res[1][j], res[0][j], lens[j], 1e-5);
+        size_t zeros = 0;
+        for (size_t i = 0; i < lens[j]; i++) zeros += (res[0][j][i] == 0.0f) != (res[1][j][i] == 0.0f);
+        CHECK(j == 5 || zeros == 0, "%s: %zu dropout mask differences", what, zeros);
+    }
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 7; j++) free(res[k][j]);
+    free(x), free(y), free(w), free(b), free(db0);
+}
+
+static void test_fused(void) {
+    fused_case(37, 77, 0.0f, 0);
+    fused_case(37, 77, 0.1f, 1);
+    fused_case(197 * 2, 768, 0.1f, 0);
+    fused_case(50, 3072, 0.5f, 0);
+}
+
+// Asynchronous uploads from page-locked memory: the data arrives, and a copy into a buffer
+// that earlier ops still read waits for them (the ops see the old contents).
+static void test_upload_async(void) {
+    size_t n = ((size_t)1 << 22) + 5;
+    float *h = gpu->alloc_host(gpu, n * sizeof(float)), *h2 = gpu->alloc_host(gpu, n * sizeof(float));
+    CHECK(h && h2, "alloc_host of %zu floats: %s", n, h && h2 ? "" : vit_error());
+    if (!h || !h2) return;
+    for (size_t i = 0; i < n; i++) h[i] = (float)i, h2[i] = -(float)i;
+    float *d = gpu->alloc(gpu, n * sizeof(float)), *copy = gpu->alloc(gpu, n * sizeof(float));
+    gpu->upload_async(gpu, d, h, n * sizeof(float));
+    gpu->wait_uploads(gpu);
+    gpu->scale(gpu, d, n, 2.0f);   // reads the first upload...
+    gpu->add(gpu, copy, d, d, n);  // ...copy = 4 h
+    gpu->upload_async(gpu, d, h2, n * sizeof(float));  // ...so this one waits for both ops
+    gpu->wait_uploads(gpu);
+    float *a = down(gpu, copy, n), *b = down(gpu, d, n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += a[i] != 4.0f * (float)i || b[i] != -(float)i;
+    CHECK(bad == 0, "asynchronous uploads ordered with the ops: %zu wrong values", bad);
+    free(a), free(b);
+    gpu->release(gpu, d), gpu->release(gpu, copy);
+    gpu->release_host(gpu, h), gpu->release_host(gpu, h2);
+}
+
 static void test_reductions(void) {
     int shapes[][2] = {{6, 37}, {394, 64}, {3152, 768}, {2, 1280}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
@@ -436,6 +513,92 @@ static void test_optimizer(void) {
         for (int j = 0; j < 3; j++) compare(what[j], r[1][j], r[0][j], n, 1e-5);
         for (int b = 0; b < 2; b++)
             for (int j = 0; j < 3; j++) free(r[b][j]);
+        free(p), free(m), free(v);
+    }
+}
+
+// The multi-tensor update: the GPU's one launch over a chunk table against the CPU's segments
+// bit for bit (both round every operation to nearest), and against the GPU's own one update
+// per segment. Odd sizes around the 8192-float chunks, an empty segment, slots in another
+// order than the parameters, and floats between segments that must stay as they were. Step 2
+// passes other segments than steps 1 and 3, so the cached table is rebuilt and rebuilt back.
+static void test_optimizer_segments(void) {
+    enum { NS = 8 };
+    const size_t sizes[NS] = {1, 8191, 8192, 8193, 0, 3, 100003, 17};
+    const int decays[NS] = {1, 0, 1, 0, 1, 1, 0, 1};
+    OptimSegment segs[NS];
+    size_t np = 0, ns = 7;
+    for (int i = 0; i < NS; i++) {
+        np += 4;  // a gap before each segment
+        segs[i] = (OptimSegment){np, 0, sizes[i], decays[i]};
+        np += sizes[i];
+    }
+    np += 4;
+    for (int i = NS - 1; i >= 0; i--) {  // slots in reverse order, 2 floats apart
+        segs[i].slot = ns;
+        ns += sizes[i] + 2;
+    }
+    OptimSegment other[3] = {segs[6], segs[0], segs[3]};  // step 2: a different table
+    const char *kinds[] = {"sgd", "adam", "adamw", "rmsprop"};
+    for (int ki = 0; ki < 4; ki++) {
+        OptimConfig oc;
+        optim_config_default(&oc, kinds[ki]);
+        int um = optim_uses_m(oc.kind), uv = optim_uses_v(oc.kind);
+        float *p = randn(np, 80, 1), *m = randn(ns, 81, 0.1f), *v = randn(ns, 82, 0.1f);
+        for (size_t i = 0; i < ns; i++) v[i] = v[i] * v[i];
+        // r[run][p, m, v]: runs are cpu segments, gpu segments, gpu one update per segment.
+        float *r[3][3];
+        Backend *bes[3] = {cpu, gpu, gpu};
+        for (int run = 0; run < 3; run++) {
+            Backend *be = bes[run];
+            float *dp = up(be, p, np, 1), *dm = up(be, m, ns, 0), *dv = up(be, v, ns, 1);
+            for (int t = 1; t <= 3; t++) {
+                float *g = randn(np, 83 + t, 0.5f), *dg = up(be, g, np, 1);
+                OptimStep s = {oc.kind, 1e-2f * t, oc.momentum, oc.beta1, oc.beta2, oc.rho, oc.epsilon, 0.05f, t,
+                               0.5f + 0.2f * t};
+                const OptimSegment *sg = t == 2 ? other : segs;
+                int n = t == 2 ? 3 : NS;
+                if (run < 2) {
+                    be->optimizer_update_segments(be, dp, dg, um ? dm : NULL, uv ? dv : NULL, sg, n, &s);
+                } else {
+                    for (int i = 0; i < n; i++) {
+                        OptimStep si = s;
+                        if (!sg[i].decay) si.weight_decay = 0.0f;
+                        be->optimizer_update(be, dp + sg[i].param, dg + sg[i].param, um ? dm + sg[i].slot : NULL,
+                                             uv ? dv + sg[i].slot : NULL, sg[i].n, &si);
+                    }
+                }
+                be->release(be, dg - 1);
+                free(g);
+            }
+            r[run][0] = down(be, dp, np);
+            r[run][1] = down(be, dm, ns);
+            r[run][2] = down(be, dv, ns);
+            be->release(be, dp - 1), be->release(be, dm), be->release(be, dv - 1);
+        }
+        const char *names[3] = {"params", "m", "v"};
+        size_t lens[3] = {np, ns, ns};
+        for (int j = 0; j < 3; j++) {
+            CHECK(!memcmp(r[1][j], r[0][j], lens[j] * sizeof(float)),
+                  "optimizer segments %s %s: gpu not bit-identical to the cpu (rel diff %.3g)", kinds[ki], names[j],
+                  check_rel_diff(r[1][j], r[0][j], lens[j]));
+            CHECK(!memcmp(r[1][j], r[2][j], lens[j] * sizeof(float)),
+                  "optimizer segments %s %s: gpu not bit-identical to its per-segment updates (rel diff %.3g)",
+                  kinds[ki], names[j], check_rel_diff(r[1][j], r[2][j], lens[j]));
+        }
+        // Between segments (and in slots the kind does not use) nothing moved.
+        int untouched = 1;
+        size_t at = 0;
+        for (int i = 0; i < NS; i++) {
+            for (; at < segs[i].param; at++) untouched &= !memcmp(&r[1][0][at], &p[at], sizeof(float));
+            at += segs[i].n;
+        }
+        for (; at < np; at++) untouched &= !memcmp(&r[1][0][at], &p[at], sizeof(float));
+        if (!um) untouched &= !memcmp(r[1][1], m, ns * sizeof(float));
+        if (!uv) untouched &= !memcmp(r[1][2], v, ns * sizeof(float));
+        CHECK(untouched, "optimizer segments %s: floats outside the segments changed on the gpu", kinds[ki]);
+        for (int run = 0; run < 3; run++)
+            for (int j = 0; j < 3; j++) free(r[run][j]);
         free(p), free(m), free(v);
     }
 }
@@ -722,11 +885,14 @@ int main(void) {
     test_gemm();
     test_pointwise();
     test_dropout();
+    test_fused();
+    test_upload_async();
     test_reductions();
     test_tokens();
     test_xent();
     test_attention();
     test_optimizer();
+    test_optimizer_segments();
     test_whole_step();
     test_training_run();
     if (!on_cpu) test_errors();

@@ -225,6 +225,75 @@ static void test_dropout(void) {
     free(x), free(y1), free(y2), free(g);
 }
 
+// ---- fused ops ----------------------------------------------------------------------------
+// Each fused op against the composition of the plain ops it replaces, bit for bit: the
+// model's numbers must not change when it uses them. Widths that are neither multiples of 4
+// (a Philox group) nor of the fused loops' spans, and wider than one span.
+static int same(const float *a, const float *b, size_t n) { return !memcmp(a, b, n * sizeof(float)); }
+
+static void test_residual_layernorm(int rows, int C, float rate) {
+    size_t n = (size_t)rows * C;
+    float *x = randn(n, 60, 1.0f), *y = randn(n, 61, 2.0f), *w = randn(C, 62, 1.0f), *b = randn(C, 63, 0.5f);
+    float *t = malloc(n * sizeof(float)), *sum_ref = malloc(n * sizeof(float)), *ln_ref = malloc(n * sizeof(float));
+    float *sum = malloc(n * sizeof(float)), *ln = malloc(n * sizeof(float)), *alias = malloc(n * sizeof(float));
+    float mr[64], rr[64], mf[64], rf[64];
+    memcpy(t, y, n * sizeof(float));
+    if (rate > 0) be->dropout_forward(be, t, t, n, rate, 9, 2, 4);
+    be->add(be, sum_ref, x, t, n);
+    be->layernorm_forward(be, ln_ref, mr, rr, sum_ref, w, b, rows, C, 1e-6f);
+    be->residual_layernorm_forward(be, sum, ln, mf, rf, x, y, w, b, rows, C, 1e-6f, rate, 9, 2, 4);
+    CHECK(same(sum, sum_ref, n) && same(ln, ln_ref, n) && same(mf, mr, rows) && same(rf, rr, rows),
+          "residual_layernorm (%dx%d, rate %g) equals dropout + add + layernorm", rows, C, rate);
+    memcpy(alias, x, n * sizeof(float));  // sum aliasing x, and no LayerNorm
+    be->residual_layernorm_forward(be, alias, NULL, NULL, NULL, alias, y, NULL, NULL, rows, C, 0.0f, rate, 9, 2, 4);
+    CHECK(same(alias, sum_ref, n), "residual_layernorm in place without LayerNorm (%dx%d, rate %g)", rows, C, rate);
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    be->residual_layernorm_forward(be, sum, ln, mf, rf, x, y, w, b, rows, C, 1e-6f, rate, 9, 2, 4);
+    omp_set_num_threads(threads);
+    CHECK(same(sum, sum_ref, n) && same(ln, ln_ref, n), "residual_layernorm on one thread (%dx%d)", rows, C);
+    free(x), free(y), free(w), free(b), free(t), free(sum_ref), free(ln_ref), free(sum), free(ln), free(alias);
+}
+
+static void test_gelu_dropout(int rows, int cols, float rate, int tanh_approx) {
+    size_t n = (size_t)rows * cols;
+    float *x = randn(n, 64, 2.0f), *dy = randn(n, 65, 1.0f), *ref = malloc(n * sizeof(float)),
+          *out = malloc(n * sizeof(float));
+    be->gelu_forward(be, ref, x, n, tanh_approx);
+    if (rate > 0) be->dropout_forward(be, ref, ref, n, rate, 11, 3, 7);
+    be->gelu_dropout_forward(be, out, x, n, tanh_approx, rate, 11, 3, 7);
+    CHECK(same(out, ref, n), "gelu_dropout_forward (%s, rate %g) equals gelu + dropout", tanh_approx ? "tanh" : "erf",
+          rate);
+    float *db_ref = randn(cols, 66, 1.0f), *db = malloc(cols * sizeof(float));
+    memcpy(db, db_ref, cols * sizeof(float));
+    memcpy(ref, dy, n * sizeof(float));
+    if (rate > 0) be->dropout_backward(be, ref, ref, n, rate, 11, 3, 7);
+    be->gelu_backward(be, ref, x, ref, n, tanh_approx);
+    be->bias_backward(be, db_ref, ref, rows, cols);
+    memcpy(out, dy, n * sizeof(float));  // in place, as the model calls it
+    be->gelu_dropout_backward(be, out, db, x, out, rows, cols, tanh_approx, rate, 11, 3, 7);
+    CHECK(same(out, ref, n) && same(db, db_ref, cols),
+          "gelu_dropout_backward (%dx%d, %s, rate %g) equals dropout + gelu + bias backward", rows, cols,
+          tanh_approx ? "tanh" : "erf", rate);
+    size_t dropped = 0;
+    for (size_t i = 0; i < n; i++) dropped += out[i] == 0.0f && x[i] > -3.0f;  // GELU' is 0 below about -5.5
+    CHECK(rate > 0 ? dropped > n * rate / 2 : dropped == 0, "gelu_dropout_backward drops %zu of %zu (rate %g)",
+          dropped, n, rate);
+    free(x), free(dy), free(ref), free(out), free(db_ref), free(db);
+}
+
+static void test_fused(void) {
+    for (int r = 0; r < 2; r++) {
+        float rate = r ? 0.1f : 0.0f;
+        test_residual_layernorm(37, 77, rate);
+        test_residual_layernorm(13, 300, rate);
+        for (int t = 0; t < 2; t++) {
+            test_gelu_dropout(53, 517, rate, t);
+            test_gelu_dropout(70, 3, rate, t);
+        }
+    }
+}
+
 // ---- attention --------------------------------------------------------------------------
 static void naive_attention(double *out, const float *q, const float *k, const float *v, int B, int T, int H, int hd) {
     int D = H * hd;
@@ -441,6 +510,7 @@ int main(void) {
     test_layernorm();
     test_activations();
     test_dropout();
+    test_fused();
     test_attention();
     test_xent();
     test_tokens();

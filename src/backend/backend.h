@@ -24,6 +24,12 @@ typedef struct {
     float grad_scale;    // gradients are multiplied by this first (global-norm clipping)
 } OptimStep;
 
+// One parameter range of a multi-tensor optimizer update (offsets in floats).
+typedef struct {
+    size_t param, slot, n;
+    int decay;
+} OptimSegment;
+
 typedef struct Backend Backend;
 struct Backend {
     const char *name;
@@ -36,6 +42,16 @@ struct Backend {
     void (*download)(Backend *be, void *dst, const void *src, size_t bytes);
     void (*zero)(Backend *be, void *p, size_t bytes);
     void (*synchronize)(Backend *be);
+    // Host memory the device copies from fastest: page-locked on a GPU (copied by DMA with no
+    // staging, and asynchronously), plain malloc on the CPU. NULL (with vit_fail) when out of memory.
+    void *(*alloc_host)(Backend *be, size_t bytes);
+    void (*release_host)(Backend *be, void *p);
+    // Starts copying src to device memory dst and returns; the copy waits for the ops issued
+    // so far (dst may still be in use) and runs beside the ops issued after it, until
+    // wait_uploads makes the ops that follow it wait for every copy started. src must stay
+    // unchanged until then.
+    void (*upload_async)(Backend *be, void *dst, const void *src, size_t bytes);
+    void (*wait_uploads)(Backend *be);
 
     // C[b] = alpha * op(A[b]) @ op(B[b]) (+ bias broadcast over rows) (+ C[b] if accumulate)
     // for b < batch; C is M x N, op(A) is M x K, op(B) is K x N; A/B/C of consecutive
@@ -72,6 +88,27 @@ struct Backend {
                             uint64_t seed, uint32_t step, uint32_t site);
     void (*dropout_backward)(Backend *be, float *dinp, const float *dout, size_t n, float rate,
                              uint64_t seed, uint32_t step, uint32_t site);
+
+    // Fused elementwise ops of the training step: one pass over memory where the unfused ops
+    // make two or three. Each equals its composition of the ops above (same masks, same
+    // rounding), which the tests check.
+    //
+    // sum = x + dropout(y) (rate 0: x + y; sum may alias x or y), then, when out is not NULL,
+    // out = LayerNorm(sum) with mean and 1/std per row: a residual add with its branch's
+    // dropout and the LayerNorm that reads it. Masks as dropout_forward over rows*C elements.
+    void (*residual_layernorm_forward)(Backend *be, float *sum, float *out, float *mean, float *rstd, const float *x,
+                                       const float *y, const float *scale, const float *bias, int rows, int C,
+                                       float eps, float rate, uint64_t seed, uint32_t step, uint32_t site);
+    // out = dropout(GELU(inp)) (rate 0: GELU alone); out must not alias inp (the backward
+    // pass reads the pre-activation).
+    void (*gelu_dropout_forward)(Backend *be, float *out, const float *inp, size_t n, int tanh_approx, float rate,
+                                 uint64_t seed, uint32_t step, uint32_t site);
+    // dinp = gelu'(inp) * dropout_backward(dout) over a rows x cols matrix, and
+    // dbias += column sums of dinp: the backward pass of bias + GELU + dropout in one pass.
+    // dinp may alias dout.
+    void (*gelu_dropout_backward)(Backend *be, float *dinp, float *dbias, const float *inp, const float *dout,
+                                  int rows, int cols, int tanh_approx, float rate, uint64_t seed, uint32_t step,
+                                  uint32_t site);
 
     // out = a + b (out may alias a or b)
     void (*add)(Backend *be, float *out, const float *a, const float *b, size_t n);
@@ -121,6 +158,11 @@ struct Backend {
     // One optimizer update of n parameters with slots m and v (unused slots may be NULL).
     void (*optimizer_update)(Backend *be, float *params, const float *grads, float *m, float *v, size_t n,
                              const OptimStep *s);
+    // The same update over many parameter ranges in one call (one kernel launch on a GPU, one
+    // parallel region on the CPU): segment i updates params/grads [param, param + n) with slots
+    // m/v [slot, slot + n), and applies s->weight_decay only where `decay` is set.
+    void (*optimizer_update_segments)(Backend *be, float *params, const float *grads, float *m, float *v,
+                                      const OptimSegment *segs, int nsegs, const OptimStep *s);
 
     void (*destroy)(Backend *be);
 };

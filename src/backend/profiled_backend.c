@@ -46,6 +46,30 @@ static void w_synchronize(Backend *be) {
     w->inner->synchronize(w->inner);
 }
 
+static void *w_alloc_host(Backend *be, size_t bytes) {
+    Wrap *w = be->impl;
+    return w->inner->alloc_host(w->inner, bytes);
+}
+
+static void w_release_host(Backend *be, void *p) {
+    Wrap *w = be->impl;
+    w->inner->release_host(w->inner, p);
+}
+
+static void w_wait_uploads(Backend *be) {
+    Wrap *w = be->impl;
+    w->inner->wait_uploads(w->inner);
+}
+
+// An asynchronous upload's span is the time to start it (or, with --profile_sync, to finish
+// the work queued so far and it).
+static void w_upload_async(Backend *be, void *dst, const void *src, size_t bytes) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->upload_async(w->inner, dst, src, bytes);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"upload_async", "bytes", {I64(bytes)}, 0, (double)bytes});
+}
+
 // Transfers count their bytes once: the bus carries them once.
 static void w_upload(Backend *be, void *dst, const void *src, size_t bytes) {
     Wrap *w = be->impl;
@@ -339,6 +363,51 @@ static int w_attention_backward(Backend *be, float *dq, float *dk, float *dv, co
 
 // Per parameter: params read+written, grads read, each slot the kind uses read+written:
 // sgd (m) 5, adam/adamw (m, v) 7, rmsprop (v) 5 floats.
+static void w_residual_layernorm_forward(Backend *be, float *sum, float *out, float *mean, float *rstd,
+                                         const float *x, const float *y, const float *scale, const float *bias,
+                                         int rows, int C, float eps, float rate, uint64_t seed, uint32_t step,
+                                         uint32_t site) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->residual_layernorm_forward(w->inner, sum, out, mean, rstd, x, y, scale, bias, rows, C, eps, rate, seed,
+                                         step, site);
+    // x and y read, sum written, and with the LayerNorm its output and statistics.
+    double n = (double)rows * C, bytes = F4 * (out ? 4 * n + 2 * C + 2.0 * rows : 3 * n);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"residual_layernorm", "rows,C", {rows, C}, 0, bytes});
+}
+
+static void w_gelu_dropout_forward(Backend *be, float *out, const float *inp, size_t n, int tanh_approx, float rate,
+                                   uint64_t seed, uint32_t step, uint32_t site) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->gelu_dropout_forward(w->inner, out, inp, n, tanh_approx, rate, seed, step, site);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"gelu_dropout_forward", "n,tanh", {I64(n), tanh_approx}, 0, F4 * 2 * n});
+}
+
+static void w_gelu_dropout_backward(Backend *be, float *dinp, float *dbias, const float *inp, const float *dout,
+                                    int rows, int cols, int tanh_approx, float rate, uint64_t seed, uint32_t step,
+                                    uint32_t site) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->gelu_dropout_backward(w->inner, dinp, dbias, inp, dout, rows, cols, tanh_approx, rate, seed, step, site);
+    double n = (double)rows * cols;
+    if (t0)
+        span_end(w, t0, &(ProfOpSpan){"gelu_dropout_backward", "rows,cols", {rows, cols}, 0, F4 * (3 * n + 2 * cols)});
+}
+
+static void w_optimizer_update_segments(Backend *be, float *params, const float *grads, float *m, float *v,
+                                        const OptimSegment *segs, int nsegs, const OptimStep *s) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->optimizer_update_segments(w->inner, params, grads, m, v, segs, nsegs, s);
+    if (t0) {
+        double n = 0;
+        for (int i = 0; i < nsegs; i++) n += (double)segs[i].n;
+        int floats = s->kind == OPT_ADAM || s->kind == OPT_ADAMW ? 7 : 5;  // as w_optimizer_update
+        span_end(w, t0, &(ProfOpSpan){"optimizer_update", "n,kind", {I64(n), s->kind}, 0, F4 * floats * n});
+    }
+}
+
 static void w_optimizer_update(Backend *be, float *params, const float *grads, float *m, float *v, size_t n,
                                const OptimStep *s) {
     Wrap *w = be->impl;
@@ -356,9 +425,9 @@ static void w_destroy(Backend *be) {
     free(be);
 }
 
-// name, impl and 35 function pointers. When backend.h gains an op this stops the build, so the
+// name, impl and 43 function pointers. When backend.h gains an op this stops the build, so the
 // new op cannot stay NULL here (a crash) or be copied unwrapped (called with the wrong impl).
-_Static_assert(sizeof(Backend) == 2 * sizeof(void *) + 35 * sizeof(void (*)(void)),
+_Static_assert(sizeof(Backend) == 2 * sizeof(void *) + 43 * sizeof(void (*)(void)),
                "backend.h changed: wrap the new op in profiled_backend.c, then update this count");
 
 Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
@@ -390,6 +459,10 @@ Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
     WRAP(download);
     WRAP(zero);
     WRAP(synchronize);
+    WRAP(alloc_host);
+    WRAP(release_host);
+    WRAP(upload_async);
+    WRAP(wait_uploads);
     WRAP(gemm);
     WRAP(gemm_bias_gelu);
     WRAP(bias_backward);
@@ -401,6 +474,9 @@ Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
     WRAP(tanh_backward);
     WRAP(dropout_forward);
     WRAP(dropout_backward);
+    WRAP(residual_layernorm_forward);
+    WRAP(gelu_dropout_forward);
+    WRAP(gelu_dropout_backward);
     WRAP(add);
     WRAP(scale);
     WRAP(sum_squares);
@@ -418,6 +494,7 @@ Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
     WRAP(to_bf16);
     WRAP(from_bf16);
     WRAP(optimizer_update);
+    WRAP(optimizer_update_segments);
 #undef WRAP
     return be;
 }

@@ -242,10 +242,10 @@ static void print_json(const TrainResult *r) {
     else
         printf("\"val_loss\": null, \"val_top1\": null, \"val_top5\": null, \"val_images\": 0, ");
     printf("\"images_per_sec\": %.3f, \"steps\": %ld, \"skipped_updates\": %ld, \"stopped_by_signal\": %s, "
-           "\"seconds\": %.3f, \"allreduce_wait_seconds\": %.3f, \"ranks\": %d, \"optimizer_state_mib\": %.6f, "
+           "\"seconds\": %.3f, \"data_wait_seconds\": %.3f, \"allreduce_wait_seconds\": %.3f, \"ranks\": %d, \"optimizer_state_mib\": %.6f, "
            "\"peak_rss_mib\": %.1f, \"checkpoint\": \"%s\"}\n",
            r->images_per_sec, r->updates, r->skipped_updates, r->stopped_by_signal ? "true" : "false", r->seconds,
-           r->allreduce_wait, dist_size(), r->optimizer_state_bytes / 1048576.0, peak_rss_mib(), r->last_checkpoint);
+           r->data_wait, r->allreduce_wait, dist_size(), r->optimizer_state_bytes / 1048576.0, peak_rss_mib(), r->last_checkpoint);
 }
 
 int cmd_train(int argc, char **argv) {

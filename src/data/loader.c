@@ -16,6 +16,7 @@ typedef struct {
 
 struct Loader {
     const Dataset *d;
+    LoaderMemory mem;
     int batch, n_slots, n_workers;
     size_t sample_bytes;
     Slot *slots;
@@ -109,12 +110,29 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+static void *heap_alloc(void *ctx, size_t bytes) { return malloc(bytes); }
+static void heap_release(void *ctx, void *p) { free(p); }
+
+static void free_slots(Loader *l) {
+    if (l->slots)
+        for (int i = 0; i < l->n_slots; i++) {
+            if (l->slots[i].images) l->mem.release(l->mem.ctx, l->slots[i].images);
+            if (l->slots[i].labels) l->mem.release(l->mem.ctx, l->slots[i].labels);
+        }
+    free(l->slots);
+}
+
 Loader *loader_create(const Dataset *d, int batch, int workers, int slots) {
+    return loader_create_in(d, batch, workers, slots, NULL);
+}
+
+Loader *loader_create_in(const Dataset *d, int batch, int workers, int slots, const LoaderMemory *mem) {
     Loader *l = calloc(1, sizeof *l);
     if (!l) {
         vit_fail("out of memory creating the data loader");
         return NULL;
     }
+    l->mem = mem ? *mem : (LoaderMemory){heap_alloc, heap_release, NULL};
     if (workers <= 0) workers = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (workers < 1) workers = 1;
     // In-memory samples cost a copy: threads would only contend with the compute threads
@@ -129,8 +147,8 @@ Loader *loader_create(const Dataset *d, int batch, int workers, int slots) {
     l->threads = calloc((size_t)workers, sizeof *l->threads);
     if (!l->slots || !l->threads) goto oom;
     for (int i = 0; i < l->n_slots; i++) {
-        l->slots[i].images = malloc((size_t)batch * l->sample_bytes);
-        l->slots[i].labels = malloc((size_t)batch * sizeof(int));
+        l->slots[i].images = l->mem.alloc(l->mem.ctx, (size_t)batch * l->sample_bytes);
+        l->slots[i].labels = l->mem.alloc(l->mem.ctx, (size_t)batch * sizeof(int));
         l->slots[i].batch_id = -1;
         if (!l->slots[i].images || !l->slots[i].labels) goto oom;
     }
@@ -146,9 +164,7 @@ Loader *loader_create(const Dataset *d, int batch, int workers, int slots) {
         }
     return l;
 oom:
-    if (l->slots)
-        for (int i = 0; i < l->n_slots; i++) free(l->slots[i].images), free(l->slots[i].labels);
-    free(l->slots);
+    free_slots(l);
     free(l->threads);
     free(l);
     vit_fail("out of memory for the data loader's batch ring");
@@ -243,8 +259,7 @@ void loader_destroy(Loader *l) {
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->work_cv);
     pthread_cond_destroy(&l->done_cv);
-    for (int i = 0; i < l->n_slots; i++) free(l->slots[i].images), free(l->slots[i].labels);
-    free(l->slots);
+    free_slots(l);
     free(l->threads);
     free(l->indices);
     free(l);

@@ -10,6 +10,16 @@ typedef struct Loader Loader;
 
 // slots: batches prepared ahead (memory: slots x batch x image bytes). workers 0 = the cores.
 Loader *loader_create(const Dataset *d, int batch, int workers, int slots);
+
+// Where the batch ring's images and labels live: a GPU copies from page-locked memory
+// without staging it and without blocking the host. alloc returns NULL when out of memory.
+typedef struct {
+    void *(*alloc)(void *ctx, size_t bytes);
+    void (*release)(void *ctx, void *p);
+    void *ctx;
+} LoaderMemory;
+// loader_create with the batch ring in `mem` (NULL: malloc).
+Loader *loader_create_in(const Dataset *d, int batch, int workers, int slots, const LoaderMemory *mem);
 // Starts producing batches of the given sample indices (n of them; the last batch may be
 // short). Any batches of a previous sequence not yet taken are discarded.
 int loader_begin(Loader *l, const int *indices, long n, uint32_t epoch);

@@ -145,6 +145,20 @@ static double *agree_init(double *v, const ViT *m, const int *labels, int B) {
     return v;
 }
 
+static void *host_alloc(void *be, size_t bytes) { return ((Backend *)be)->alloc_host(be, bytes); }
+static void host_release(void *be, void *p) { ((Backend *)be)->release_host(be, p); }
+
+// The next training batch from the loader, staged on the model's device; *labels is its
+// host labels (valid until the next fetch).
+static int fetch_batch(TrainSetup *s, Loader *ld, ViT *m, int B, const int **labels) {
+    const uint8_t *images;
+    int got;
+    prof_begin(s->prof, "data wait", "data");
+    int rc = loader_next(ld, &images, labels, &got);
+    prof_end(s->prof);
+    return rc ? rc : vit_stage(m, images, *labels, B);
+}
+
 // TensorBoard scalars of one summary window. A failed write is reported once and logging
 // stops; the run itself goes on (a full log disk must not cost the training).
 static void summary(TrainSetup *s, long step, double loss, double acc, double lr, double examples_per_sec,
@@ -191,7 +205,8 @@ int train_run(TrainSetup *s, TrainResult *r) {
 
     size_t n = m->table.total;
     int *order = malloc((size_t)d->count * sizeof(int)), *seq = malloc((size_t)steps * Bl * sizeof(int));
-    Loader *ld = loader_create(d, Bl, s->workers, s->prefetch);
+    LoaderMemory pinned = {host_alloc, host_release, be};  // the GPU copies batches straight from it
+    Loader *ld = loader_create_in(d, Bl, s->workers, s->prefetch, &pinned);
     ZeroSlots slots;
     int slots_rc = zero_slots_create(&slots, be, n, s->opt.kind, s->zero);
     // 4M floats (16 MiB) per bucket: a few dozen all-reduces for ViT-B, each large enough
@@ -275,22 +290,19 @@ int train_run(TrainSetup *s, TrainResult *r) {
             if ((pos % B) / Bl == rank) seq[n_seq++] = order[pos % d->count];
         }
         if ((rc = loader_begin(ld, seq, n_seq, (uint32_t)epoch))) break;
+        // The loader runs a batch ahead of the model: batch step + 1 is fetched and staged
+        // (copied to the device, asynchronously on a GPU) right after step's forward pass,
+        // so that its copy overlaps step's backward pass. A failure to fetch it ends the run
+        // where fetching it used to, at the start of step + 1.
+        const int *labels = NULL;
+        int pending = first_step < steps ? fetch_batch(s, ld, m, Bl, &labels) : VIT_OK;
         for (long step = first_step; step < steps; step++) {
-            const uint8_t *images;
-            const int *labels;
-            int got;
+            if ((rc = pending)) break;
             long run_step = (long)(micro - start.micro) + 1;  // 1-based micro-step of this process
             if (s->prof && run_step == s->prof_first) profiler_set_active(s->prof, 1);
             char step_name[32];
             snprintf(step_name, sizeof step_name, "step %ld", run_step);
             prof_begin(s->prof, step_name, "step");
-            prof_begin(s->prof, "data wait", "data");
-            rc = loader_next(ld, &images, &labels, &got);
-            prof_end(s->prof);
-            if (rc) {
-                prof_end(s->prof);
-                break;
-            }
             int last_micro = step % A == A - 1;
             if (step % A == 0) {
                 be->zero(be, m->grads, n * sizeof(float));
@@ -299,14 +311,18 @@ int train_run(TrainSetup *s, TrainResult *r) {
             if (sync) gradsync_begin(sync);
             m->grad_ready = sync && last_micro ? on_grad_ready : NULL;  // accumulate locally until the last
             prof_begin(s->prof, "forward", "phase");
-            rc = vit_forward(m, images, labels, Bl, 1, s->smoothing, drop_seed, micro);
+            rc = vit_forward(m, NULL, NULL, Bl, 1, s->smoothing, drop_seed, micro);
             prof_end(s->prof);
+            if (rc == VIT_OK) {
+                agree_init(agree, m, labels, Bl);  // before the next fetch reuses `labels`
+                if (step + 1 < steps) pending = fetch_batch(s, ld, m, Bl, &labels);
+            }
             prof_begin(s->prof, "backward", "phase");
             if (rc == VIT_OK) rc = vit_backward(m, Bl, s->smoothing, 1.0f / ((float)B * A), drop_seed, micro);
             prof_end(s->prof);
             prof_begin(s->prof, "allreduce", "comm");
             if (rc == VIT_OK && sync && last_micro) rc = gradsync_finish(sync);
-            if (rc == VIT_OK) rc = dist_allreduce_sum_double(agree_init(agree, m, labels, Bl), 5);
+            if (rc == VIT_OK) rc = dist_allreduce_sum_double(agree, 5);
             prof_end(s->prof);
             if (rc != VIT_OK) {
                 prof_end(s->prof);
@@ -413,6 +429,7 @@ int train_run(TrainSetup *s, TrainResult *r) {
             if (step + 1 == signal_at) raise(SIGTERM);
         }
         progress_end(&prog);
+        r->data_wait += loader_stall_seconds(ld);
         if (rc != VIT_OK || r->stopped_by_signal) break;
         if (out && (loader_workers(ld) || loader_skipped(ld)))  // in-memory data never waits
         {

@@ -69,6 +69,7 @@ typedef struct {
     int stopped_by_signal;          // the run stopped early on SIGINT/SIGTERM/SIGUSR1 (after a checkpoint)
     long skipped_updates;           // updates skipped for a non-finite loss or gradient (--skip_nonfinite)
     double allreduce_wait;          // seconds blocked waiting for the gradient all-reduce (data parallel)
+    double data_wait;               // seconds the training loop waited for the loader (input stall)
     double optimizer_state_bytes;   // optimizer slots held by this rank (1/N of them with --zero 1)
 } TrainResult;
 

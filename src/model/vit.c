@@ -53,8 +53,12 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
     if (training) m->grads = PLAN_F(m->table.total);
     size_t param_bytes = pl.bytes;
 
-    m->images = plan(&pl, B * c->image * c->image * c->channels);
-    m->labels = plan(&pl, B * sizeof(int));
+    for (int k = 0; k < 2; k++) {
+        m->image_buf[k] = plan(&pl, B * c->image * c->image * c->channels);
+        m->label_buf[k] = plan(&pl, B * sizeof(int));
+    }
+    m->images = m->image_buf[0];
+    m->labels = m->label_buf[0];
     m->patches = PLAN_F(B * G2 * c->patch * c->patch * c->channels);
     m->emb = PLAN_F(B * G2 * D);
     m->x = calloc((size_t)c->layers + 1, sizeof *m->x);
@@ -138,8 +142,10 @@ void vit_destroy(ViT *m) {
                       &m->dq, &m->dk, &m->dv, &m->s_nm, &m->att_scratch, &m->dres, &m->dlogits, &m->dpre,
                       &m->dcls_ln, &m->dcls_x, &m->demb};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) be->release(be, *ptrs[i]);
-    be->release(be, m->images);
-    be->release(be, m->labels);
+    for (int k = 0; k < 2; k++) {
+        be->release(be, m->image_buf[k]);
+        be->release(be, m->label_buf[k]);
+    }
     int L = m->cfg.layers, owned = m->training && !m->recompute ? L : (L > 0 ? 1 : 0);
     for (int l = 0; l < owned && m->blocks; l++) {
         BlockActs *a = &m->blocks[l];
@@ -178,12 +184,13 @@ static int linear_forward(Backend *be, float *y, const float *x, const float *W,
     return be->gemm(be, 1, rows, out, in, x, 0, W, 0, y, b, 1.0f, 0);
 }
 
-// dx (=, or += when accumulate_dx) = dy @ W^T; dW += x^T @ dy; db += colsum(dy). dx may be NULL.
+// dx (=, or += when accumulate_dx) = dy @ W^T; dW += x^T @ dy; db += colsum(dy). dx may be
+// NULL, and db too where a fused op has already summed it.
 static int linear_backward(Backend *be, float *dx, float *dW, float *db, const float *dy, const float *x,
                            const float *W, int rows, int in, int out, int accumulate_dx) {
     if (dx && be->gemm(be, 1, rows, in, out, dy, 0, W, 1, dx, NULL, 1.0f, accumulate_dx)) return VIT_ERR;
     if (be->gemm(be, 1, in, out, rows, x, 1, dy, 0, dW, NULL, 1.0f, 1)) return VIT_ERR;
-    be->bias_backward(be, db, dy, rows, out);
+    if (db) be->bias_backward(be, db, dy, rows, out);
     return VIT_OK;
 }
 
@@ -259,22 +266,31 @@ static int block_forward(ViT *m, int l, BlockActs *a, int B, int training, uint6
     float drop = training ? c->dropout : 0.0f;
     const float *x = m->x[l];
     if (out == x) return block_forward_inplace(m, l, a, B);
-    // x + Dropout(MHSA(LN0(x)))
+    // resid1 = x + Dropout(MHSA(LN0(x))), and LN2 of it in the same pass
     if (attention_heads(m, l, a, B, x) ||
         linear_forward(be, m->s_nd1, a->att_out, p + w->out_kernel, p + w->out_bias, N, D, D))
         return VIT_ERR;
-    if (drop > 0) be->dropout_forward(be, m->s_nd1, m->s_nd1, (size_t)N * D, drop, seed, step, site(l, 0));
-    be->add(be, a->resid1, x, m->s_nd1, (size_t)N * D);
-    // x + Dropout(Dense_1(Dropout(GELU(Dense_0(LN2(x))))))
-    be->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->resid1, p + w->ln2_scale, p + w->ln2_bias, N, D,
-                          LN_EPS);
+    be->residual_layernorm_forward(be, a->resid1, a->ln2, a->ln2_mean, a->ln2_rstd, x, m->s_nd1, p + w->ln2_scale,
+                                   p + w->ln2_bias, N, D, LN_EPS, drop, seed, step, site(l, 0));
+    // out = resid1 + Dropout(Dense_1(Dropout(GELU(Dense_0(LN2)))))
     if (linear_forward(be, a->fc1, a->ln2, p + w->fc1_kernel, p + w->fc1_bias, N, D, Mlp)) return VIT_ERR;
-    be->gelu_forward(be, a->gelu, a->fc1, (size_t)N * Mlp, c->gelu_tanh);
-    if (drop > 0) be->dropout_forward(be, a->gelu, a->gelu, (size_t)N * Mlp, drop, seed, step, site(l, 1));
+    be->gelu_dropout_forward(be, a->gelu, a->fc1, (size_t)N * Mlp, c->gelu_tanh, drop, seed, step, site(l, 1));
     if (!out) return VIT_OK;
     if (linear_forward(be, m->s_nd1, a->gelu, p + w->fc2_kernel, p + w->fc2_bias, N, Mlp, D)) return VIT_ERR;
-    if (drop > 0) be->dropout_forward(be, m->s_nd1, m->s_nd1, (size_t)N * D, drop, seed, step, site(l, 2));
-    be->add(be, out, a->resid1, m->s_nd1, (size_t)N * D);
+    be->residual_layernorm_forward(be, out, NULL, NULL, NULL, a->resid1, m->s_nd1, NULL, NULL, N, D, 0.0f, drop, seed,
+                                   step, site(l, 2));
+    return VIT_OK;
+}
+
+int vit_stage(ViT *m, const uint8_t *images, const int *labels, int B) {
+    const ViTConfig *c = &m->cfg;
+    Backend *be = m->be;
+    if (B < 1 || B > m->batch) return vit_fail("batch of %d images, model planned for 1..%d", B, m->batch);
+    int k = m->stage_slot;
+    be->upload_async(be, m->image_buf[k], images, (size_t)B * c->image * c->image * c->channels);
+    if (labels) be->upload_async(be, m->label_buf[k], labels, (size_t)B * sizeof(int));
+    m->staged_B = B;
+    m->staged_labels = labels != NULL;
     return VIT_OK;
 }
 
@@ -282,15 +298,22 @@ int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int tra
                 uint64_t seed, uint32_t step) {
     const ViTConfig *c = &m->cfg;
     Backend *be = m->be;
-    if (B < 1 || B > m->batch) return vit_fail("batch of %d images, model planned for 1..%d", B, m->batch);
     if (training && !m->training) return vit_fail("training forward pass on an inference-only model");
+    if (images && vit_stage(m, images, labels, B)) return VIT_ERR;
+    if (m->staged_B != B)
+        return vit_fail("forward pass over %d images: %d are staged", B, m->staged_B);
+    // The staged buffer becomes the current one; the next batch is staged into the other.
+    int k = m->stage_slot;
+    m->stage_slot = 1 - k;
+    m->staged_B = 0;
+    m->images = m->image_buf[k];
+    m->labels = m->label_buf[k];
+    int has_labels = m->staged_labels;
+    be->wait_uploads(be);
     const float *p = m->params;
     const ParamOffsets *o = &m->off;
     int T = config_tokens(c), D = c->hidden, G2 = config_grid(c) * config_grid(c);
     int R = c->representation, K = c->classes, pin = c->patch * c->patch * c->channels;
-
-    be->upload(be, m->images, images, (size_t)B * c->image * c->image * c->channels);
-    if (labels) be->upload(be, m->labels, labels, (size_t)B * sizeof(int));
 
     // Patch embedding as a matrix product over extracted patches, then class token + position.
     be->patchify(be, m->patches, m->images, B, c->image, c->channels, c->patch);
@@ -314,7 +337,7 @@ int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int tra
     }
     if (linear_forward(be, m->logits, head_in, p + o->head_kernel, p + o->head_bias, B, R ? R : D, K)) return VIT_ERR;
     be->download(be, m->host_logits, m->logits, (size_t)B * K * sizeof(float));
-    if (labels) {
+    if (has_labels) {
         be->xent_forward(be, m->probs, m->losses, m->logits, m->labels, B, K, smoothing);
         be->download(be, m->host_losses, m->losses, (size_t)B * sizeof(float));
     }
@@ -371,10 +394,9 @@ int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed
         if (linear_backward(be, m->s_nm, g + w->fc2_kernel, g + w->fc2_bias, dz, a->gelu, p + w->fc2_kernel, N, Mlp,
                             D, 0))
             return VIT_ERR;
-        if (drop > 0) be->dropout_backward(be, m->s_nm, m->s_nm, (size_t)N * Mlp, drop, seed, step, site(l, 1));
-        be->gelu_backward(be, m->s_nm, a->fc1, m->s_nm, (size_t)N * Mlp, c->gelu_tanh);
-        if (linear_backward(be, m->s_nd2, g + w->fc1_kernel, g + w->fc1_bias, m->s_nm, a->ln2, p + w->fc1_kernel, N,
-                            D, Mlp, 0))
+        be->gelu_dropout_backward(be, m->s_nm, g + w->fc1_bias, a->fc1, m->s_nm, N, Mlp, c->gelu_tanh, drop, seed,
+                                  step, site(l, 1));
+        if (linear_backward(be, m->s_nd2, g + w->fc1_kernel, NULL, m->s_nm, a->ln2, p + w->fc1_kernel, N, D, Mlp, 0))
             return VIT_ERR;
         be->layernorm_backward(be, m->dres, g + w->ln2_scale, g + w->ln2_bias, m->s_nd2, a->resid1,
                                p + w->ln2_scale, a->ln2_mean, a->ln2_rstd, N, D);

@@ -32,8 +32,13 @@ typedef struct {
     float *params, *grads;      // device, table.total floats each (grads NULL for inference)
 
     // activations (device)
-    uint8_t *images;            // (B, S, S, C)
-    int *labels;                // (B)
+    uint8_t *images;            // (B, S, S, C) of the current batch: one of image_buf
+    int *labels;                // (B), one of label_buf
+    uint8_t *image_buf[2];      // two input buffers: the next batch is staged into one while
+    int *label_buf[2];          // the current one is in use (vit_stage)
+    int stage_slot;             // the buffer vit_stage fills next
+    int staged_B;               // images in the staged batch (0: none staged)
+    int staged_labels;          // it came with labels
     float *patches, *emb;       // (B*G*G, P*P*C), (B*G*G, D)
     float **x;                  // layers+1 residual-stream tensors (B, T, D)
     BlockActs *blocks;          // per block; all alias one set for inference and with recompute;
@@ -81,8 +86,14 @@ int vit_init_params(ViT *m, uint64_t seed);
 // Forward pass over B <= batch images (host uint8 (B, S, S, C)). With labels (host, B
 // ints in 0..classes-1) it also computes per-sample losses. Copies logits (and losses)
 // to m->host_logits / m->host_losses. `training` enables dropout, keyed by (seed, step).
+// images NULL: the batch of the last vit_stage (labels ignored; the staged batch's are used).
 int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int training, float smoothing,
                 uint64_t seed, uint32_t step);
+// Starts copying the next batch (images and, when not NULL, labels, host memory as for
+// vit_forward) to the device, into the input buffer the current batch does not use: on a
+// GPU the copy runs beside the current batch's backward pass. The host memory must stay
+// unchanged until the vit_forward(m, NULL, ...) that consumes the batch returns.
+int vit_stage(ViT *m, const uint8_t *images, const int *labels, int B);
 // Backward pass of the last forward pass (which must have had labels): adds
 // loss_scale * d(sum of per-sample losses)/d(params) into m->grads.
 int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed, uint32_t step);

@@ -19,6 +19,8 @@ static void cpu_release(Backend *be, void *p) { free(p); }
 static void cpu_copy(Backend *be, void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 static void cpu_zero(Backend *be, void *p, size_t bytes) { memset(p, 0, bytes); }
 static void cpu_synchronize(Backend *be) {}
+// The CPU's device memory is host memory: an upload is a copy, done when it returns.
+static void cpu_wait_uploads(Backend *be) {}
 
 static void cpu_destroy(Backend *be) {
     CpuState *s = be->impl;
@@ -56,6 +58,10 @@ Backend *backend_cpu_create(int threads) {
     be->download = cpu_copy;
     be->zero = cpu_zero;
     be->synchronize = cpu_synchronize;
+    be->alloc_host = cpu_alloc;
+    be->release_host = cpu_release;
+    be->upload_async = cpu_copy;
+    be->wait_uploads = cpu_wait_uploads;
     be->gemm = cpu_gemm;
     be->gemm_bias_gelu = cpu_gemm_bias_gelu;
     be->destroy = cpu_destroy;

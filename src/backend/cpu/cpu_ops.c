@@ -45,23 +45,27 @@ static void bias_backward(Backend *be, float *dbias, const float *dout, int M, i
     column_sums(be, dbias, dout, M, N);
 }
 
+// One row of LayerNorm, shared by layernorm_forward and the fused residual_layernorm_forward
+// so that both round alike.
+static inline void layernorm_row(float *y, float *mean, float *rstd, const float *x, const float *scale,
+                                 const float *bias, int C, float eps) {
+    double m = 0;
+    for (int j = 0; j < C; j++) m += x[j];
+    m /= C;
+    double v = 0;
+    for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
+    v /= C;
+    float s = (float)(1.0 / sqrt(v + eps)), mf = (float)m;
+    for (int j = 0; j < C; j++) y[j] = (x[j] - mf) * s * scale[j] + bias[j];
+    *mean = mf;
+    *rstd = s;
+}
+
 static void layernorm_forward(Backend *be, float *out, float *mean, float *rstd, const float *inp,
                               const float *scale, const float *bias, int rows, int C, float eps) {
 #pragma omp parallel for schedule(static)
-    for (int i = 0; i < rows; i++) {
-        const float *x = inp + (size_t)i * C;
-        float *y = out + (size_t)i * C;
-        double m = 0;
-        for (int j = 0; j < C; j++) m += x[j];
-        m /= C;
-        double v = 0;
-        for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
-        v /= C;
-        float s = (float)(1.0 / sqrt(v + eps)), mf = (float)m;
-        for (int j = 0; j < C; j++) y[j] = (x[j] - mf) * s * scale[j] + bias[j];
-        mean[i] = mf;
-        rstd[i] = s;
-    }
+    for (int i = 0; i < rows; i++)
+        layernorm_row(out + (size_t)i * C, mean + i, rstd + i, inp + (size_t)i * C, scale, bias, C, eps);
 }
 
 static void layernorm_backward(Backend *be, float *dinp, float *dscale, float *dbias, const float *dout,
@@ -109,16 +113,28 @@ static void layernorm_backward(Backend *be, float *dinp, float *dscale, float *d
 #define INV_SQRT_2 0.7071067811865476f
 #define INV_SQRT_2PI 0.3989422804014327f
 
+// GELU and its derivative, shared by the plain and the fused ops (same rounding in both).
+static inline float gelu_tanh(float x) { return 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x))); }
+static inline float gelu_erf(float x) { return 0.5f * x * (1.0f + cpu_erff(x * INV_SQRT_2)); }
+
+static inline float gelu_tanh_grad(float x) {
+    float u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x), t = tanhf(u);
+    float du = SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * x * x);
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+}
+
+static inline float gelu_erf_grad(float x) {
+    float cdf = 0.5f * (1.0f + cpu_erff(x * INV_SQRT_2)), pdf = INV_SQRT_2PI * cpu_expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
 static void gelu_forward(Backend *be, float *out, const float *inp, size_t n, int tanh_approx) {
     if (tanh_approx) {
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            float x = inp[i];
-            out[i] = 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x)));
-        }
+        for (size_t i = 0; i < n; i++) out[i] = gelu_tanh(inp[i]);
     } else {
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + cpu_erff(inp[i] * INV_SQRT_2));
+        for (size_t i = 0; i < n; i++) out[i] = gelu_erf(inp[i]);
     }
 }
 
@@ -126,18 +142,10 @@ static void gelu_backward(Backend *be, float *dinp, const float *inp, const floa
                           int tanh_approx) {
     if (tanh_approx) {
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            float x = inp[i], u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x), t = tanhf(u);
-            float du = SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * x * x);
-            dinp[i] = dout[i] * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
-        }
+        for (size_t i = 0; i < n; i++) dinp[i] = dout[i] * gelu_tanh_grad(inp[i]);
     } else {
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            float x = inp[i];
-            float cdf = 0.5f * (1.0f + cpu_erff(x * INV_SQRT_2)), pdf = INV_SQRT_2PI * cpu_expf(-0.5f * x * x);
-            dinp[i] = dout[i] * (cdf + x * pdf);
-        }
+        for (size_t i = 0; i < n; i++) dinp[i] = dout[i] * gelu_erf_grad(inp[i]);
     }
 }
 
@@ -186,6 +194,119 @@ static void dropout_backward(Backend *be, float *dinp, const float *dout, size_t
 static void add(Backend *be, float *out, const float *a, const float *b, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+// ---- fused ops -------------------------------------------------------------------------
+// The fused loops walk their elements in spans of MASK_SPAN and draw the dropout mask of a
+// span first, a loop the compiler vectorises; rate 0 skips the generator.
+enum { MASK_SPAN = 256 };
+
+// Per element i0 + k (k < len <= MASK_SPAN): the dropout multiplier, inv where rng_keep keeps
+// it and 0 where it drops it; the same bits as dropout_apply for the same element.
+static void dropout_span(float *mult, size_t i0, size_t len, float keep, float inv, uint64_t seed, uint32_t step,
+                         uint32_t site) {
+    uint32_t bits[MASK_SPAN + 8];
+    size_t g0 = i0 >> 2, groups = ((i0 + len + 3) >> 2) - g0;
+    for (size_t g = 0; g < groups; g++) {
+        size_t gi = g0 + g;
+        Philox4 r = philox4x32(seed, (uint32_t)gi, (uint32_t)(gi >> 32), site, step);
+        bits[4 * g] = r.v[0], bits[4 * g + 1] = r.v[1], bits[4 * g + 2] = r.v[2], bits[4 * g + 3] = r.v[3];
+    }
+    const uint32_t *b = bits + (i0 & 3);
+    for (size_t k = 0; k < len; k++) mult[k] = rng_u01(b[k]) < keep ? inv : 0.0f;
+}
+
+// y * multiplier, written as dropout_apply writes it (a dropped element is +0 whatever y is).
+static inline float dropped(float y, float mult) { return mult != 0.0f ? y * mult : 0.0f; }
+
+static void residual_layernorm_forward(Backend *be, float *sum, float *out, float *mean, float *rstd,
+                                       const float *x, const float *y, const float *scale, const float *bias,
+                                       int rows, int C, float eps, float rate, uint64_t seed, uint32_t step,
+                                       uint32_t site) {
+    float keep = 1.0f - rate, inv = 1.0f / keep;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < rows; i++) {
+        size_t row = (size_t)i * C;
+        float mult[MASK_SPAN];
+        for (int j0 = 0; j0 < C; j0 += MASK_SPAN) {
+            int len = C - j0 < MASK_SPAN ? C - j0 : MASK_SPAN;
+            const float *xs = x + row + j0, *ys = y + row + j0;
+            float *ss = sum + row + j0;
+            if (rate > 0) {
+                dropout_span(mult, row + j0, (size_t)len, keep, inv, seed, step, site);
+                for (int k = 0; k < len; k++) ss[k] = xs[k] + dropped(ys[k], mult[k]);
+            } else {
+                for (int k = 0; k < len; k++) ss[k] = xs[k] + ys[k];
+            }
+        }
+        if (out) layernorm_row(out + row, mean + i, rstd + i, sum + row, scale, bias, C, eps);
+    }
+}
+
+static void gelu_dropout_forward(Backend *be, float *out, const float *inp, size_t n, int tanh_approx, float rate,
+                                 uint64_t seed, uint32_t step, uint32_t site) {
+    if (rate <= 0) {
+        gelu_forward(be, out, inp, n, tanh_approx);
+        return;
+    }
+    float keep = 1.0f - rate, inv = 1.0f / keep;
+    size_t spans = (n + MASK_SPAN - 1) / MASK_SPAN;
+#pragma omp parallel for schedule(static)
+    for (size_t si = 0; si < spans; si++) {
+        float mult[MASK_SPAN];
+        size_t i0 = si * MASK_SPAN, len = n - i0 < MASK_SPAN ? n - i0 : MASK_SPAN;
+        dropout_span(mult, i0, len, keep, inv, seed, step, site);
+        const float *xs = inp + i0;
+        float *ys = out + i0;
+        if (tanh_approx)
+            for (size_t k = 0; k < len; k++) ys[k] = dropped(gelu_tanh(xs[k]), mult[k]);
+        else
+            for (size_t k = 0; k < len; k++) ys[k] = dropped(gelu_erf(xs[k]), mult[k]);
+    }
+}
+
+// Row chunks and double partial sums as column_sums, so dbias equals bias_backward's.
+static void gelu_dropout_backward(Backend *be, float *dinp, float *dbias, const float *inp, const float *dout,
+                                  int rows, int cols, int tanh_approx, float rate, uint64_t seed, uint32_t step,
+                                  uint32_t site) {
+    float keep = 1.0f - rate, inv = 1.0f / keep;
+    int chunks = rows < CPU_REDUCE_CHUNKS ? rows : CPU_REDUCE_CHUNKS;
+    double *part = cpu_partials(be, (size_t)chunks * cols);
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < chunks; c++) {
+        double *p = part + (size_t)c * cols;
+        for (int j = 0; j < cols; j++) p[j] = 0;
+        float mult[MASK_SPAN], d[MASK_SPAN];
+        int r0 = (int)((long)rows * c / chunks), r1 = (int)((long)rows * (c + 1) / chunks);
+        for (int i = r0; i < r1; i++) {
+            for (int j0 = 0; j0 < cols; j0 += MASK_SPAN) {
+                size_t at = (size_t)i * cols + j0;
+                int len = cols - j0 < MASK_SPAN ? cols - j0 : MASK_SPAN;
+                const float *xs = inp + at, *dy = dout + at;
+                if (rate > 0) {
+                    dropout_span(mult, at, (size_t)len, keep, inv, seed, step, site);
+                    for (int k = 0; k < len; k++) d[k] = dropped(dy[k], mult[k]);
+                } else {
+                    for (int k = 0; k < len; k++) d[k] = dy[k];
+                }
+                if (tanh_approx)
+                    for (int k = 0; k < len; k++) d[k] = d[k] * gelu_tanh_grad(xs[k]);
+                else
+                    for (int k = 0; k < len; k++) d[k] = d[k] * gelu_erf_grad(xs[k]);
+                float *dx = dinp + at;
+                double *pj = p + j0;
+                for (int k = 0; k < len; k++) {
+                    dx[k] = d[k];
+                    pj[k] += d[k];
+                }
+            }
+        }
+    }
+    for (int j = 0; j < cols; j++) {
+        double s = 0;
+        for (int c = 0; c < chunks; c++) s += part[(size_t)c * cols + j];
+        dbias[j] += (float)s;
+    }
 }
 
 static void scale(Backend *be, float *x, size_t n, float s) {
@@ -332,6 +453,9 @@ void cpu_install_ops(Backend *be) {
     be->dropout_forward = dropout_forward;
     be->dropout_backward = dropout_backward;
     be->add = add;
+    be->residual_layernorm_forward = residual_layernorm_forward;
+    be->gelu_dropout_forward = gelu_dropout_forward;
+    be->gelu_dropout_backward = gelu_dropout_backward;
     be->scale = scale;
     be->sum_squares = sum_squares;
     be->patchify = patchify;

@@ -1,54 +1,128 @@
-// Optimizer updates over a contiguous range of fp32 parameters (formulas in README.md):
+// Optimizer updates over contiguous ranges of fp32 parameters (formulas in README.md):
 // sgd and rmsprop as Keras defines them, adam with Keras' epsilon placement (the recipe),
 // adamw as PyTorch's AdamW. Weight decay is decoupled and applied first.
+//
+// The element formulas live in one place (the *_element functions) and both the one-range
+// and the multi-segment update run them, so the two give the same bits by construction.
+// (-std=c11 keeps floating-point contraction off, so inlining cannot fuse them differently.)
 #include <math.h>
+#include <omp.h>
 #include "cpu.h"
 
-static void optimizer_update(Backend *be, float *p, const float *g, float *m, float *v, size_t n,
-                             const OptimStep *s) {
-    const float lr = s->lr, gs = s->grad_scale, decay = 1.0f - s->lr * s->weight_decay;
-    switch (s->kind) {
+// Step constants, computed once per call from the OptimStep.
+typedef struct {
+    OptimizerKind kind;
+    float lr, gs, mom, b1, b2, rho, eps;
+    float lr_t, inv_c1, inv_sqrt_c2;  // adam / adamw bias corrections
+} StepConsts;
+
+static StepConsts step_consts(const OptimStep *s) {
+    StepConsts c = {s->kind, s->lr, s->grad_scale, s->momentum, s->beta1, s->beta2, s->rho, s->epsilon, 0, 0, 0};
+    if (s->kind == OPT_ADAM || s->kind == OPT_ADAMW) {
+        const double c1 = 1.0 - pow(c.b1, s->t), c2 = 1.0 - pow(c.b2, s->t);
+        // Keras: lr_t = lr sqrt(c2)/c1, p -= lr_t m / (sqrt(v) + eps)
+        // PyTorch: p -= lr (m/c1) / (sqrt(v/c2) + eps)
+        c.lr_t = (float)(c.lr * sqrt(c2) / c1);
+        c.inv_c1 = (float)(1.0 / c1);
+        c.inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
+    }
+    return c;
+}
+
+// The multiplier of decoupled weight decay for a range with decay wd.
+static inline float decay_factor(const OptimStep *s, float wd) { return 1.0f - s->lr * wd; }
+
+static inline void sgd_element(float *p, const float *g, float *m, size_t i, float lr, float gs, float decay,
+                               float mom) {
+    float w = p[i] * decay;
+    m[i] = mom * m[i] - lr * (g[i] * gs);
+    p[i] = w + m[i];
+}
+
+static inline void adam_element(float *p, const float *g, float *m, float *v, size_t i, float lr, float gs,
+                                float decay, float b1, float b2, float eps, float lr_t, float inv_c1,
+                                float inv_sqrt_c2, int keras) {
+    float gi = g[i] * gs, w = p[i] * decay;
+    m[i] = b1 * m[i] + (1.0f - b1) * gi;
+    v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+    if (keras)
+        p[i] = w - lr_t * m[i] / (sqrtf(v[i]) + eps);
+    else
+        p[i] = w - lr * (m[i] * inv_c1) / (sqrtf(v[i]) * inv_sqrt_c2 + eps);
+}
+
+static inline void rmsprop_element(float *p, const float *g, float *v, size_t i, float lr, float gs, float decay,
+                                   float rho, float eps) {
+    float gi = g[i] * gs, w = p[i] * decay;
+    v[i] = rho * v[i] + (1.0f - rho) * gi * gi;
+    p[i] = w - lr * gi / (sqrtf(v[i]) + eps);
+}
+
+// Elements [0, n) of one range on the calling thread. The constants are copied to locals so
+// the compiler sees they cannot alias the arrays (and vectorizes the loops).
+static void update_range(float *p, const float *g, float *m, float *v, size_t n, const StepConsts *c, float decay) {
+    const float lr = c->lr, gs = c->gs;
+    switch (c->kind) {
     case OPT_SGD: {
-        const float mom = s->momentum;
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            float w = p[i] * decay;
-            m[i] = mom * m[i] - lr * (g[i] * gs);
-            p[i] = w + m[i];
-        }
+        const float mom = c->mom;
+        for (size_t i = 0; i < n; i++) sgd_element(p, g, m, i, lr, gs, decay, mom);
         break;
     }
     case OPT_ADAM:
     case OPT_ADAMW: {
-        const float b1 = s->beta1, b2 = s->beta2, eps = s->epsilon;
-        const double c1 = 1.0 - pow(b1, s->t), c2 = 1.0 - pow(b2, s->t);
-        // Keras: lr_t = lr sqrt(c2)/c1, p -= lr_t m / (sqrt(v) + eps)
-        // PyTorch: p -= lr (m/c1) / (sqrt(v/c2) + eps)
-        const float lr_t = (float)(lr * sqrt(c2) / c1), inv_c1 = (float)(1.0 / c1), inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
-        const int keras = s->kind == OPT_ADAM;
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            float gi = g[i] * gs, w = p[i] * decay;
-            m[i] = b1 * m[i] + (1.0f - b1) * gi;
-            v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-            if (keras)
-                p[i] = w - lr_t * m[i] / (sqrtf(v[i]) + eps);
-            else
-                p[i] = w - lr * (m[i] * inv_c1) / (sqrtf(v[i]) * inv_sqrt_c2 + eps);
-        }
+        const float b1 = c->b1, b2 = c->b2, eps = c->eps, lr_t = c->lr_t, inv_c1 = c->inv_c1,
+                    inv_sqrt_c2 = c->inv_sqrt_c2;
+        const int keras = c->kind == OPT_ADAM;
+        for (size_t i = 0; i < n; i++)
+            adam_element(p, g, m, v, i, lr, gs, decay, b1, b2, eps, lr_t, inv_c1, inv_sqrt_c2, keras);
         break;
     }
     case OPT_RMSPROP: {
-        const float rho = s->rho, eps = s->epsilon;
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            float gi = g[i] * gs, w = p[i] * decay;
-            v[i] = rho * v[i] + (1.0f - rho) * gi * gi;
-            p[i] = w - lr * gi / (sqrtf(v[i]) + eps);
-        }
+        const float rho = c->rho, eps = c->eps;
+        for (size_t i = 0; i < n; i++) rmsprop_element(p, g, v, i, lr, gs, decay, rho, eps);
         break;
     }
     }
 }
 
-void cpu_install_optimizer(Backend *be) { be->optimizer_update = optimizer_update; }
+// All segments in one parallel region: each thread takes one contiguous share of the
+// segments laid end to end, so the work is balanced however small and large tensors mix
+// (a model has ~200, many of a few hundred floats), and there is one fork/join per step
+// instead of one per segment. Elements are independent, so who runs which changes no bit.
+static void optimizer_update_segments(Backend *be, float *p, const float *g, float *m, float *v,
+                                      const OptimSegment *segs, int nsegs, const OptimStep *s) {
+    size_t total = 0;
+    for (int i = 0; i < nsegs; i++) total += segs[i].n;
+    if (!total) return;
+    const StepConsts c = step_consts(s);
+    // Exactly what optimizer_update computes with weight_decay as given, and replaced by 0.
+    const float decay_on = decay_factor(s, s->weight_decay), decay_off = decay_factor(s, 0.0f);
+#pragma omp parallel
+    {
+        size_t nt = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
+        size_t lo = total / nt * id + (id < total % nt ? id : total % nt), hi = lo + total / nt + (id < total % nt);
+        size_t base = 0;  // where segment i starts in the concatenation
+        for (int i = 0; i < nsegs && base < hi; i++) {
+            const OptimSegment *sg = &segs[i];
+            size_t a = lo > base ? lo - base : 0, b = hi - base < sg->n ? hi - base : sg->n;  // within the segment
+            if (a < b) {
+                size_t pi = sg->param + a, si = sg->slot + a;
+                update_range(p + pi, g + pi, m ? m + si : NULL, v ? v + si : NULL, b - a, &c,
+                             sg->decay ? decay_on : decay_off);
+            }
+            base += sg->n;
+        }
+    }
+}
+
+// One range is one segment with its decay as given.
+static void optimizer_update(Backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                             const OptimStep *s) {
+    const OptimSegment one = {0, 0, n, 1};
+    optimizer_update_segments(be, p, g, m, v, &one, 1, s);
+}
+
+void cpu_install_optimizer(Backend *be) {
+    be->optimizer_update = optimizer_update;
+    be->optimizer_update_segments = optimizer_update_segments;
+}

@@ -67,6 +67,39 @@ static void cu_download(Backend *be, void *dst, const void *src, size_t bytes) {
     if (s->failed) memset(dst, 0xff, bytes);
 }
 
+// Page-locked: the copy engine reads it directly, so copies from it are truly asynchronous.
+static void *cu_alloc_host(Backend *be, size_t bytes) {
+    void *p = NULL;
+    cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        cudaGetLastError();  // an allocation failure is the caller's to report, not a broken device
+        vit_fail("out of page-locked host memory allocating %.1f MiB (%s)", bytes / 1048576.0, cudaGetErrorString(e));
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_release_host(Backend *be, void *p) {
+    if (p) cuda_check(cuda_state(be), cudaFreeHost(p), "release_host");
+}
+
+// The copy waits for the ops issued so far (dst may be the input of one of them) and then
+// runs on the copy stream while later ops run; wait_uploads joins it back into the op stream.
+static void cu_upload_async(Backend *be, void *dst, const void *src, size_t bytes) {
+    CudaState *s = cuda_state(be);
+    if (s->failed || !bytes) return;
+    if (cuda_check(s, cudaEventRecord(s->ops_issued, s->stream), "upload_async") ||
+        cuda_check(s, cudaStreamWaitEvent(s->copy_stream, s->ops_issued, 0), "upload_async") ||
+        cuda_check(s, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s->copy_stream), "upload_async"))
+        return;
+    cuda_check(s, cudaEventRecord(s->copies_done, s->copy_stream), "upload_async");
+}
+
+static void cu_wait_uploads(Backend *be) {
+    CudaState *s = cuda_state(be);
+    if (!s->failed) cuda_check(s, cudaStreamWaitEvent(s->stream, s->copies_done, 0), "wait_uploads");
+}
+
 static void cu_zero(Backend *be, void *p, size_t bytes) {
     CudaState *s = cuda_state(be);
     if (s->failed || !bytes) return;
@@ -75,7 +108,8 @@ static void cu_zero(Backend *be, void *p, size_t bytes) {
 
 static void cu_synchronize(Backend *be) {
     CudaState *s = cuda_state(be);
-    if (!s->failed) cuda_check(s, cudaStreamSynchronize(s->stream), "synchronize");
+    if (!s->failed && !cuda_check(s, cudaStreamSynchronize(s->stream), "synchronize"))
+        cuda_check(s, cudaStreamSynchronize(s->copy_stream), "synchronize");
 }
 
 static void cu_destroy(Backend *be) {
@@ -83,11 +117,17 @@ static void cu_destroy(Backend *be) {
     CudaState *s = cuda_state(be);
     if (s) {
         if (s->stream) cudaStreamSynchronize(s->stream);
+        if (s->copy_stream) cudaStreamSynchronize(s->copy_stream);
         cuda_gemm_cache_destroy(s->gemm);
         if (s->lt) cublasLtDestroy(s->lt);
         cuda_arena_destroy(s->arena);
         if (s->stream) cudaStreamDestroy(s->stream);
+        if (s->copy_stream) cudaStreamDestroy(s->copy_stream);
+        if (s->ops_issued) cudaEventDestroy(s->ops_issued);
+        if (s->copies_done) cudaEventDestroy(s->copies_done);
         cudaGetLastError();
+        free(s->optim_host);  // its device table went with the arena
+        free(s->optim_segs);
         free(s);
     }
     free(be);
@@ -159,7 +199,11 @@ Backend *backend_cuda_create(int device, CudaPrecision precision) {
     s->sm_count = prop.multiProcessorCount;
     s->smem_optin = prop.sharedMemPerBlockOptin;
     e = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&s->copy_stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) return create_failed(be, "cudaStreamCreate: %s", cudaGetErrorString(e));
+    e = cudaEventCreateWithFlags(&s->ops_issued, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&s->copies_done, cudaEventDisableTiming);
+    if (e != cudaSuccess) return create_failed(be, "cudaEventCreate: %s", cudaGetErrorString(e));
     cublasStatus_t st = cublasLtCreate(&s->lt);
     if (st != CUBLAS_STATUS_SUCCESS) {
         s->lt = NULL;
@@ -179,6 +223,10 @@ Backend *backend_cuda_create(int device, CudaPrecision precision) {
     be->download = cu_download;
     be->zero = cu_zero;
     be->synchronize = cu_synchronize;
+    be->alloc_host = cu_alloc_host;
+    be->release_host = cu_release_host;
+    be->upload_async = cu_upload_async;
+    be->wait_uploads = cu_wait_uploads;
     be->gemm = cuda_gemm;
     be->destroy = cu_destroy;
     cuda_install_ops(be);

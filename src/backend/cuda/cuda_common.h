@@ -20,6 +20,9 @@ typedef struct {
     int sm_count;
     size_t smem_optin;              // largest dynamic shared memory a block may ask for
     cudaStream_t stream;            // every op runs on this one stream, in order
+    cudaStream_t copy_stream;       // upload_async's copies, beside the ops
+    cudaEvent_t ops_issued;         // where the ops stood when a copy was started
+    cudaEvent_t copies_done;        // after the newest copy started
     CudaArena *arena;
     cublasLtHandle_t lt;
     GemmCache *gemm;
@@ -29,6 +32,15 @@ typedef struct {
     size_t bf16_bytes;
     void *reduce;                   // partial sums of reductions (doubles)
     size_t reduce_bytes;
+    // optimizer_update_segments' chunk table (cuda_optim.cu), rebuilt only when the segments
+    // change: the device copy, its host source (kept alive for the asynchronous copy) and
+    // the segments it was built from (the cache key).
+    void *optim_chunks;
+    size_t optim_chunks_bytes;
+    void *optim_host;
+    size_t optim_host_cap;          // in chunks
+    OptimSegment *optim_segs;
+    int optim_nsegs, optim_segs_cap, optim_nchunks;
     int failed;                     // a CUDA call failed: later ops do nothing, int ops report it
     char error[512];
 } CudaState;

@@ -162,29 +162,28 @@ static void layernorm_backward(Backend *be, float *dinp, float *dscale, float *d
 #define INV_SQRT_2 0.7071067811865476f
 #define INV_SQRT_2PI 0.3989422804014327f
 
-__global__ void gelu_forward_kernel(float *out, const float *inp, size_t n, int tanh_approx) {
-    CUDA_FOR(i, n) {
-        float x = inp[i];
-        if (tanh_approx)
-            out[i] = 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x)));
-        else
-            out[i] = 0.5f * x * (1.0f + erff(x * INV_SQRT_2));
+// GELU and its derivative, shared by the plain and the fused kernels.
+static __device__ __forceinline__ float gelu_value(float x, int tanh_approx) {
+    if (tanh_approx) return 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x)));
+    return 0.5f * x * (1.0f + erff(x * INV_SQRT_2));
+}
+
+static __device__ __forceinline__ float gelu_grad(float x, int tanh_approx) {
+    if (tanh_approx) {
+        float u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x), t = tanhf(u);
+        float du = SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * x * x);
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
     }
+    float cdf = 0.5f * (1.0f + erff(x * INV_SQRT_2)), pdf = INV_SQRT_2PI * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
+__global__ void gelu_forward_kernel(float *out, const float *inp, size_t n, int tanh_approx) {
+    CUDA_FOR(i, n) out[i] = gelu_value(inp[i], tanh_approx);
 }
 
 __global__ void gelu_backward_kernel(float *dinp, const float *inp, const float *dout, size_t n, int tanh_approx) {
-    CUDA_FOR(i, n) {
-        float x = inp[i], d;
-        if (tanh_approx) {
-            float u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x), t = tanhf(u);
-            float du = SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * x * x);
-            d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
-        } else {
-            float cdf = 0.5f * (1.0f + erff(x * INV_SQRT_2)), pdf = INV_SQRT_2PI * expf(-0.5f * x * x);
-            d = cdf + x * pdf;
-        }
-        dinp[i] = dout[i] * d;
-    }
+    CUDA_FOR(i, n) dinp[i] = __fmul_rn(dout[i], gelu_grad(inp[i], tanh_approx));
 }
 
 static void gelu_forward(Backend *be, float *out, const float *inp, size_t n, int tanh_approx) {
@@ -257,6 +256,119 @@ static void dropout_forward(Backend *be, float *out, const float *inp, size_t n,
 static void dropout_backward(Backend *be, float *dinp, const float *dout, size_t n, float rate, uint64_t seed,
                              uint32_t step, uint32_t site) {
     dropout_apply(be, dinp, dout, n, rate, seed, step, site, "dropout_backward");
+}
+
+// ---- fused ops -------------------------------------------------------------------------
+// The fused kernels of backend.h, each equal to its composition of the kernels above: the
+// mask of element i is rng_keep(seed, step, site, i), as dropout_kernel draws it.
+static __device__ __forceinline__ float dropped(float y, size_t i, float keep, float inv, uint64_t seed,
+                                                uint32_t step, uint32_t site) {
+    return rng_keep(seed, step, site, i, keep) ? __fmul_rn(y, inv) : 0.0f;
+}
+
+// sum = x + dropout(y), then LayerNorm of the row when out is set; one warp per row, the
+// statistics in double as layernorm_forward_kernel (each lane re-reads only what it wrote).
+__global__ void residual_layernorm_kernel(float *sum, float *out, float *mean, float *rstd, const float *x,
+                                          const float *y, const float *scale, const float *bias, int rows, int C,
+                                          float eps, float rate, float keep, float inv, uint64_t seed, uint32_t step,
+                                          uint32_t site) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    size_t base = (size_t)row * C;
+    double m = 0;
+    for (int j = lane; j < C; j += 32) {
+        size_t i = base + j;
+        float yv = rate > 0 ? dropped(y[i], i, keep, inv, seed, step, site) : y[i];
+        float sv = __fadd_rn(x[i], yv);
+        sum[i] = sv;
+        m += sv;
+    }
+    if (!out) return;
+    const float *sr = sum + base;
+    m = warp_sum_d(m) / C;
+    double v = 0;
+    for (int j = lane; j < C; j += 32) v += (sr[j] - m) * (sr[j] - m);
+    v = warp_sum_d(v) / C;
+    float s = (float)(1.0 / sqrt(v + eps)), mf = (float)m;
+    float *o = out + base;
+    for (int j = lane; j < C; j += 32) o[j] = __fadd_rn(__fmul_rn(__fmul_rn(sr[j] - mf, s), scale[j]), bias[j]);
+    if (lane == 0) {
+        mean[row] = mf;
+        rstd[row] = s;
+    }
+}
+
+static void residual_layernorm_forward(Backend *be, float *sum, float *out, float *mean, float *rstd, const float *x,
+                                       const float *y, const float *scale, const float *bias, int rows, int C,
+                                       float eps, float rate, uint64_t seed, uint32_t step, uint32_t site) {
+    CudaState *s = cuda_state(be);
+    SKIP_IF_FAILED(s);
+    if (rows <= 0) return;
+    float keep = 1.0f - rate, inv = 1.0f / keep;  // on the host, as the CPU computes them
+    residual_layernorm_kernel<<<(rows + 7) / 8, 256, 0, s->stream>>>(sum, out, mean, rstd, x, y, scale, bias, rows, C,
+                                                                     eps, rate, keep, inv, seed, step, site);
+    LAUNCH_CHECK(s, "residual_layernorm_forward");
+}
+
+__global__ void gelu_dropout_forward_kernel(float *out, const float *inp, size_t n, int tanh_approx, float keep,
+                                            float inv, uint64_t seed, uint32_t step, uint32_t site) {
+    CUDA_FOR(i, n) out[i] = dropped(gelu_value(inp[i], tanh_approx), i, keep, inv, seed, step, site);
+}
+
+static void gelu_dropout_forward(Backend *be, float *out, const float *inp, size_t n, int tanh_approx, float rate,
+                                 uint64_t seed, uint32_t step, uint32_t site) {
+    if (rate <= 0) {
+        gelu_forward(be, out, inp, n, tanh_approx);
+        return;
+    }
+    CudaState *s = cuda_state(be);
+    SKIP_IF_FAILED(s);
+    if (!n) return;
+    float keep = 1.0f - rate, inv = 1.0f / keep;
+    gelu_dropout_forward_kernel<<<cuda_blocks(s, n, 256), 256, 0, s->stream>>>(out, inp, n, tanh_approx, keep, inv,
+                                                                               seed, step, site);
+    LAUNCH_CHECK(s, "gelu_dropout_forward");
+}
+
+// dinp = gelu'(x) * dropout(dout), with the per-chunk column sums of colsum_partial_kernel
+// taken on the way (same blocks, same order: dbias equals bias_backward's).
+__global__ void gelu_dropout_backward_kernel(double *part, float *dinp, const float *inp, const float *dout, int rows,
+                                             int cols, int chunks, int tanh_approx, float rate, float keep, float inv,
+                                             uint64_t seed, uint32_t step, uint32_t site) {
+    __shared__ double sh[ROWS_PER][COLS];
+    int j = blockIdx.x * COLS + threadIdx.x, c = blockIdx.y;
+    int r0 = (int)((long long)rows * c / chunks), r1 = (int)((long long)rows * (c + 1) / chunks);
+    double acc = 0;
+    if (j < cols)
+        for (int r = r0 + threadIdx.y; r < r1; r += ROWS_PER) {
+            size_t i = (size_t)r * cols + j;
+            float d = rate > 0 ? dropped(dout[i], i, keep, inv, seed, step, site) : dout[i];
+            d = __fmul_rn(d, gelu_grad(inp[i], tanh_approx));
+            dinp[i] = d;
+            acc += d;
+        }
+    sh[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < cols) {
+        double t = 0;
+        for (int r = 0; r < ROWS_PER; r++) t += sh[r][threadIdx.x];
+        part[(size_t)c * cols + j] = t;
+    }
+}
+
+static void gelu_dropout_backward(Backend *be, float *dinp, float *dbias, const float *inp, const float *dout, int rows,
+                                  int cols, int tanh_approx, float rate, uint64_t seed, uint32_t step, uint32_t site) {
+    CudaState *s = cuda_state(be);
+    SKIP_IF_FAILED(s);
+    if (rows <= 0 || cols <= 0) return;
+    int chunks = chunks_for(rows);
+    double *part = reduce_buffer(s, (size_t)chunks * cols, "gelu_dropout_backward");
+    if (!part) return;
+    float keep = 1.0f - rate, inv = 1.0f / keep;
+    gelu_dropout_backward_kernel<<<dim3((cols + COLS - 1) / COLS, chunks), dim3(COLS, ROWS_PER), 0, s->stream>>>(
+        part, dinp, inp, dout, rows, cols, chunks, tanh_approx, rate, keep, inv, seed, step, site);
+    colsum_finish_kernel<<<cuda_blocks(s, cols, 256), 256, 0, s->stream>>>(dbias, part, cols, chunks, cols);
+    LAUNCH_CHECK(s, "gelu_dropout_backward");
 }
 
 __global__ void add_kernel(float *out, const float *a, const float *b, size_t n) {
@@ -492,6 +604,9 @@ void cuda_install_ops(Backend *be) {
     be->dropout_forward = dropout_forward;
     be->dropout_backward = dropout_backward;
     be->add = add;
+    be->residual_layernorm_forward = residual_layernorm_forward;
+    be->gelu_dropout_forward = gelu_dropout_forward;
+    be->gelu_dropout_backward = gelu_dropout_backward;
     be->scale = scale;
     be->sum_squares = sum_squares;
     be->patchify = patchify;

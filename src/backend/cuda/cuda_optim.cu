@@ -1,8 +1,12 @@
 // Optimizer updates on the device over fp32 master weights, the formulas of
 // src/backend/cpu/cpu_optim.c: step constants are computed on the host exactly as there,
 // and the element updates use round-to-nearest intrinsics so that no product is fused
-// into an fma here that the CPU rounds separately.
+// into an fma here that the CPU rounds separately. The one-range kernels and the
+// multi-segment kernel run the same *_element functions, so they give the same bits.
+#include <limits.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 #include "cuda_common.h"
 
 #define MUL __fmul_rn
@@ -10,80 +14,234 @@
 #define SUB __fsub_rn
 #define DIV __fdiv_rn
 
-__global__ void sgd_kernel(float *p, const float *g, float *m, size_t n, float lr, float gs, float decay, float mom) {
-    CUDA_FOR(i, n) {
-        float w = MUL(p[i], decay);
-        float mi = SUB(MUL(mom, m[i]), MUL(lr, MUL(g[i], gs)));
-        m[i] = mi;
-        p[i] = ADD(w, mi);
-    }
+// Step constants, computed on the host once per call.
+struct StepArgs {
+    float lr, gs, mom, b1, b2, one_b1, one_b2, rho, one_rho, eps, lr_t, inv_c1, inv_sqrt_c2;
+    int keras;
+};
+
+// One element of each update: parameter index ip (params, grads), slot index is (m, v).
+// Slots a kind does not use are never touched, so they may be NULL.
+__device__ __forceinline__ void sgd_element(float *p, const float *g, float *m, size_t ip, size_t is, StepArgs a,
+                                            float decay) {
+    float w = MUL(p[ip], decay);
+    float mi = SUB(MUL(a.mom, m[is]), MUL(a.lr, MUL(g[ip], a.gs)));
+    m[is] = mi;
+    p[ip] = ADD(w, mi);
 }
 
-__global__ void adam_kernel(float *p, const float *g, float *m, float *v, size_t n, float lr, float gs, float decay,
-                            float b1, float b2, float one_b1, float one_b2, float eps, float lr_t, float inv_c1,
-                            float inv_sqrt_c2, int keras) {
-    CUDA_FOR(i, n) {
-        float gi = MUL(g[i], gs), w = MUL(p[i], decay);
-        float mi = ADD(MUL(b1, m[i]), MUL(one_b1, gi));
-        float vi = ADD(MUL(b2, v[i]), MUL(MUL(one_b2, gi), gi));
-        m[i] = mi;
-        v[i] = vi;
-        if (keras)  // Keras: p -= lr_t m / (sqrt(v) + eps)
-            p[i] = SUB(w, DIV(MUL(lr_t, mi), ADD(sqrtf(vi), eps)));
-        else        // PyTorch AdamW: p -= lr (m / c1) / (sqrt(v / c2) + eps)
-            p[i] = SUB(w, DIV(MUL(lr, MUL(mi, inv_c1)), ADD(MUL(sqrtf(vi), inv_sqrt_c2), eps)));
-    }
+__device__ __forceinline__ void adam_element(float *p, const float *g, float *m, float *v, size_t ip, size_t is,
+                                             StepArgs a, float decay) {
+    float gi = MUL(g[ip], a.gs), w = MUL(p[ip], decay);
+    float mi = ADD(MUL(a.b1, m[is]), MUL(a.one_b1, gi));
+    float vi = ADD(MUL(a.b2, v[is]), MUL(MUL(a.one_b2, gi), gi));
+    m[is] = mi;
+    v[is] = vi;
+    if (a.keras)  // Keras: p -= lr_t m / (sqrt(v) + eps)
+        p[ip] = SUB(w, DIV(MUL(a.lr_t, mi), ADD(sqrtf(vi), a.eps)));
+    else          // PyTorch AdamW: p -= lr (m / c1) / (sqrt(v / c2) + eps)
+        p[ip] = SUB(w, DIV(MUL(a.lr, MUL(mi, a.inv_c1)), ADD(MUL(sqrtf(vi), a.inv_sqrt_c2), a.eps)));
 }
 
-__global__ void rmsprop_kernel(float *p, const float *g, float *v, size_t n, float lr, float gs, float decay, float rho,
-                               float one_rho, float eps) {
-    CUDA_FOR(i, n) {
-        float gi = MUL(g[i], gs), w = MUL(p[i], decay);
-        float vi = ADD(MUL(rho, v[i]), MUL(MUL(one_rho, gi), gi));
-        v[i] = vi;
-        p[i] = SUB(w, DIV(MUL(lr, gi), ADD(sqrtf(vi), eps)));
+__device__ __forceinline__ void rmsprop_element(float *p, const float *g, float *v, size_t ip, size_t is, StepArgs a,
+                                                float decay) {
+    float gi = MUL(g[ip], a.gs), w = MUL(p[ip], decay);
+    float vi = ADD(MUL(a.rho, v[is]), MUL(MUL(a.one_rho, gi), gi));
+    v[is] = vi;
+    p[ip] = SUB(w, DIV(MUL(a.lr, gi), ADD(sqrtf(vi), a.eps)));
+}
+
+// KIND is OPT_SGD, OPT_ADAM (adam and adamw: a.keras tells them apart) or OPT_RMSPROP.
+template <int KIND>
+__device__ __forceinline__ void update_element(float *p, const float *g, float *m, float *v, size_t ip, size_t is,
+                                               StepArgs a, float decay) {
+    if constexpr (KIND == OPT_SGD)
+        sgd_element(p, g, m, ip, is, a, decay);
+    else if constexpr (KIND == OPT_RMSPROP)
+        rmsprop_element(p, g, v, ip, is, a, decay);
+    else
+        adam_element(p, g, m, v, ip, is, a, decay);
+}
+
+template <int KIND>
+__global__ void range_kernel(float *p, const float *g, float *m, float *v, size_t n, StepArgs a, float decay) {
+    CUDA_FOR(i, n) update_element<KIND>(p, g, m, v, i, i, a, decay);
+}
+
+// One block per chunk of the segment table: chunks are at most CHUNK floats of one segment,
+// so big tensors spread over many blocks and a 192-float bias costs one small block.
+static const size_t CHUNK = 8192;  // 32 floats per thread: ~700 blocks for a ViT-Ti, ~10k for a ViT-B
+enum { SEG_THREADS = 256 };
+
+struct OptimChunk {
+    size_t param, slot;  // first float of the chunk in params/grads and in m/v
+    unsigned n;          // floats, 1..CHUNK
+    int decay;
+};
+
+template <int KIND>
+__global__ void segments_kernel(float *p, const float *g, float *m, float *v, const OptimChunk *chunks, StepArgs a,
+                                float decay_on, float decay_off) {
+    const OptimChunk c = chunks[blockIdx.x];
+    const float decay = c.decay ? decay_on : decay_off;
+    for (unsigned i = threadIdx.x; i < c.n; i += blockDim.x)
+        update_element<KIND>(p, g, m, v, c.param + i, c.slot + i, a, decay);
+}
+
+// The constants exactly as cpu_optim.c computes them.
+static StepArgs step_args(const OptimStep *st) {
+    StepArgs a;
+    memset(&a, 0, sizeof a);
+    a.lr = st->lr;
+    a.gs = st->grad_scale;
+    a.mom = st->momentum;
+    a.rho = st->rho;
+    a.one_rho = 1.0f - st->rho;
+    a.eps = st->epsilon;
+    const float b1 = st->beta1, b2 = st->beta2;
+    a.b1 = b1;
+    a.b2 = b2;
+    a.one_b1 = 1.0f - b1;
+    a.one_b2 = 1.0f - b2;
+    if (st->kind == OPT_ADAM || st->kind == OPT_ADAMW) {
+        const double c1 = 1.0 - pow(b1, st->t), c2 = 1.0 - pow(b2, st->t);
+        a.lr_t = (float)(a.lr * sqrt(c2) / c1);
+        a.inv_c1 = (float)(1.0 / c1);
+        a.inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
     }
+    a.keras = st->kind == OPT_ADAM;
+    return a;
+}
+
+// The multiplier of decoupled weight decay for a range with decay wd.
+static float decay_factor(const OptimStep *st, float wd) {
+    const float lr_wd = st->lr * wd;
+    return 1.0f - lr_wd;
+}
+
+// Fails (and returns 0) when the kind needs a slot it was not given.
+static int slots_ok(CudaState *s, const char *op, OptimizerKind kind, const float *m, const float *v) {
+    switch (kind) {
+    case OPT_SGD:
+        if (!m) cuda_fail(s, op, "sgd needs its momentum slot");
+        return m != NULL;
+    case OPT_ADAM:
+    case OPT_ADAMW:
+        if (!m || !v) cuda_fail(s, op, "adam needs both moment slots");
+        return m && v;
+    case OPT_RMSPROP:
+        if (!v) cuda_fail(s, op, "rmsprop needs its second-moment slot");
+        return v != NULL;
+    }
+    cuda_fail(s, op, "unknown optimizer kind %d", (int)kind);
+    return 0;
 }
 
 static void optimizer_update(Backend *be, float *p, const float *g, float *m, float *v, size_t n, const OptimStep *st) {
     CudaState *s = cuda_state(be);
-    if (s->failed || !n) return;
-    const float lr = st->lr, gs = st->grad_scale;
-    const float lr_wd = st->lr * st->weight_decay, decay = 1.0f - lr_wd;
+    if (s->failed || !n || !slots_ok(s, "optimizer_update", st->kind, m, v)) return;
+    const StepArgs a = step_args(st);
+    const float decay = decay_factor(st, st->weight_decay);
     unsigned blocks = cuda_blocks(s, n, 256);
     switch (st->kind) {
     case OPT_SGD:
-        if (!m) {
-            cuda_fail(s, "optimizer_update", "sgd needs its momentum slot");
-            return;
-        }
-        sgd_kernel<<<blocks, 256, 0, s->stream>>>(p, g, m, n, lr, gs, decay, st->momentum);
+        range_kernel<OPT_SGD><<<blocks, 256, 0, s->stream>>>(p, g, m, v, n, a, decay);
         break;
     case OPT_ADAM:
-    case OPT_ADAMW: {
-        if (!m || !v) {
-            cuda_fail(s, "optimizer_update", "adam needs both moment slots");
-            return;
-        }
-        const float b1 = st->beta1, b2 = st->beta2;
-        const double c1 = 1.0 - pow(b1, st->t), c2 = 1.0 - pow(b2, st->t);
-        const float lr_t = (float)(lr * sqrt(c2) / c1), inv_c1 = (float)(1.0 / c1), inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
-        adam_kernel<<<blocks, 256, 0, s->stream>>>(p, g, m, v, n, lr, gs, decay, b1, b2, 1.0f - b1, 1.0f - b2,
-                                                   st->epsilon, lr_t, inv_c1, inv_sqrt_c2, st->kind == OPT_ADAM);
+    case OPT_ADAMW:
+        range_kernel<OPT_ADAM><<<blocks, 256, 0, s->stream>>>(p, g, m, v, n, a, decay);
         break;
-    }
     case OPT_RMSPROP:
-        if (!v) {
-            cuda_fail(s, "optimizer_update", "rmsprop needs its second-moment slot");
-            return;
-        }
-        rmsprop_kernel<<<blocks, 256, 0, s->stream>>>(p, g, v, n, lr, gs, decay, st->rho, 1.0f - st->rho, st->epsilon);
+        range_kernel<OPT_RMSPROP><<<blocks, 256, 0, s->stream>>>(p, g, m, v, n, a, decay);
         break;
-    default:
-        cuda_fail(s, "optimizer_update", "unknown optimizer kind %d", (int)st->kind);
-        return;
     }
     cuda_check_launch(s, "optimizer_update");
 }
 
-void cuda_install_optimizer(Backend *be) { be->optimizer_update = optimizer_update; }
+// Whether the cached chunk table was built from exactly these segments. Field by field, not
+// memcmp: OptimSegment has tail padding the caller never sets.
+static int same_segments(const CudaState *s, const OptimSegment *segs, int nsegs) {
+    if (!s->optim_segs || s->optim_nsegs != nsegs) return 0;
+    for (int i = 0; i < nsegs; i++) {
+        const OptimSegment *a = &s->optim_segs[i], *b = &segs[i];
+        if (a->param != b->param || a->slot != b->slot || a->n != b->n || !a->decay != !b->decay) return 0;
+    }
+    return 1;
+}
+
+// Builds the chunk table of segs on the host and uploads it (on the stream, ahead of the
+// kernel that reads it). Returns VIT_OK, or VIT_ERR with the failure recorded.
+static int build_chunks(CudaState *s, const OptimSegment *segs, int nsegs) {
+    const char *op = "optimizer_update_segments";
+    s->optim_nsegs = -1;  // invalid until the table and its key are both in place
+    size_t nchunks = 0;
+    for (int i = 0; i < nsegs; i++) nchunks += (segs[i].n + CHUNK - 1) / CHUNK;
+    if (nchunks > INT_MAX) return cuda_fail(s, op, "%zu chunks: too many for one grid", nchunks);
+    // The host table may still be the source of the previous upload: let that finish before
+    // overwriting it (segments change rarely: once per run, or per shard layout).
+    if (s->optim_host && cuda_check(s, cudaStreamSynchronize(s->stream), op)) return VIT_ERR;
+    if (nchunks > s->optim_host_cap) {
+        void *h = realloc(s->optim_host, nchunks * sizeof(OptimChunk));
+        if (!h) return cuda_fail(s, op, "out of host memory for %zu chunks", nchunks);
+        s->optim_host = h;
+        s->optim_host_cap = nchunks;
+    }
+    if (nsegs > s->optim_segs_cap) {
+        void *k = realloc(s->optim_segs, (size_t)nsegs * sizeof(OptimSegment));
+        if (!k) return cuda_fail(s, op, "out of host memory for %d segments", nsegs);
+        s->optim_segs = (OptimSegment *)k;
+        s->optim_segs_cap = nsegs;
+    }
+    OptimChunk *h = (OptimChunk *)s->optim_host;
+    size_t k = 0;
+    for (int i = 0; i < nsegs; i++)
+        for (size_t off = 0; off < segs[i].n; off += CHUNK) {
+            size_t len = segs[i].n - off < CHUNK ? segs[i].n - off : CHUNK;
+            h[k++] = OptimChunk{segs[i].param + off, segs[i].slot + off, (unsigned)len, segs[i].decay != 0};
+        }
+    size_t bytes = nchunks * sizeof(OptimChunk);
+    if (bytes) {  // none when every segment is empty
+        if (!cuda_scratch(s, &s->optim_chunks, &s->optim_chunks_bytes, bytes, op)) return VIT_ERR;
+        if (cuda_check(s, cudaMemcpyAsync(s->optim_chunks, h, bytes, cudaMemcpyHostToDevice, s->stream), op))
+            return VIT_ERR;
+    }
+    if (nsegs) memcpy(s->optim_segs, segs, (size_t)nsegs * sizeof(OptimSegment));
+    s->optim_nsegs = nsegs;
+    s->optim_nchunks = (int)nchunks;
+    return VIT_OK;
+}
+
+// All segments in one launch: one block per chunk of a table that is uploaded only when the
+// segments differ from the last call's (a training run passes the same ones every step).
+static void optimizer_update_segments(Backend *be, float *p, const float *g, float *m, float *v,
+                                      const OptimSegment *segs, int nsegs, const OptimStep *st) {
+    CudaState *s = cuda_state(be);
+    const char *op = "optimizer_update_segments";
+    if (s->failed || nsegs <= 0 || !slots_ok(s, op, st->kind, m, v)) return;
+    if (!same_segments(s, segs, nsegs) && build_chunks(s, segs, nsegs)) return;
+    if (!s->optim_nchunks) return;  // every segment empty
+    const StepArgs a = step_args(st);
+    // Exactly what optimizer_update computes with weight_decay as given, and replaced by 0.
+    const float decay_on = decay_factor(st, st->weight_decay), decay_off = decay_factor(st, 0.0f);
+    const OptimChunk *chunks = (const OptimChunk *)s->optim_chunks;
+    const unsigned blocks = (unsigned)s->optim_nchunks;
+    switch (st->kind) {
+    case OPT_SGD:
+        segments_kernel<OPT_SGD><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, decay_on, decay_off);
+        break;
+    case OPT_ADAM:
+    case OPT_ADAMW:
+        segments_kernel<OPT_ADAM><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, decay_on, decay_off);
+        break;
+    case OPT_RMSPROP:
+        segments_kernel<OPT_RMSPROP><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, decay_on,
+                                                                            decay_off);
+        break;
+    }
+    cuda_check_launch(s, op);
+}
+
+void cuda_install_optimizer(Backend *be) {
+    be->optimizer_update = optimizer_update;
+    be->optimizer_update_segments = optimizer_update_segments;
+}
