@@ -3,9 +3,12 @@
 # (build/tests/test_cuda: every op and a whole training step against the CPU backend),
 # times ViT-B/16 training at 224 in bf16 with the largest batch that fits, then the same
 # training in PyTorch (timm, bf16 autocast, AdamW; eager and torch.compile) and the measured
-# bf16 matrix-product ceiling, and prints a short table last. Each phase runs under a
+# bf16 matrix-product ceiling; then, as the budget allows, inference (batch 512), training
+# from real JPEGs (an image folder; vit's loader against torchvision's DataLoader), vit's
+# per-op profile, and ViT-B/16 at 384 and ViT-L/16 at 224 against PyTorch eager; and prints
+# a short table last. Each phase runs under a
 # timeout; a failing phase prints its error and the script goes on. The whole run keeps
-# within GPU_CHECK_BUDGET seconds (default 480). Logs: $OUT/gpu_check_logs.tar.gz.
+# within GPU_CHECK_BUDGET seconds (default 540: run it with the device call's timeout at 600). Logs: $OUT/gpu_check_logs.tar.gz.
 #
 #   bash bench/gpu_check.sh             on the GPU machine, from the repository root
 #   bash bench/gpu_check.sh --bundle    on the dev machine, before the call (see below)
@@ -47,6 +50,19 @@ if [ "${1:-}" = "--bundle" ]; then
         *) cp -L "$lib" "$stage/vit-bundle/lib/" ;;
         esac
     done
+    # Real JPEGs for the real-data phases: 40 per class of tools/make_bench_jpegs.py's set
+    # (about 19 MB; made here when missing and its pip packages are installed).
+    J=/tmp/vitc_bench_jpegs
+    [ -d $J/train ] || python3 tools/make_bench_jpegs.py $J --count 2000 >/dev/null 2>&1 ||
+        echo "note: no JPEG set ($J; pip install scikit-learn scikit-image pillow): real-data phases will be skipped"
+    if [ -d $J/train ]; then
+        for split in train:40 val:4; do
+            for c in "$J/${split%%:*}"/*/; do
+                d="$stage/vit-bundle/jpegs/${split%%:*}/$(basename "$c")"
+                mkdir -p "$d" && ls "$c" | sort | head -n "${split##*:}" | while read -r f; do cp "$c$f" "$d/"; done
+            done
+        done
+    fi
     nccl=no
     grep -q '^1 1' $B/cuda.flag && nccl=yes
     tar -C "$stage" -czf $BUNDLE vit-bundle && rm -rf "$stage"
@@ -57,7 +73,7 @@ fi
 
 LOG=/tmp/gpu_check
 rm -rf "$LOG" && mkdir -p "$LOG"
-BUDGET=${GPU_CHECK_BUDGET:-480}
+BUDGET=${GPU_CHECK_BUDGET:-540}
 START=$SECONDS
 export PYTHONUNBUFFERED=1
 
@@ -251,10 +267,62 @@ if run_phase torch_eager "$(limit 180 200)" python3 tools/bench_torch_gpu.py eag
     EAGER_B=$(json_num batch "$LOG/torch_eager.log")
     say "  eager, batch $EAGER_B: $EAGER img/s"
 fi
-if run_phase torch_compile "$(limit 330 10)" python3 tools/bench_torch_gpu.py compile --batches "${EAGER_B:-$list}" \
+if run_phase torch_compile "$(limit 330 200)" python3 tools/bench_torch_gpu.py compile --batches "${EAGER_B:-$list}" \
     --steps "${TORCH_STEPS:-10}"; then
     COMP=$(json_num images_per_sec "$LOG/torch_compile.log")
     say "  torch.compile, batch $(json_num batch "$LOG/torch_compile.log"): $COMP img/s (compiled in $(json_num warmup_s "$LOG/torch_compile.log") s)"
+fi
+
+# ---- further workloads, as the budget allows (each phase is capped by what is left) ----------
+# These two print only the figure (for $(...)); a failing phase's lines go to stderr.
+vit_train_ips() {  # NAME MODEL IMAGE BATCH [FLAGS...]: training img/s of vit, bf16
+    local name=$1 model=$2 image=$3 b=$4
+    shift 4
+    run_phase "$name" "$(limit 150 20)" "${VRUN[@]}" $VIT train --model "$model" --image_size "$image" --device cuda \
+        -d bf16 --from_scratch --batch_size "$b" --grad_accum_steps 1 --epochs 1 --steps_per_epoch "${VIT_STEPS:-10}" \
+        --validation_steps 0 --optimizer adamw --dropout 0 --save_dir= --log_dir= --seed 0 --json "$@" >&2 &&
+        json_num images_per_sec "$LOG/$name.log"
+}
+torch_ips() {  # NAME MODE [ARGS...]
+    local name=$1
+    shift
+    run_phase "$name" "$(limit 150 20)" python3 tools/bench_torch_gpu.py "$@" --steps "${TORCH_STEPS:-10}" >&2 &&
+        json_num images_per_sec "$LOG/$name.log"
+}
+INF_V="" INF_T="" JPG_V="" JPG_T="" JPG_WAIT="" B384_V="" B384_T="" L16_V="" L16_T="" PROF=""
+if [ -n "$VIT" ]; then
+    section "inference: ViT-B/16 at 224, bf16, batch 512, synthetic data"
+    run_phase vit_infer "$(limit 120 20)" "${VRUN[@]}" $VIT evaluate --model ViT-B_16 --image_size 224 --device cuda \
+        -d bf16 --synthetic_data --from_scratch --batch_size 512 --validation_steps 20 --json &&
+        INF_V=$(json_num images_per_sec "$LOG/vit_infer.log")
+    INF_T=$(torch_ips torch_infer infer --batches 512,256)
+    say "  vit ${INF_V:-failed} img/s, PyTorch eager ${INF_T:-failed} img/s"
+
+    J=$(dirname "$VIT")/jpegs
+    [ -d "$J/train" ] || J=/tmp/vitc_bench_jpegs
+    section "real JPEGs: ViT-B/16 at 224 training from an image folder ($J), loader threads = $(nproc) cores"
+    if [ -d "$J/train" ]; then
+        JPG_V=$(vit_train_ips vit_jpeg ViT-B_16 224 "${VIT_BATCH:-128}" --dataset_dir "$J")
+        JPG_WAIT=$(json_num data_wait_seconds "$LOG/vit_jpeg.log")
+        JPG_T=$(torch_ips torch_jpeg eager --batches "${VIT_BATCH:-128}" --data "$J")
+        say "  vit ${JPG_V:-failed} img/s (waited ${JPG_WAIT:-?} s for data), PyTorch eager ${JPG_T:-failed} img/s"
+    else
+        say "  skipped: no JPEG folder (bundle it with --bundle on the dev machine)"
+    fi
+
+    section "per-op profile: ViT-B/16 224 bf16, batch 128, steps 3..4"
+    run_phase vit_profile "$(limit 120 20)" "${VRUN[@]}" $VIT train --model ViT-B_16 --image_size 224 --device cuda \
+        -d bf16 --synthetic_data --from_scratch --batch_size 128 --grad_accum_steps 1 --epochs 1 --steps_per_epoch 5 \
+        --validation_steps 0 --optimizer adamw --dropout 0.1 --save_dir= --log_dir "$LOG/prof" --profile 3,4 &&
+        PROF=ok
+    sed -n '/^op /,/^trained/p' "$LOG/vit_profile.log" | head -n 40 | sed 's/^/  /'
+
+    section "ViT-B/16 at 384 and ViT-L/16 at 224 training, bf16, batch 64"
+    B384_V=$(vit_train_ips vit_b16_384 ViT-B_16 384 64 --synthetic_data)
+    B384_T=$(torch_ips torch_b16_384 eager --batches 64,32 --image 384)
+    L16_V=$(vit_train_ips vit_l16 ViT-L_16 224 64 --synthetic_data)
+    L16_T=$(torch_ips torch_l16 eager --batches 64,32 --model l16)
+    say "  B/16 384: vit ${B384_V:-failed}, PyTorch eager ${B384_T:-failed}; L/16 224: vit ${L16_V:-failed}, PyTorch eager ${L16_T:-failed} img/s"
 fi
 
 {
@@ -270,6 +338,11 @@ fi
     row "PyTorch eager (timm, autocast bf16)" "$EAGER_B" "$EAGER"
     row "PyTorch torch.compile" "$EAGER_B" "$COMP"
     say "ceiling: bf16 matmul ${CEIL:-?} TFLOP/s measured; $GFLOP GFLOP per trained image"
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { print (a != "" && b != "" && b > 0) ? sprintf("%.2f", a / b) : "-" }'; }
+    say "inference B/16 224 bf16 b512: vit ${INF_V:-failed}, PyTorch eager ${INF_T:-failed} img/s (vit/x $(ratio "$INF_V" "$INF_T"))"
+    say "real JPEGs B/16 224: vit ${JPG_V:-failed} (data wait ${JPG_WAIT:-?} s), PyTorch eager ${JPG_T:-failed} img/s (vit/x $(ratio "$JPG_V" "$JPG_T"))"
+    say "B/16 384 b64: vit ${B384_V:-failed}, PyTorch eager ${B384_T:-failed} (vit/x $(ratio "$B384_V" "$B384_T")); L/16 224 b64: vit ${L16_V:-failed}, PyTorch eager ${L16_T:-failed} (vit/x $(ratio "$L16_V" "$L16_T"))"
+    say "per-op profile: ${PROF:-failed} (table above, trace in the logs)"
     say "tests: $TESTS"
     say "cross-device checkpoints: $XDEV"
     say "multi-GPU (NCCL): $MGPU"

@@ -819,6 +819,12 @@ static void test_nccl(void) {
     float *back = down(gpu, d, n);
     CHECK(rc == 0 && !memcmp(back, h, n * sizeof(float)), "one-rank in-place all-reduce of %zu floats: rc %d %s", n,
           rc, rc ? vit_error() : "(values changed)");
+    free(back);
+    int counts[1] = {(int)n}, displs[1] = {0};  // --zero 1's parameter all-gather: one rank owns it all
+    rc = t.allgather(t.ctx, d, counts, displs);
+    back = down(gpu, d, n);
+    CHECK(rc == 0 && !memcmp(back, h, n * sizeof(float)), "one-rank parameter all-gather: rc %d %s", rc,
+          rc ? vit_error() : "(values changed)");
     free(h), free(back);
     gpu->release(gpu, d - 1);
 

@@ -57,7 +57,7 @@ static int tiled_top_first(const Recorder *r, size_t total, size_t bucket) {
 static void test_hand_ranges(void) {
     float g[10] = {0};
     Recorder r = {.base = g};
-    GradTransport t = {"test", &r, rec_start, rec_finish, rec_wait};
+    GradTransport t = {"test", &r, rec_start, rec_finish, rec_wait, NULL};
     GradSync *s = gradsync_create_with(g, 10, 4, &t);  // buckets [0,4) [4,8) [8,10)
     CHECK(s && gradsync_buckets(s) == 3, "10 floats in buckets of 4: %zu buckets", s ? gradsync_buckets(s) : 0);
     gradsync_ready(s, 8, 2);
@@ -105,7 +105,7 @@ static void test_backward(Backend *be) {
     int lab[4];
     synth_batch(img, lab, B, &c, 1);
     Recorder r = {.base = m.grads};
-    GradTransport t = {"test", &r, rec_start, rec_finish, NULL};
+    GradTransport t = {"test", &r, rec_start, rec_finish, NULL, NULL};
     GradSync *s = gradsync_create_with(m.grads, n, bucket, &t);
     for (int window = 0; window < 2; window++) {
         be->zero(be, m.grads, n * sizeof(float));

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""PyTorch reference timings for bench/gpu_check.sh: ViT-B/16 training at 224 on one GPU.
+"""PyTorch reference timings for bench/gpu_check.sh: ViT training and inference on one GPU.
 
 Modes (one per process, so a slow or failing one costs only itself):
-  eager    timm vit_base_patch16_224 (torchvision vit_b_16 if timm is missing), bf16 autocast,
-           AdamW (fused) with global-norm clipping 1.0, synthetic data already on the GPU,
-           fused attention (SDPA)
+  eager    timm ViT (--model b16: vit_base_patch16, l16: vit_large_patch16, at --image; torchvision
+           vit_b_16 / vit_l_16 if timm is missing), bf16 autocast, AdamW (fused) with global-norm
+           clipping 1.0, synthetic data already on the GPU, fused attention (SDPA); with --data DIR,
+           real JPEGs instead: torchvision ImageFolder DIR/train, RandomResizedCrop + flip,
+           DataLoader with a worker per core and pinned memory (loading is part of the time)
   compile  the same model through torch.compile
+  infer    forward passes only (eval mode, inference_mode, bf16 autocast), synthetic data
   ceiling  the measured bf16 matrix-product rate (8192^3 products), the machine's ceiling
 Each prints one JSON line: {"mode", "batch", "images_per_sec" | "tflops", ...}.
 The first batch of --batches that fits is used (out-of-memory moves to the next).
@@ -19,23 +22,42 @@ import sys
 import time
 
 
-def build_model(torch, num_classes):
+def build_model(torch, num_classes, name="b16", image=224):
     try:
         import timm
 
-        return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=num_classes), "timm"
+        arch = {"b16": "vit_base_patch16_224", "l16": "vit_large_patch16_224"}[name]
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, img_size=image), "timm"
     except Exception as e:  # noqa: BLE001 - any import/create problem: fall back
-        print(f"timm unavailable ({e}); using torchvision vit_b_16", file=sys.stderr)
+        print(f"timm unavailable ({e}); using torchvision", file=sys.stderr)
         import torchvision
 
-        return torchvision.models.vit_b_16(num_classes=num_classes), "torchvision"
+        make = {"b16": torchvision.models.vit_b_16, "l16": torchvision.models.vit_l_16}[name]
+        return make(num_classes=num_classes, image_size=image), "torchvision"
 
 
-def train_speed(torch, mode, batch, steps, warmup, image):
+def jpeg_batches(torch, data, batch, image):
+    """Endless (x, y) batches from the JPEG folder data/train, augmented as vit trains."""
+    import os
+
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    tf = T.Compose([T.RandomResizedCrop(image), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize([0.5] * 3, [0.5] * 3)])
+    ds = ImageFolder(os.path.join(data, "train"), transform=tf)
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, pin_memory=True,
+                                     num_workers=os.cpu_count() or 1, persistent_workers=True, prefetch_factor=4)
+    while True:
+        for x, y in dl:
+            yield x.cuda(non_blocking=True), y.cuda(non_blocking=True)
+
+
+def train_speed(torch, mode, batch, steps, warmup, image, name="b16", data=None):
     import torch.nn.functional as F
 
     dev = torch.device("cuda")
-    model, source = build_model(torch, 1000)
+    model, source = build_model(torch, 1000, name, image)
     model = model.to(dev).train()
     try:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -45,8 +67,12 @@ def train_speed(torch, mode, batch, steps, warmup, image):
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(batch, 3, image, image, device=dev, generator=g)
     y = torch.randint(0, 1000, (batch,), device=dev, generator=g)
+    batches = jpeg_batches(torch, data, batch, image) if data else None
 
     def step():
+        nonlocal x, y
+        if batches:
+            x, y = next(batches)
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = F.cross_entropy(step_model(x), y)
@@ -73,8 +99,27 @@ def train_speed(torch, mode, batch, steps, warmup, image):
         "warmup_s": warm_s,
         "loss": float(loss.detach()),
         "model": source,
+        "data": "jpeg" if data else "synthetic",
         "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
     }
+
+
+def infer_speed(torch, batch, steps, warmup, image, name="b16"):
+    dev = torch.device("cuda")
+    model, source = build_model(torch, 1000, name, image)
+    model = model.to(dev).eval()
+    x = torch.randn(batch, 3, image, image, device=dev)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for _ in range(warmup):
+            model(x)
+        torch.cuda.synchronize()
+        t0 = time.time()
+        for _ in range(steps):
+            model(x)
+        torch.cuda.synchronize()
+        dt = time.time() - t0
+    return {"mode": "infer", "batch": batch, "images_per_sec": batch * steps / dt, "step_ms": 1000 * dt / steps,
+            "model": source}
 
 
 def ceiling(torch, n=8192, reps=10):
@@ -97,7 +142,9 @@ def ceiling(torch, n=8192, reps=10):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["eager", "compile", "ceiling"])
+    ap.add_argument("mode", choices=["eager", "compile", "infer", "ceiling"])
+    ap.add_argument("--model", choices=["b16", "l16"], default="b16")
+    ap.add_argument("--data", help="JPEG image folder (DIR/train/<class>/*.jpg) for eager/compile")
     ap.add_argument("--batches", default="256,128,64", help="comma-separated, tried in order")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -116,7 +163,11 @@ def main():
     last = None
     for b in [int(s) for s in a.batches.split(",") if s.strip()]:
         try:
-            print(json.dumps(train_speed(torch, a.mode, b, a.steps, a.warmup, a.image)), flush=True)
+            if a.mode == "infer":
+                r = infer_speed(torch, b, a.steps, a.warmup, a.image, a.model)
+            else:
+                r = train_speed(torch, a.mode, b, a.steps, a.warmup, a.image, a.model, a.data)
+            print(json.dumps(r), flush=True)
             return 0
         except torch.cuda.OutOfMemoryError as e:
             last = f"batch {b}: out of memory ({str(e).splitlines()[0]})"

@@ -51,10 +51,6 @@ static int check_ranges(const ParsedOptions *p) {
         return vit_fail("--zero %d: expected 0 (off) or 1 (shard the optimizer state across the ranks)", o->zero);
     if (o->zero && !o->distributed)
         return vit_fail("--zero 1 needs --distributed: it shards the optimizer state across MPI ranks");
-    // The shards move with MPI on host memory; on GPUs the slots live in device memory.
-    if (o->zero && cli_device_is_cuda(o->device) == 1)
-        return vit_fail("--zero 1 with --device cuda: sharding the optimizer state is not supported on GPUs yet; "
-                        "use --zero 0 (or --device cpu)");
     if (strcasecmp(o->head_init, "zeros") && strcasecmp(o->head_init, "glorot"))
         return vit_fail("--head_init %s: expected zeros or glorot", o->head_init);
     return VIT_OK;

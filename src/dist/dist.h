@@ -52,6 +52,10 @@ typedef struct {
     void (*start)(void *ctx, float *buf, size_t count);  // begin summing buf[0, count) in place; errors wait for finish
     int (*finish)(void *ctx);                            // VIT_ERR (with vit_fail) when any start or the sums failed
     double (*wait_seconds)(void *ctx);                   // time the run waited on the sums, total (may be NULL)
+    // --zero 1: every rank's updated part of the parameters buf[displs[r], +counts[r]) to
+    // every rank, in place, ordered after the update and before the next step's ops. NULL:
+    // MPI_Allgatherv on host memory (the CPU backend).
+    int (*allgather)(void *ctx, float *buf, const int *counts, const int *displs);
 } GradTransport;
 GradSync *gradsync_create_with(float *grads, size_t total, size_t bucket_floats, const GradTransport *t);
 void gradsync_destroy(GradSync *g);

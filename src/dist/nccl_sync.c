@@ -145,8 +145,27 @@ static double sync_wait_seconds(void *ctx) {
     return s->wait;
 }
 
+// --zero 1: rank r's updated part, buf[displs[r], +counts[r]), broadcast from r to all, in
+// place; one NCCL group, so the parts move together. On the compute stream: after the update
+// that wrote them, before the next forward pass reads them (and before the next step's sums,
+// whose stream waits for the compute stream first), with no host wait.
+static int sync_allgather(void *ctx, float *buf, const int *counts, const int *displs) {
+    NcclSync *s = ctx;
+    if (s->failed) return vit_fail("%s", s->error);
+    if (ck_nccl(s, ncclGroupStart(), "ncclGroupStart")) return VIT_ERR;
+    for (int r = 0; r < dist_size(); r++) {
+        float *part = buf + displs[r];
+        if (ck_nccl(s, ncclBroadcast(part, part, (size_t)counts[r], ncclFloat, r, s->comm, s->compute),
+                    "ncclBroadcast (parameter all-gather)")) {
+            ncclGroupEnd();
+            return VIT_ERR;
+        }
+    }
+    return ck_nccl(s, ncclGroupEnd(), "ncclGroupEnd (parameter all-gather)");
+}
+
 GradTransport nccl_sync_transport(NcclSync *s) {
-    GradTransport t = {"NCCL", s, sync_start, sync_finish, sync_wait_seconds};
+    GradTransport t = {"NCCL", s, sync_start, sync_finish, sync_wait_seconds, sync_allgather};
     return t;
 }
 
@@ -164,7 +183,7 @@ NcclSync *nccl_sync_create(Backend *cuda) {
 }
 void nccl_sync_destroy(NcclSync *s) { free(s); }
 GradTransport nccl_sync_transport(NcclSync *s) {
-    GradTransport t = {"NCCL", s, NULL, NULL, NULL};
+    GradTransport t = {"NCCL", s, NULL, NULL, NULL, NULL};
     return t;
 }
 #endif

@@ -4,11 +4,14 @@
 #include "dist.h"
 #include "util/status.h"
 
-// MPI reads and writes the slots and parameters in backend memory directly, as the gradient
-// all-reduce does: host memory on the CPU backend (--distributed refuses --device cuda).
+// The slots live in backend memory (device memory on a GPU): checkpoint gathers and resume
+// scatters go through host copies, so MPI only ever sees host memory. The per-step
+// parameter all-gather runs where the parameters are: over MPI on the CPU backend, through
+// the transport (NCCL, on the GPU) on a device.
 
-int zero_slots_create(ZeroSlots *z, Backend *be, size_t total, OptimizerKind kind, int stage) {
+int zero_slots_create(ZeroSlots *z, Backend *be, size_t total, OptimizerKind kind, int stage, const GradTransport *t) {
     memset(z, 0, sizeof *z);
+    z->t = t;
     z->hi = total;
     z->sharded = stage >= 1 && dist_size() > 1;
     if (z->sharded) {
@@ -40,6 +43,13 @@ size_t zero_slots_bytes(const ZeroSlots *z) {
     return (z->hi - z->lo) * sizeof(float) * (size_t)((z->m != NULL) + (z->v != NULL));
 }
 
+// A host buffer for this rank's part, or NULL with vit_fail.
+static float *host_part(const ZeroSlots *z) {
+    float *h = malloc((z->hi - z->lo ? z->hi - z->lo : 1) * sizeof(float));
+    if (!h) vit_fail("out of memory staging %zu optimizer slots", z->hi - z->lo);
+    return h;
+}
+
 static int restore_one(const ZeroSlots *z, Backend *be, float *mine, const float *all) {
     if (!mine) return VIT_OK;
     size_t bytes = (z->hi - z->lo) * sizeof(float);
@@ -47,8 +57,16 @@ static int restore_one(const ZeroSlots *z, Backend *be, float *mine, const float
         if (all) be->upload(be, mine, all, bytes);
         return VIT_OK;
     }
-    if (dist_rank() == 0) be->upload(be, mine, all + z->lo, bytes);
-    return dist_scatterv_float(all, mine, z->counts, z->displs, 0);
+    if (dist_rank() == 0) {  // rank 0 keeps its part of `all` (the scatter leaves it in place)
+        be->upload(be, mine, all + z->lo, bytes);
+        return dist_scatterv_float(all, NULL, z->counts, z->displs, 0);
+    }
+    float *h = host_part(z);  // out of memory: the error ends the job (MPI_Abort), the peers with it
+    if (!h) return VIT_ERR;
+    int rc = dist_scatterv_float(NULL, h, z->counts, z->displs, 0);
+    if (rc == VIT_OK) be->upload(be, mine, h, bytes);
+    free(h);
+    return rc;
 }
 
 int zero_slots_restore(ZeroSlots *z, Backend *be, const float *m, const float *v) {
@@ -64,15 +82,25 @@ int zero_slots_step(ZeroSlots *z, Backend *be, const ParamTable *t, float *param
 }
 
 int zero_slots_allgather(const ZeroSlots *z, float *params) {
-    return z->sharded ? dist_allgatherv_float(params, z->counts, z->displs) : VIT_OK;
+    if (!z->sharded) return VIT_OK;
+    if (z->t && z->t->allgather) return z->t->allgather(z->t->ctx, params, z->counts, z->displs);
+    return dist_allgatherv_float(params, z->counts, z->displs);
 }
 
 static int gather_one(const ZeroSlots *z, Backend *be, const float *mine, float *all) {
     if (!mine) return VIT_OK;
-    int root = dist_rank() == 0;
     size_t bytes = (z->hi - z->lo) * sizeof(float);
-    if (root) be->download(be, all + z->lo, mine, bytes);
-    return z->sharded ? dist_gatherv_float(mine, all, z->counts, z->displs, 0) : VIT_OK;
+    if (dist_rank() == 0) {  // rank 0's part goes straight into `all`, where the gather keeps it
+        be->download(be, all + z->lo, mine, bytes);
+        return z->sharded ? dist_gatherv_float(NULL, all, z->counts, z->displs, 0) : VIT_OK;
+    }
+    if (!z->sharded) return VIT_OK;
+    float *h = host_part(z);
+    if (!h) return VIT_ERR;
+    be->download(be, h, mine, bytes);
+    int rc = dist_gatherv_float(h, NULL, z->counts, z->displs, 0);
+    free(h);
+    return rc;
 }
 
 int zero_slots_gather(const ZeroSlots *z, Backend *be, float *m, float *v) {

@@ -8,6 +8,7 @@
 #pragma once
 #include <stddef.h>
 #include "backend/backend.h"
+#include "dist/dist.h"
 #include "model/params.h"
 #include "optim/optimizer.h"
 
@@ -16,10 +17,12 @@ typedef struct {
     size_t lo, hi;          // this rank's part of the parameter buffer: [lo, hi)
     float *m, *v;           // backend memory of hi - lo floats (NULL: the optimizer has no such slot)
     int *counts, *displs;   // every rank's part (sharded only)
+    const GradTransport *t; // gathers the parameters where its allgather is set (NCCL), else MPI
 } ZeroSlots;
 
-// Zeroed slots for a buffer of `total` floats; stage 0 or 1.
-int zero_slots_create(ZeroSlots *z, Backend *be, size_t total, OptimizerKind kind, int stage);
+// Zeroed slots for a buffer of `total` floats; stage 0 or 1. t: the gradient transport of a
+// device backend (NCCL), or NULL for MPI on host memory.
+int zero_slots_create(ZeroSlots *z, Backend *be, size_t total, OptimizerKind kind, int stage, const GradTransport *t);
 void zero_slots_destroy(ZeroSlots *z, Backend *be);
 // Bytes of slots this rank holds.
 size_t zero_slots_bytes(const ZeroSlots *z);

@@ -208,7 +208,7 @@ int train_run(TrainSetup *s, TrainResult *r) {
     LoaderMemory pinned = {host_alloc, host_release, be};  // the GPU copies batches straight from it
     Loader *ld = loader_create_in(d, Bl, s->workers, s->prefetch, &pinned);
     ZeroSlots slots;
-    int slots_rc = zero_slots_create(&slots, be, n, s->opt.kind, s->zero);
+    int slots_rc = zero_slots_create(&slots, be, n, s->opt.kind, s->zero, s->grad_transport);
     // 4M floats (16 MiB) per bucket: a few dozen all-reduces for ViT-B, each large enough
     // to run at link bandwidth, the first starting after the head and the last block.
     int want_sync = ranks > 1 || s->grad_transport;
