@@ -39,7 +39,7 @@ static void run_case(Backend *be, const char *what, int B, int T, int H, int hd,
     }
     // Warm-up: page faults, oneDNN primitive creation.
     if (be->attention_forward(be, out, state, scratch, q, k, v, B, T, H, hd) ||
-        be->attention_backward(be, dq, dk, dv, dout, state, scratch, q, k, v, B, T, H, hd)) {
+        be->attention_backward(be, dq, dk, dv, dout, out, state, scratch, q, k, v, B, T, H, hd)) {
         fprintf(stderr, "attention failed\n");
         exit(1);
     }
@@ -49,7 +49,7 @@ static void run_case(Backend *be, const char *what, int B, int T, int H, int hd,
         for (int i = 0; i < reps; i++) be->attention_forward(be, out, state, scratch, q, k, v, B, T, H, hd);
         double t1 = progress_now();
         for (int i = 0; i < reps; i++)
-            be->attention_backward(be, dq, dk, dv, dout, state, scratch, q, k, v, B, T, H, hd);
+            be->attention_backward(be, dq, dk, dv, dout, out, state, scratch, q, k, v, B, T, H, hd);
         double t2 = progress_now();
         if ((t1 - t0) / reps < best_f) best_f = (t1 - t0) / reps;
         if ((t2 - t1) / reps < best_b) best_b = (t2 - t1) / reps;

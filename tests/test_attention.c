@@ -121,7 +121,7 @@ static Result run(Backend *be, const Case *c) {
     size_t ns = be->attention_scratch_floats(be, c->B, c->T, c->H, c->hd);
     float *scratch = nans(ns ? ns : 1);
     r.rc = be->attention_forward(be, r.out, r.probs, scratch, c->q, c->k, c->v, c->B, c->T, c->H, c->hd);
-    r.rc |= be->attention_backward(be, r.dq, r.dk, r.dv, c->dout, r.probs, scratch, c->q, c->k, c->v, c->B, c->T,
+    r.rc |= be->attention_backward(be, r.dq, r.dk, r.dv, c->dout, r.out, r.probs, scratch, c->q, c->k, c->v, c->B, c->T,
                                    c->H, c->hd);
     free(scratch);
     return r;

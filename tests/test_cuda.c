@@ -445,7 +445,7 @@ static void attention_case(Backend *dev, const char *tag, int B, int T, int H, i
               *gv = be->alloc(be, n * sizeof(float));
         rc[b] |= be->attention_forward(be, o, st, sc, dq, dk, dv, B, T, H, hd);
         r[b][0] = down(be, o, n);
-        rc[b] |= be->attention_backward(be, gq, gk, gv, ddo, st, sc, dq, dk, dv, B, T, H, hd);
+        rc[b] |= be->attention_backward(be, gq, gk, gv, ddo, o, st, sc, dq, dk, dv, B, T, H, hd);
         r[b][1] = down(be, gq, n);
         r[b][2] = down(be, gk, n);
         r[b][3] = down(be, gv, n);

@@ -332,7 +332,7 @@ static void test_attention(void) {
     for (size_t i = 0; i < n; i++) md = fmax(md, fabs(out[i] - ref[i]));
     CHECK(rc == 0 && md < 1e-5, "attention forward: max diff %g", md);
     float *dq = malloc(n * sizeof(float)), *dk = malloc(n * sizeof(float)), *dv = malloc(n * sizeof(float));
-    rc = be->attention_backward(be, dq, dk, dv, R, state, scratch, q, k, v, B, T, H, hd);
+    rc = be->attention_backward(be, dq, dk, dv, R, out, state, scratch, q, k, v, B, T, H, hd);
     CHECK(rc == 0, "attention backward runs");
     float *ins[3] = {q, k, v}, *grads[3] = {dq, dk, dv};
     const char *names[3] = {"dq", "dk", "dv"};

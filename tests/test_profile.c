@@ -72,7 +72,7 @@ static void run_step(Backend *be, Profiler *p, const Inputs *in, Outputs *o) {
           "attention forward");
     prof_end(p);
     prof_begin(p, "backward", NULL);
-    CHECK(be->attention_backward(be, o->dq, o->dk, o->dv, in->dout, o->state, o->scratch, in->q, in->k, in->v, AB, AT,
+    CHECK(be->attention_backward(be, o->dq, o->dk, o->dv, in->dout, o->att, o->state, o->scratch, in->q, in->k, in->v, AB, AT,
                                  AH, AHD) == 0,
           "attention backward");
     CHECK(be->gemm(be, 1, GK, GN, GM, in->A, 1, o->C1, 0, o->C3, NULL, 1.0f, 0) == 0, "gemm 3");

@@ -138,7 +138,8 @@ struct Backend {
     size_t (*attention_scratch_floats)(Backend *be, int B, int T, int H, int hd);
     int (*attention_forward)(Backend *be, float *out, float *state, float *scratch, const float *q,
                              const float *k, const float *v, int B, int T, int H, int hd);
-    int (*attention_backward)(Backend *be, float *dq, float *dk, float *dv, const float *dout,
+    // out is the forward pass's output (flash-style backends take D_i = dO_i . O_i from it).
+    int (*attention_backward)(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
                               const float *state, float *scratch, const float *q, const float *k,
                               const float *v, int B, int T, int H, int hd);
 

@@ -345,12 +345,12 @@ static int w_attention_forward(Backend *be, float *out, float *state, float *scr
 // recomputes P (Q K^T, flash style) does 2*T*T*hd more per head that are not counted: the count
 // is the algorithm's, so GFLOP/s compare across backends. Bytes: dout, q, k, v read, dq, dk,
 // dv written (B*T*H*hd each), the state read.
-static int w_attention_backward(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *state,
-                                float *scratch, const float *q, const float *k, const float *v, int B, int T, int H,
+static int w_attention_backward(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                const float *state, float *scratch, const float *q, const float *k, const float *v, int B, int T, int H,
                                 int hd) {
     Wrap *w = be->impl;
     uint64_t t0 = span_start(w);
-    int rc = w->inner->attention_backward(w->inner, dq, dk, dv, dout, state, scratch, q, k, v, B, T, H, hd);
+    int rc = w->inner->attention_backward(w->inner, dq, dk, dv, dout, out, state, scratch, q, k, v, B, T, H, hd);
     if (t0) {
         double bthd = (double)B * T * H * hd;
         span_end(w, t0, &(ProfOpSpan){"attention_backward", "B,T,H,hd", {B, T, H, hd}, 8.0 * bthd * T,

@@ -408,7 +408,7 @@ int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed
         }
         if (linear_backward(be, m->s_nd2, g + w->out_kernel, g + w->out_bias, datt, a->att_out, p + w->out_kernel, N,
                             D, D, 0) ||
-            be->attention_backward(be, m->dq, m->dk, m->dv, m->s_nd2, a->att_state, m->att_scratch, a->q, a->k, a->v,
+            be->attention_backward(be, m->dq, m->dk, m->dv, m->s_nd2, a->att_out, a->att_state, m->att_scratch, a->q, a->k, a->v,
                                    B, T, H, hd) ||
             linear_backward(be, m->s_nd1, g + w->q_kernel, g + w->q_bias, m->dq, a->ln1, p + w->q_kernel, N, D, D, 0) ||
             linear_backward(be, m->s_nd1, g + w->k_kernel, g + w->k_bias, m->dk, a->ln1, p + w->k_kernel, N, D, D, 1) ||

@@ -567,8 +567,9 @@ static void backward_pair(const Work *w, float *dq, float *dk, float *dv, const 
     }
 }
 
-static int attention_backward(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *probs,
-                              float *scratch, const float *q, const float *k, const float *v, int B, int T, int H,
+// out is not needed: the saved probabilities give D directly.
+static int attention_backward(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                              const float *probs, float *scratch, const float *q, const float *k, const float *v, int B, int T, int H,
                               int hd) {
     CpuState *cs = be->impl;
     int pairs = B * H, bf16 = cs->bf16, chunk = chunk_of(pairs, cs->threads);

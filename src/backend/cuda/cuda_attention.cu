@@ -354,14 +354,14 @@ static int attention_forward(Backend *be, float *out, float *state, float *scrat
     }
 }
 
-static int attention_backward(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *state,
-                              float *scratch, const float *q, const float *k, const float *v, int B, int T, int H,
+static int attention_backward(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                              const float *state, float *scratch, const float *q, const float *k, const float *v, int B, int T, int H,
                               int hd) {
     CudaState *s = cuda_state(be);
     if (check_shape(s, B, T, H, hd, "attention_backward")) return VIT_ERR;
-    const void *in[] = {q, k, v, dout};
-    if (cuda_attention_tc_usable(s, hd, in, 4))
-        return cuda_attention_tc_backward(s, dq, dk, dv, dout, state, scratch, q, k, v, B, T, H, hd);
+    const void *in[] = {q, k, v, dout, out};
+    if (cuda_attention_tc_usable(s, hd, in, 5))
+        return cuda_attention_tc_backward(s, dq, dk, dv, dout, out, state, scratch, q, k, v, B, T, H, hd);
     switch ((hd + 31) / 32) {
     case 1: return backward_nc<1>(s, dq, dk, dv, dout, state, scratch, q, k, v, B, T, H, hd);
     case 2: return backward_nc<2>(s, dq, dk, dv, dout, state, scratch, q, k, v, B, T, H, hd);

@@ -19,8 +19,9 @@
 // (scores masked to -inf), padded queries get probability 0 in the dk/dv kernel; 16-wide
 // column groups wholly past T are skipped, and warps whose 16 rows all lie past T idle.
 //
-// Kernels: forward (online softmax); backward as in the fp32 path, two kernels and no atomics
-// (dq + D, then dk/dv), so results repeat bit for bit.
+// Kernels: forward (online softmax); backward: D_i = dO_i . O_i from the forward's output in
+// fp32 (one warp per row), then two kernels and no atomics (dq, then dk/dv), so results
+// repeat bit for bit.
 #include <math.h>
 #include <stdint.h>
 #include <cuda_bf16.h>
@@ -181,10 +182,25 @@ __global__ void __launch_bounds__(TC_THREADS) tc_forward_kernel(float *out, floa
     if (half == 0 && w0 + r < T) lse[(size_t)bh * T + w0 + r] = m + logf(l);
 }
 
-// ---- backward: dq (and D) -----------------------------------------------------------------
+// ---- backward: D ------------------------------------------------------------------------
+// D_i = sum_j P_ij dP_ij = dO_i . O_i: one dot product per (b, h, row) instead of a pass that
+// recomputes S and dP for every key tile. One warp per row, lanes over the head dimension.
+__global__ void tc_d_kernel(float *Dvec, const float *dout, const float *out, int B, int T, int H, int hd) {
+    const size_t rows = (size_t)B * H * T;
+    const size_t row = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const size_t bh = row / T, t = row % T, b = bh / H, h = bh % H;
+    const size_t at = (b * T + t) * (size_t)H * hd + h * hd;
+    float acc = 0.0f;
+    for (int d = lane; d < hd; d += 32) acc += dout[at + d] * out[at + d];
+    acc = warp_sum(acc);
+    if (lane == 0) Dvec[row] = acc;
+}
+
+// ---- backward: dq -------------------------------------------------------------------------
 // dQ_i = scale * sum_j P_ij (dP_ij - D_i) K_j with P_ij = exp(scale q_i.k_j - L_i) and
-// dP_ij = dO_i . V_j. Pass 0 sums D_i = sum_j P_ij dP_ij (saved for the dk/dv kernel), pass 1
-// accumulates dQ in fragments (no rescaling needed: L is final).
+// dP_ij = dO_i . V_j, accumulated in fragments (no rescaling needed: L is final).
 // Shared memory: Qs, dOs (64 x LDB), Ks, Vs (64 x LDB) bf16; per warp S and dP (16 x LDS each,
 // contiguous: the output tile 16 x LDO reuses them at the end) fp32 and dS (16 x LDP) bf16.
 template <int HD>
@@ -221,7 +237,7 @@ static __device__ void tc_two_scores(float *Sw, float *dPw, const bf16 *A1, cons
 }
 
 template <int HD>
-__global__ void __launch_bounds__(TC_THREADS) tc_dq_kernel(float *dq, float *Dvec, const float *dout, const float *lse,
+__global__ void __launch_bounds__(TC_THREADS) tc_dq_kernel(float *dq, const float *Dvec, const float *dout, const float *lse,
                                                            const float *q, const float *k, const float *v, int T, int H,
                                                            float scale) {
     typedef TcGeo<HD> G;
@@ -239,50 +255,36 @@ __global__ void __launch_bounds__(TC_THREADS) tc_dq_kernel(float *dq, float *Dve
     tc_load<HD>(Qs, q + base, ld, q0, TC_ROWS, T);
     tc_load<HD>(dOs, dout + base, ld, q0, TC_ROWS, T);
     const float L = w0 + r < T ? lse[(size_t)bh * T + w0 + r] : 0.0f;
-    float D = 0.0f;
+    const float D = w0 + r < T ? Dvec[(size_t)bh * T + w0 + r] : 0.0f;
     FragC acc[HD / 16];
 #pragma unroll
     for (int n = 0; n < HD / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
-    for (int pass = 0; pass < 2; pass++) {
-        for (int t0 = 0; t0 < T; t0 += TC_COLS) {
-            __syncthreads();  // previous K, V tiles consumed (and Qs, dOs complete)
-            tc_load<HD>(Ks, k + base, ld, t0, TC_COLS, T);
-            tc_load<HD>(Vs, v + base, ld, t0, TC_COLS, T);
-            __syncthreads();
-            if (!active) continue;
-            const int nk = min(TC_COLS, T - t0), ng = (nk + 15) / 16;
-            tc_two_scores<HD>(Sw, dPw, Qs + warp * 16 * G::LDB, Ks, dOs + warp * 16 * G::LDB, Vs, ng);
-            __syncwarp();
-            const float *srow = Sw + r * G::LDS, *dprow = dPw + r * G::LDS;
-            if (pass == 0) {
-                for (int c = 0; c < TC_COLS / 2; c++) {
-                    int j = tc_col(c, r, half, TC_COLS);
-                    if (j < nk) D += __expf(srow[j] * scale - L) * dprow[j];
-                }
-                __syncwarp();  // S, dP read before the next tile's stores
-                continue;
-            }
-            bf16 *dsrow = dSw + r * G::LDP;
-            for (int c = 0; c < TC_COLS / 2; c++) {
-                int j = tc_col(c, r, half, TC_COLS);
-                float ds = j < nk ? __expf(srow[j] * scale - L) * (dprow[j] - D) : 0.0f;
-                dsrow[j] = __float2bfloat16_rn(ds);
-            }
-            __syncwarp();  // dS complete before the fragments read it
+    for (int t0 = 0; t0 < T; t0 += TC_COLS) {
+        __syncthreads();  // previous K, V tiles consumed (and Qs, dOs complete)
+        tc_load<HD>(Ks, k + base, ld, t0, TC_COLS, T);
+        tc_load<HD>(Vs, v + base, ld, t0, TC_COLS, T);
+        __syncthreads();
+        if (!active) continue;
+        const int nk = min(TC_COLS, T - t0), ng = (nk + 15) / 16;
+        tc_two_scores<HD>(Sw, dPw, Qs + warp * 16 * G::LDB, Ks, dOs + warp * 16 * G::LDB, Vs, ng);
+        __syncwarp();
+        const float *srow = Sw + r * G::LDS, *dprow = dPw + r * G::LDS;
+        bf16 *dsrow = dSw + r * G::LDP;
+        for (int c = 0; c < TC_COLS / 2; c++) {
+            int j = tc_col(c, r, half, TC_COLS);
+            float ds = j < nk ? __expf(srow[j] * scale - L) * (dprow[j] - D) : 0.0f;
+            dsrow[j] = __float2bfloat16_rn(ds);
+        }
+        __syncwarp();  // dS complete before the fragments read it
 #pragma unroll
-            for (int n = 0; n < HD / 16; n++)
-                for (int kk = 0; kk < ng; kk++) {
-                    FragA a;
-                    FragB kf;
-                    wmma::load_matrix_sync(a, dSw + kk * 16, G::LDP);
-                    wmma::load_matrix_sync(kf, Ks + kk * 16 * G::LDB + n * 16, G::LDB);
-                    wmma::mma_sync(acc[n], a, kf, acc[n]);
-                }
-        }
-        if (pass == 0) {
-            D += __shfl_xor_sync(FULL_MASK, D, 1);  // both halves of row r
-            if (active && half == 0 && w0 + r < T) Dvec[(size_t)bh * T + w0 + r] = D;
-        }
+        for (int n = 0; n < HD / 16; n++)
+            for (int kk = 0; kk < ng; kk++) {
+                FragA a;
+                FragB kf;
+                wmma::load_matrix_sync(a, dSw + kk * 16, G::LDP);
+                wmma::load_matrix_sync(kf, Ks + kk * 16 * G::LDB + n * 16, G::LDB);
+                wmma::mma_sync(acc[n], a, kf, acc[n]);
+            }
     }
     if (!active) return;
     __syncwarp();  // S and dP are no longer read: their space takes the output tile
@@ -407,14 +409,17 @@ static int tc_forward(CudaState *s, float *out, float *lse, const float *q, cons
 }
 
 template <int HD>
-static int tc_backward(CudaState *s, float *dq, float *dk, float *dv, const float *dout, const float *lse, float *Dvec,
-                       const float *q, const float *k, const float *v, int B, int T, int H) {
+static int tc_backward(CudaState *s, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                       const float *lse, float *Dvec, const float *q, const float *k, const float *v, int B, int T,
+                       int H) {
     size_t s1 = tc_dq_smem<HD>(), s2 = tc_dkdv_smem<HD>();
     if (tc_allow_smem(s, tc_dq_kernel<HD>, s1, "attention_backward") ||
         tc_allow_smem(s, tc_dkdv_kernel<HD>, s2, "attention_backward"))
         return VIT_ERR;
     dim3 grid(B * H, (T + TC_ROWS - 1) / TC_ROWS);
     float scale = 1.0f / sqrtf((float)HD);
+    size_t rows = (size_t)B * H * T;
+    tc_d_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, s->stream>>>(Dvec, dout, out, B, T, H, HD);
     tc_dq_kernel<HD><<<grid, TC_THREADS, s1, s->stream>>>(dq, Dvec, dout, lse, q, k, v, T, H, scale);
     tc_dkdv_kernel<HD><<<grid, TC_THREADS, s2, s->stream>>>(dk, dv, dout, lse, Dvec, q, k, v, T, H, scale);
     return cuda_check_launch(s, "attention_backward");
@@ -429,11 +434,12 @@ int cuda_attention_tc_forward(CudaState *s, float *out, float *lse, const float 
     }
 }
 
-int cuda_attention_tc_backward(CudaState *s, float *dq, float *dk, float *dv, const float *dout, const float *lse,
-                               float *Dvec, const float *q, const float *k, const float *v, int B, int T, int H, int hd) {
+int cuda_attention_tc_backward(CudaState *s, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                               const float *lse, float *Dvec, const float *q, const float *k, const float *v, int B,
+                               int T, int H, int hd) {
     switch (hd) {
-    case 32: return tc_backward<32>(s, dq, dk, dv, dout, lse, Dvec, q, k, v, B, T, H);
-    case 64: return tc_backward<64>(s, dq, dk, dv, dout, lse, Dvec, q, k, v, B, T, H);
-    default: return tc_backward<128>(s, dq, dk, dv, dout, lse, Dvec, q, k, v, B, T, H);
+    case 32: return tc_backward<32>(s, dq, dk, dv, dout, out, lse, Dvec, q, k, v, B, T, H);
+    case 64: return tc_backward<64>(s, dq, dk, dv, dout, out, lse, Dvec, q, k, v, B, T, H);
+    default: return tc_backward<128>(s, dq, dk, dv, dout, out, lse, Dvec, q, k, v, B, T, H);
     }
 }

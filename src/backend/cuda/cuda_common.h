@@ -93,6 +93,6 @@ void cuda_install_attention(Backend *be);
 int cuda_attention_tc_usable(const CudaState *s, int hd, const void *const *ptrs, int n);
 int cuda_attention_tc_forward(CudaState *s, float *out, float *lse, const float *q, const float *k, const float *v,
                               int B, int T, int H, int hd);
-int cuda_attention_tc_backward(CudaState *s, float *dq, float *dk, float *dv, const float *dout, const float *lse,
-                               float *Dvec, const float *q, const float *k, const float *v, int B, int T, int H, int hd);
+int cuda_attention_tc_backward(CudaState *s, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                               const float *lse, float *Dvec, const float *q, const float *k, const float *v, int B, int T, int H, int hd);
 void cuda_install_optimizer(Backend *be);
