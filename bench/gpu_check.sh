@@ -251,6 +251,15 @@ if [ -n "$VIT" ]; then
     done
 fi
 [ -n "$GFLOP" ] || GFLOP=105.383  # ViT-B/16 at 224, forward + backward (vit info)
+MMA_IPS=""
+if [ -n "$VIT_IPS" ]; then
+    # The same run with the mma.sync attention kernels (test_cuda checked them above).
+    run_phase vit_mma "$(limit 120 330)" "${VRUN[@]}" VIT_CUDA_ATTENTION=mma $VIT train --model ViT-B_16 --image_size 224 \
+        --device cuda -d bf16 --synthetic_data --from_scratch --batch_size "$VIT_BATCH" --grad_accum_steps 1 --epochs 1 \
+        --steps_per_epoch "${VIT_STEPS:-10}" --validation_steps 0 --optimizer adamw --dropout 0 --save_dir= --seed 0 \
+        --json && MMA_IPS=$(json_num images_per_sec "$LOG/vit_mma.log")
+    say "  batch $VIT_BATCH with VIT_CUDA_ATTENTION=mma: ${MMA_IPS:-failed} img/s"
+fi
 
 section "PyTorch"
 TB=${VIT_BATCH:-256}
@@ -335,6 +344,7 @@ fi
             printf "%-44s %6s %9s %8s %12s\n", n, b, (v != "" ? sprintf("%.1f", v) : "failed"), r, f }'
     }
     row "vit --device cuda -d bf16 ($BUILD_NOTE)" "$VIT_BATCH" "$VIT_IPS"
+    row "vit, VIT_CUDA_ATTENTION=mma" "$VIT_BATCH" "$MMA_IPS"
     row "PyTorch eager (timm, autocast bf16)" "$EAGER_B" "$EAGER"
     row "PyTorch torch.compile" "$EAGER_B" "$COMP"
     say "ceiling: bf16 matmul ${CEIL:-?} TFLOP/s measured; $GFLOP GFLOP per trained image"

@@ -29,7 +29,7 @@
 #include "dist/nccl_sync.h"
 #endif
 
-static Backend *cpu, *gpu, *gpu_tf32, *gpu_bf16;
+static Backend *cpu, *gpu, *gpu_tf32, *gpu_bf16, *gpu_mma;
 
 static float *randn(size_t n, uint32_t stream, float s) {
     float *x = malloc(n * sizeof(float));
@@ -475,6 +475,12 @@ static void test_attention(void) {
     int bf[][4] = {{2, 197, 3, 64}, {2, 50, 3, 64}, {1, 65, 2, 32}, {3, 1, 2, 64}, {1, 130, 1, 128}, {1, 33, 2, 80}};
     for (size_t si = 0; si < sizeof bf / sizeof bf[0]; si++)
         attention_case(gpu_bf16, "bf16", bf[si][0], bf[si][1], bf[si][2], bf[si][3], 2e-2);
+    // The mma.sync kernels (VIT_CUDA_ATTENTION=mma) for hd 32/64, same bound: one key and one
+    // query, tiles that end on and just past 64, ViT-B/16's 197 and 577 tokens, an odd head count.
+    int mm[][4] = {{3, 1, 2, 64}, {2, 17, 3, 32}, {1, 64, 2, 64}, {1, 65, 2, 64}, {2, 128, 1, 32},
+                   {2, 197, 3, 64}, {1, 577, 2, 64}, {1, 130, 5, 64}};
+    for (size_t si = 0; si < sizeof mm / sizeof mm[0]; si++)
+        attention_case(gpu_mma, "bf16 mma", mm[si][0], mm[si][1], mm[si][2], mm[si][3], 2e-2);
 }
 
 // ---- optimizer --------------------------------------------------------------------------------
@@ -878,13 +884,16 @@ int main(void) {
     }
     cpu = backend_cpu_create(0);
     if (on_cpu) {
-        gpu = gpu_tf32 = gpu_bf16 = backend_cpu_create(0);
+        gpu = gpu_tf32 = gpu_bf16 = gpu_mma = backend_cpu_create(0);
     } else {
         gpu = backend_cuda_create(0, CUDA_FP32);
         gpu_tf32 = backend_cuda_create(0, CUDA_TF32);
         gpu_bf16 = backend_cuda_create(0, CUDA_BF16);
+        setenv("VIT_CUDA_ATTENTION", "mma", 1);  // read at creation
+        gpu_mma = backend_cuda_create(0, CUDA_BF16);
+        unsetenv("VIT_CUDA_ATTENTION");
     }
-    if (!cpu || !gpu || !gpu_tf32 || !gpu_bf16) {
+    if (!cpu || !gpu || !gpu_tf32 || !gpu_bf16 || !gpu_mma) {
         CHECK(0, "creating the backends: %s", vit_error());
         return check_report("test_cuda");
     }
@@ -909,6 +918,7 @@ int main(void) {
         gpu->destroy(gpu);
         gpu_tf32->destroy(gpu_tf32);
         gpu_bf16->destroy(gpu_bf16);
+        gpu_mma->destroy(gpu_mma);
     } else {
         gpu->destroy(gpu);
     }

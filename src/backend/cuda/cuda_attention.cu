@@ -344,7 +344,8 @@ static int attention_forward(Backend *be, float *out, float *state, float *scrat
                              const float *v, int B, int T, int H, int hd) {
     CudaState *s = cuda_state(be);
     if (check_shape(s, B, T, H, hd, "attention_forward")) return VIT_ERR;
-    const void *in[] = {q, k, v};
+    const void *in[] = {q, k, v, out};
+    if (cuda_attention_mma_usable(s, hd, in, 4)) return cuda_attention_mma_forward(s, out, state, q, k, v, B, T, H, hd);
     if (cuda_attention_tc_usable(s, hd, in, 3)) return cuda_attention_tc_forward(s, out, state, q, k, v, B, T, H, hd);
     switch ((hd + 31) / 32) {
     case 1: return forward_nc<1>(s, out, state, q, k, v, B, T, H, hd);
@@ -359,7 +360,9 @@ static int attention_backward(Backend *be, float *dq, float *dk, float *dv, cons
                               int hd) {
     CudaState *s = cuda_state(be);
     if (check_shape(s, B, T, H, hd, "attention_backward")) return VIT_ERR;
-    const void *in[] = {q, k, v, dout, out};
+    const void *in[] = {q, k, v, dout, out, dq, dk, dv};
+    if (cuda_attention_mma_usable(s, hd, in, 8))
+        return cuda_attention_mma_backward(s, dq, dk, dv, dout, out, state, scratch, q, k, v, B, T, H, hd);
     if (cuda_attention_tc_usable(s, hd, in, 5))
         return cuda_attention_tc_backward(s, dq, dk, dv, dout, out, state, scratch, q, k, v, B, T, H, hd);
     switch ((hd + 31) / 32) {

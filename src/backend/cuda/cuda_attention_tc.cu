@@ -383,6 +383,13 @@ __global__ void __launch_bounds__(TC_THREADS) tc_dkdv_kernel(float *dk, float *d
 }
 
 // ---- host side ----------------------------------------------------------------------------
+int cuda_attention_d(CudaState *s, float *Dvec, const float *dout, const float *out, int B, int T, int H, int hd) {
+    size_t rows = (size_t)B * H * T;
+    if (!rows) return VIT_OK;
+    tc_d_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, s->stream>>>(Dvec, dout, out, B, T, H, hd);
+    return cuda_check_launch(s, "attention_backward (D)");
+}
+
 int cuda_attention_tc_usable(const CudaState *s, int hd, const void *const *ptrs, int n) {
     if (s->precision != CUDA_BF16 || (hd != 32 && hd != 64 && hd != 128)) return 0;
     for (int i = 0; i < n; i++)
@@ -418,8 +425,7 @@ static int tc_backward(CudaState *s, float *dq, float *dk, float *dv, const floa
         return VIT_ERR;
     dim3 grid(B * H, (T + TC_ROWS - 1) / TC_ROWS);
     float scale = 1.0f / sqrtf((float)HD);
-    size_t rows = (size_t)B * H * T;
-    tc_d_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, s->stream>>>(Dvec, dout, out, B, T, H, HD);
+    if (cuda_attention_d(s, Dvec, dout, out, B, T, H, HD)) return VIT_ERR;
     tc_dq_kernel<HD><<<grid, TC_THREADS, s1, s->stream>>>(dq, Dvec, dout, lse, q, k, v, T, H, scale);
     tc_dkdv_kernel<HD><<<grid, TC_THREADS, s2, s->stream>>>(dk, dv, dout, lse, Dvec, q, k, v, T, H, scale);
     return cuda_check_launch(s, "attention_backward");

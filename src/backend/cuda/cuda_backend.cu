@@ -197,6 +197,8 @@ Backend *backend_cuda_create(int device, CudaPrecision precision) {
         return create_failed(be, "%s has compute capability %d.%d; this build needs 8.0 or newer", prop.name,
                              prop.major, prop.minor);
     s->sm_count = prop.multiProcessorCount;
+    const char *att = getenv("VIT_CUDA_ATTENTION");
+    s->attention_mma = att && !strcmp(att, "mma");
     s->smem_optin = prop.sharedMemPerBlockOptin;
     e = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&s->copy_stream, cudaStreamNonBlocking);

@@ -41,6 +41,7 @@ typedef struct {
     size_t optim_host_cap;          // in chunks
     OptimSegment *optim_segs;
     int optim_nsegs, optim_segs_cap, optim_nchunks;
+    int attention_mma;              // VIT_CUDA_ATTENTION=mma: the mma.sync attention kernels
     int failed;                     // a CUDA call failed: later ops do nothing, int ops report it
     char error[512];
 } CudaState;
@@ -95,4 +96,15 @@ int cuda_attention_tc_forward(CudaState *s, float *out, float *lse, const float 
                               int B, int T, int H, int hd);
 int cuda_attention_tc_backward(CudaState *s, float *dq, float *dk, float *dv, const float *dout, const float *out,
                                const float *lse, float *Dvec, const float *q, const float *k, const float *v, int B, int T, int H, int hd);
+// D_i = dO_i . O_i per (b, h, row) into Dvec (B*H*T floats), for the tensor-core backward passes.
+int cuda_attention_d(CudaState *s, float *Dvec, const float *dout, const float *out, int B, int T, int H, int hd);
+// Register-resident mma.sync attention (cuda_attention_mma.cu): used instead of the WMMA
+// kernels when VIT_CUDA_ATTENTION=mma was set at backend creation, the precision is bf16, hd is
+// 32 or 64 and the arrays are 16-byte aligned.
+int cuda_attention_mma_usable(const CudaState *s, int hd, const void *const *ptrs, int n);
+int cuda_attention_mma_forward(CudaState *s, float *out, float *lse, const float *q, const float *k, const float *v,
+                               int B, int T, int H, int hd);
+int cuda_attention_mma_backward(CudaState *s, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                const float *lse, float *Dvec, const float *q, const float *k, const float *v, int B,
+                                int T, int H, int hd);
 void cuda_install_optimizer(Backend *be);
