@@ -19,26 +19,35 @@ double *cpu_partials(Backend *be, size_t n) {
     return s->partials;
 }
 
-// Column sums of the rows x cols matrix `x` (optionally multiplied elementwise by `y`),
-// added to acc. Rows are split into fixed chunks so the result is thread-count independent.
-static void column_sums(Backend *be, float *acc, const float *x, int rows, int cols) {
-    int chunks = rows < CPU_REDUCE_CHUNKS ? rows : CPU_REDUCE_CHUNKS;
-    double *part = cpu_partials(be, (size_t)chunks * cols);
-#pragma omp parallel for schedule(static)
-    for (int c = 0; c < chunks; c++) {
-        double *p = part + (size_t)c * cols;
-        for (int j = 0; j < cols; j++) p[j] = 0;
-        int r0 = (int)((long)rows * c / chunks), r1 = (int)((long)rows * (c + 1) / chunks);
-        for (int i = r0; i < r1; i++) {
-            const float *row = x + (size_t)i * cols;
-            for (int j = 0; j < cols; j++) p[j] += row[j];
-        }
-    }
+// Column reductions split the rows into fixed chunks, each summed in double into its own
+// partial row, then the partials are added in chunk order: the result does not depend on the
+// thread count. Chunk c covers rows [chunk_row(rows, chunks, c), chunk_row(.., c + 1)).
+static inline int reduce_chunks(int rows) { return rows < CPU_REDUCE_CHUNKS ? rows : CPU_REDUCE_CHUNKS; }
+static inline int chunk_row(int rows, int chunks, int c) { return (int)((long)rows * c / chunks); }
+
+// acc[j] += sum over chunks of part[c][j].
+static void add_chunk_sums(float *acc, const double *part, int chunks, int cols) {
     for (int j = 0; j < cols; j++) {
         double s = 0;
         for (int c = 0; c < chunks; c++) s += part[(size_t)c * cols + j];
         acc[j] += (float)s;
     }
+}
+
+// Column sums of the rows x cols matrix `x`, added to acc.
+static void column_sums(Backend *be, float *acc, const float *x, int rows, int cols) {
+    int chunks = reduce_chunks(rows);
+    double *part = cpu_partials(be, (size_t)chunks * cols);
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < chunks; c++) {
+        double *p = part + (size_t)c * cols;
+        for (int j = 0; j < cols; j++) p[j] = 0;
+        for (int i = chunk_row(rows, chunks, c); i < chunk_row(rows, chunks, c + 1); i++) {
+            const float *row = x + (size_t)i * cols;
+            for (int j = 0; j < cols; j++) p[j] += row[j];
+        }
+    }
+    add_chunk_sums(acc, part, chunks, cols);
 }
 
 static void bias_backward(Backend *be, float *dbias, const float *dout, int M, int N) {
@@ -71,13 +80,13 @@ static void layernorm_forward(Backend *be, float *out, float *mean, float *rstd,
 static void layernorm_backward(Backend *be, float *dinp, float *dscale, float *dbias, const float *dout,
                                const float *inp, const float *scale, const float *mean, const float *rstd,
                                int rows, int C) {
-    int chunks = rows < CPU_REDUCE_CHUNKS ? rows : CPU_REDUCE_CHUNKS;
+    int chunks = reduce_chunks(rows);
     double *part = cpu_partials(be, (size_t)chunks * 2 * C);
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < chunks; c++) {
         double *ps = part + (size_t)c * 2 * C, *pb = ps + C;
         for (int j = 0; j < 2 * C; j++) ps[j] = 0;
-        int r0 = (int)((long)rows * c / chunks), r1 = (int)((long)rows * (c + 1) / chunks);
+        int r0 = chunk_row(rows, chunks, c), r1 = chunk_row(rows, chunks, c + 1);
         for (int i = r0; i < r1; i++) {
             const float *x = inp + (size_t)i * C, *dy = dout + (size_t)i * C;
             float *dx = dinp + (size_t)i * C;
@@ -270,15 +279,14 @@ static void gelu_dropout_backward(Backend *be, float *dinp, float *dbias, const 
                                   int rows, int cols, int tanh_approx, float rate, uint64_t seed, uint32_t step,
                                   uint32_t site) {
     float keep = 1.0f - rate, inv = 1.0f / keep;
-    int chunks = rows < CPU_REDUCE_CHUNKS ? rows : CPU_REDUCE_CHUNKS;
+    int chunks = reduce_chunks(rows);
     double *part = cpu_partials(be, (size_t)chunks * cols);
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < chunks; c++) {
         double *p = part + (size_t)c * cols;
         for (int j = 0; j < cols; j++) p[j] = 0;
         float mult[MASK_SPAN], d[MASK_SPAN];
-        int r0 = (int)((long)rows * c / chunks), r1 = (int)((long)rows * (c + 1) / chunks);
-        for (int i = r0; i < r1; i++) {
+        for (int i = chunk_row(rows, chunks, c); i < chunk_row(rows, chunks, c + 1); i++) {
             for (int j0 = 0; j0 < cols; j0 += MASK_SPAN) {
                 size_t at = (size_t)i * cols + j0;
                 int len = cols - j0 < MASK_SPAN ? cols - j0 : MASK_SPAN;
@@ -302,11 +310,7 @@ static void gelu_dropout_backward(Backend *be, float *dinp, float *dbias, const 
             }
         }
     }
-    for (int j = 0; j < cols; j++) {
-        double s = 0;
-        for (int c = 0; c < chunks; c++) s += part[(size_t)c * cols + j];
-        dbias[j] += (float)s;
-    }
+    add_chunk_sums(dbias, part, chunks, cols);
 }
 
 static void scale(Backend *be, float *x, size_t n, float s) {

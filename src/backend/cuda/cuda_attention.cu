@@ -297,15 +297,6 @@ static size_t dkdv_smem(int hd) {
     return sizeof(float) * (2 * (size_t)TILE_ROWS * hd + 2 * (size_t)TILE_COLS * odd_stride(hd) + 2 * TILE_COLS);
 }
 
-// Kernels needing more than the default 48 KiB of dynamic shared memory must say so first.
-template <typename Kernel>
-static int allow_smem(CudaState *s, Kernel kernel, size_t bytes, const char *op) {
-    if (bytes <= 48 * 1024) return VIT_OK;
-    if (bytes > s->smem_optin)
-        return cuda_fail(s, op, "needs %zu bytes of shared memory, the device allows %zu", bytes, s->smem_optin);
-    return cuda_check(s, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes), op);
-}
-
 // Shape errors are the caller's: reported without marking the backend failed.
 static int check_shape(CudaState *s, int B, int T, int H, int hd, const char *op) {
     if (cuda_failed(s)) return VIT_ERR;
@@ -320,7 +311,7 @@ template <int NC>
 static int forward_nc(CudaState *s, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
                       int H, int hd) {
     size_t smem = fwd_smem(hd);
-    if (allow_smem(s, attn_forward_kernel<NC>, smem, "attention_forward")) return VIT_ERR;
+    if (cuda_allow_smem(s, attn_forward_kernel<NC>, smem, "attention_forward")) return VIT_ERR;
     dim3 grid(B * H, (T + TILE_ROWS - 1) / TILE_ROWS);  // (b, h) on x: no 65535 limit
     attn_forward_kernel<NC><<<grid, THREADS, smem, s->stream>>>(out, lse, q, k, v, T, H, hd, 1.0f / sqrtf((float)hd));
     return cuda_check_launch(s, "attention_forward");
@@ -330,8 +321,8 @@ template <int NC>
 static int backward_nc(CudaState *s, float *dq, float *dk, float *dv, const float *dout, const float *lse, float *Dvec,
                        const float *q, const float *k, const float *v, int B, int T, int H, int hd) {
     size_t s1 = dq_smem(hd), s2 = dkdv_smem(hd);
-    if (allow_smem(s, attn_dq_kernel<NC>, s1, "attention_backward") ||
-        allow_smem(s, attn_dkdv_kernel<NC>, s2, "attention_backward"))
+    if (cuda_allow_smem(s, attn_dq_kernel<NC>, s1, "attention_backward") ||
+        cuda_allow_smem(s, attn_dkdv_kernel<NC>, s2, "attention_backward"))
         return VIT_ERR;
     dim3 grid(B * H, (T + TILE_ROWS - 1) / TILE_ROWS);  // (b, h) on x: no 65535 limit
     float scale = 1.0f / sqrtf((float)hd);

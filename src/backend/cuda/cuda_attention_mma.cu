@@ -67,6 +67,14 @@ static __device__ __forceinline__ void mm_load_b(uint32_t &b0, uint32_t &b1, con
     b1 = *reinterpret_cast<const uint32_t *>(p + 8);
 }
 
+// A fragments of 16 rows (row0..) of a row-major HD-wide tile, every k-step of HD.
+template <int HD>
+static __device__ __forceinline__ void mm_load_rows_a(uint32_t a[HD / 16][4], const bf16 *tile, int row0, int g,
+                                                      int t) {
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) mm_load_a<MmGeo<HD>::LD>(a[kk], tile, row0, kk * 16, g, t);
+}
+
 // The A fragment of k-step j (16 columns) made from C fragments nt = 2j, 2j+1 of a 16x64 tile.
 static __device__ __forceinline__ void mm_c_to_a(uint32_t a[4], const float c[8][4], int j) {
     a[0] = mm_pack(c[2 * j][0], c[2 * j][1]);
@@ -119,6 +127,27 @@ static __device__ __forceinline__ void mm_store_rows(float *dst, size_t ld, cons
     }
 }
 
+// Two 16x64 score tiles of a warp: s = A1 B1 and dp = A2 B2 over HD, the A operands in
+// registers (the warp's 16 rows) and the B tiles row-major in shared memory (64 rows of HD).
+template <int HD>
+static __device__ __forceinline__ void mm_two_scores(float s[8][4], float dp[8][4], const uint32_t a1[HD / 16][4],
+                                                     const bf16 *b1, const uint32_t a2[HD / 16][4], const bf16 *b2,
+                                                     int g, int t) {
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            uint32_t b0, bb;
+            mm_load_b<MmGeo<HD>::LD>(b0, bb, b1, nt * 8, kk * 16, g, t);
+            mm_mma(s[nt], a1[kk], b0, bb);
+            mm_load_b<MmGeo<HD>::LD>(b0, bb, b2, nt * 8, kk * 16, g, t);
+            mm_mma(dp[nt], a2[kk], b0, bb);
+        }
+    }
+}
+
 // ---- forward ------------------------------------------------------------------------------
 // Shared memory: Q tile, K tile (row-major), V^T tile.
 template <int HD>
@@ -134,8 +163,7 @@ __global__ void __launch_bounds__(MM_THREADS) mm_forward_kernel(float *out, floa
     mm_load<HD>(Qs, q + base, ld, q0, T);
     __syncthreads();
     uint32_t qa[HD / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) mm_load_a<G::LD>(qa[kk], Qs, warp * 16, kk * 16, g, t);
+    mm_load_rows_a<HD>(qa, Qs, warp * 16, g, t);
     float o[HD / 8][4];
 #pragma unroll
     for (int dn = 0; dn < HD / 8; dn++) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
@@ -238,11 +266,8 @@ __global__ void __launch_bounds__(MM_THREADS) mm_dq_kernel(float *dq, const floa
     mm_load<HD>(dOs, dout + base, ld, q0, T);
     __syncthreads();
     uint32_t qa[HD / 16][4], da[HD / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) {
-        mm_load_a<G::LD>(qa[kk], Qs, warp * 16, kk * 16, g, t);
-        mm_load_a<G::LD>(da[kk], dOs, warp * 16, kk * 16, g, t);
-    }
+    mm_load_rows_a<HD>(qa, Qs, warp * 16, g, t);
+    mm_load_rows_a<HD>(da, dOs, warp * 16, g, t);
     float acc[HD / 8][4];
 #pragma unroll
     for (int dn = 0; dn < HD / 8; dn++) acc[dn][0] = acc[dn][1] = acc[dn][2] = acc[dn][3] = 0.0f;
@@ -255,19 +280,7 @@ __global__ void __launch_bounds__(MM_THREADS) mm_dq_kernel(float *dq, const floa
         __syncthreads();
         const int nk = min(MM_COLS, T - t0);
         float s[8][4], dp[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < HD / 16; kk++) {
-                uint32_t b0, b1;
-                mm_load_b<G::LD>(b0, b1, Ks, nt * 8, kk * 16, g, t);
-                mm_mma(s[nt], qa[kk], b0, b1);
-                mm_load_b<G::LD>(b0, b1, Vs, nt * 8, kk * 16, g, t);
-                mm_mma(dp[nt], da[kk], b0, b1);
-            }
-        }
+        mm_two_scores<HD>(s, dp, qa, Ks, da, Vs, g, t);
         // dS in place of S.
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
@@ -318,11 +331,8 @@ __global__ void __launch_bounds__(MM_THREADS) mm_dkdv_kernel(float *dk, float *d
     mm_load<HD>(Vs, v + base, ld, k0, T);
     __syncthreads();
     uint32_t ka[HD / 16][4], va[HD / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) {
-        mm_load_a<G::LD>(ka[kk], Ks, warp * 16, kk * 16, g, t);
-        mm_load_a<G::LD>(va[kk], Vs, warp * 16, kk * 16, g, t);
-    }
+    mm_load_rows_a<HD>(ka, Ks, warp * 16, g, t);
+    mm_load_rows_a<HD>(va, Vs, warp * 16, g, t);
     float gk[HD / 8][4], gv[HD / 8][4];
 #pragma unroll
     for (int dn = 0; dn < HD / 8; dn++) {
@@ -344,19 +354,7 @@ __global__ void __launch_bounds__(MM_THREADS) mm_dkdv_kernel(float *dk, float *d
         __syncthreads();
         const int nq = min(MM_COLS, T - i0);
         float s[8][4], dp[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < HD / 16; kk++) {
-                uint32_t b0, b1;
-                mm_load_b<G::LD>(b0, b1, Qs, nt * 8, kk * 16, g, t);
-                mm_mma(s[nt], ka[kk], b0, b1);
-                mm_load_b<G::LD>(b0, b1, dOs, nt * 8, kk * 16, g, t);
-                mm_mma(dp[nt], va[kk], b0, b1);
-            }
-        }
+        mm_two_scores<HD>(s, dp, ka, Qs, va, dOs, g, t);
         // P^T in s, dS^T in dp; padded queries (columns) contribute nothing.
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
@@ -406,19 +404,11 @@ int cuda_attention_mma_usable(const CudaState *s, int hd, const void *const *ptr
     return 1;
 }
 
-template <typename Kernel>
-static int mm_allow_smem(CudaState *s, Kernel kernel, size_t bytes, const char *op) {
-    if (bytes <= 48 * 1024) return VIT_OK;
-    if (bytes > s->smem_optin)
-        return cuda_fail(s, op, "needs %zu bytes of shared memory, the device allows %zu", bytes, s->smem_optin);
-    return cuda_check(s, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes), op);
-}
-
 template <int HD>
 static int mm_forward(CudaState *s, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
                       int H) {
     size_t smem = mm_fwd_smem<HD>();
-    if (mm_allow_smem(s, mm_forward_kernel<HD>, smem, "attention_forward")) return VIT_ERR;
+    if (cuda_allow_smem(s, mm_forward_kernel<HD>, smem, "attention_forward")) return VIT_ERR;
     dim3 grid(B * H, (T + MM_ROWS - 1) / MM_ROWS);
     mm_forward_kernel<HD><<<grid, MM_THREADS, smem, s->stream>>>(out, lse, q, k, v, T, H, 1.0f / sqrtf((float)HD));
     return cuda_check_launch(s, "attention_forward");
@@ -429,8 +419,8 @@ static int mm_backward(CudaState *s, float *dq, float *dk, float *dv, const floa
                        const float *lse, float *Dvec, const float *q, const float *k, const float *v, int B, int T,
                        int H) {
     size_t s1 = mm_dq_smem<HD>(), s2 = mm_dkdv_smem<HD>();
-    if (mm_allow_smem(s, mm_dq_kernel<HD>, s1, "attention_backward") ||
-        mm_allow_smem(s, mm_dkdv_kernel<HD>, s2, "attention_backward") ||
+    if (cuda_allow_smem(s, mm_dq_kernel<HD>, s1, "attention_backward") ||
+        cuda_allow_smem(s, mm_dkdv_kernel<HD>, s2, "attention_backward") ||
         cuda_attention_d(s, Dvec, dout, out, B, T, H, HD))
         return VIT_ERR;
     dim3 grid(B * H, (T + MM_ROWS - 1) / MM_ROWS);

@@ -397,19 +397,11 @@ int cuda_attention_tc_usable(const CudaState *s, int hd, const void *const *ptrs
     return 1;
 }
 
-template <typename Kernel>
-static int tc_allow_smem(CudaState *s, Kernel kernel, size_t bytes, const char *op) {
-    if (bytes <= 48 * 1024) return VIT_OK;
-    if (bytes > s->smem_optin)
-        return cuda_fail(s, op, "needs %zu bytes of shared memory, the device allows %zu", bytes, s->smem_optin);
-    return cuda_check(s, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes), op);
-}
-
 template <int HD>
 static int tc_forward(CudaState *s, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
                       int H) {
     size_t smem = tc_fwd_smem<HD>();
-    if (tc_allow_smem(s, tc_forward_kernel<HD>, smem, "attention_forward")) return VIT_ERR;
+    if (cuda_allow_smem(s, tc_forward_kernel<HD>, smem, "attention_forward")) return VIT_ERR;
     dim3 grid(B * H, (T + TC_ROWS - 1) / TC_ROWS);
     tc_forward_kernel<HD><<<grid, TC_THREADS, smem, s->stream>>>(out, lse, q, k, v, T, H, 1.0f / sqrtf((float)HD));
     return cuda_check_launch(s, "attention_forward");
@@ -420,8 +412,8 @@ static int tc_backward(CudaState *s, float *dq, float *dk, float *dv, const floa
                        const float *lse, float *Dvec, const float *q, const float *k, const float *v, int B, int T,
                        int H) {
     size_t s1 = tc_dq_smem<HD>(), s2 = tc_dkdv_smem<HD>();
-    if (tc_allow_smem(s, tc_dq_kernel<HD>, s1, "attention_backward") ||
-        tc_allow_smem(s, tc_dkdv_kernel<HD>, s2, "attention_backward"))
+    if (cuda_allow_smem(s, tc_dq_kernel<HD>, s1, "attention_backward") ||
+        cuda_allow_smem(s, tc_dkdv_kernel<HD>, s2, "attention_backward"))
         return VIT_ERR;
     dim3 grid(B * H, (T + TC_ROWS - 1) / TC_ROWS);
     float scale = 1.0f / sqrtf((float)HD);

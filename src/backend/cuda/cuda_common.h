@@ -89,6 +89,14 @@ void cuda_add_bias(CudaState *s, float *out, const float *bias, size_t rows, int
 
 void cuda_install_ops(Backend *be);
 void cuda_install_attention(Backend *be);
+// Kernels needing more than the default 48 KiB of dynamic shared memory must say so first.
+template <typename Kernel>
+static int cuda_allow_smem(CudaState *s, Kernel kernel, size_t bytes, const char *op) {
+    if (bytes <= 48 * 1024) return VIT_OK;
+    if (bytes > s->smem_optin)
+        return cuda_fail(s, op, "needs %zu bytes of shared memory, the device allows %zu", bytes, s->smem_optin);
+    return cuda_check(s, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes), op);
+}
 // Tensor-core (WMMA bf16) attention, same op and state as the fp32 kernels: used when the
 // precision is CUDA_BF16, hd is 32, 64 or 128 and the loaded arrays are 16-byte aligned.
 int cuda_attention_tc_usable(const CudaState *s, int hd, const void *const *ptrs, int n);

@@ -20,14 +20,14 @@ static int chunks_for(int rows) { return rows < CHUNKS ? (rows > 0 ? rows : 1) :
     } while (0)
 
 // ---- column sums (bias gradient) -------------------------------------------------------
-// part[c][j] = sum of x[i][j] over chunk c's rows; block = 32 columns x 8 row lanes.
-__global__ void colsum_partial_kernel(double *part, const float *x, int rows, int cols, int chunks) {
+// A block of 32 columns x 8 row lanes sums chunk blockIdx.y's rows [chunk_row(c), chunk_row(c+1)).
+static __device__ __forceinline__ int chunk_row(int rows, int chunks, int c) {
+    return (int)((long long)rows * c / chunks);
+}
+
+// Adds up the 8 row lanes' sums of column j and stores part[c][j] (every thread calls it).
+static __device__ __forceinline__ void store_column_partial(double *part, double acc, int j, int cols, int c) {
     __shared__ double sh[ROWS_PER][COLS];
-    int j = blockIdx.x * COLS + threadIdx.x, c = blockIdx.y;
-    int r0 = (int)((long long)rows * c / chunks), r1 = (int)((long long)rows * (c + 1) / chunks);
-    double acc = 0;
-    if (j < cols)
-        for (int i = r0 + threadIdx.y; i < r1; i += ROWS_PER) acc += x[(size_t)i * cols + j];
     sh[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && j < cols) {
@@ -35,6 +35,16 @@ __global__ void colsum_partial_kernel(double *part, const float *x, int rows, in
         for (int y = 0; y < ROWS_PER; y++) s += sh[y][threadIdx.x];
         part[(size_t)c * cols + j] = s;
     }
+}
+
+// part[c][j] = sum of x[i][j] over chunk c's rows.
+__global__ void colsum_partial_kernel(double *part, const float *x, int rows, int cols, int chunks) {
+    int j = blockIdx.x * COLS + threadIdx.x, c = blockIdx.y;
+    double acc = 0;
+    if (j < cols)
+        for (int i = chunk_row(rows, chunks, c) + threadIdx.y; i < chunk_row(rows, chunks, c + 1); i += ROWS_PER)
+            acc += x[(size_t)i * cols + j];
+    store_column_partial(part, acc, j, cols, c);
 }
 
 // dst[j] += sum over chunks of part[c][j] (columns `cols`, partials `stride` apart per chunk).
@@ -121,7 +131,7 @@ __global__ void layernorm_dparams_kernel(double *part, const float *dout, const 
                                          const float *rstd, int rows, int C, int chunks) {
     __shared__ double sh_s[ROWS_PER][COLS], sh_b[ROWS_PER][COLS];
     int j = blockIdx.x * COLS + threadIdx.x, c = blockIdx.y;
-    int r0 = (int)((long long)rows * c / chunks), r1 = (int)((long long)rows * (c + 1) / chunks);
+    int r0 = chunk_row(rows, chunks, c), r1 = chunk_row(rows, chunks, c + 1);
     double as = 0, ab = 0;
     if (j < C)
         for (int i = r0 + threadIdx.y; i < r1; i += ROWS_PER) {
@@ -335,25 +345,17 @@ static void gelu_dropout_forward(Backend *be, float *out, const float *inp, size
 __global__ void gelu_dropout_backward_kernel(double *part, float *dinp, const float *inp, const float *dout, int rows,
                                              int cols, int chunks, int tanh_approx, float rate, float keep, float inv,
                                              uint64_t seed, uint32_t step, uint32_t site) {
-    __shared__ double sh[ROWS_PER][COLS];
     int j = blockIdx.x * COLS + threadIdx.x, c = blockIdx.y;
-    int r0 = (int)((long long)rows * c / chunks), r1 = (int)((long long)rows * (c + 1) / chunks);
     double acc = 0;
     if (j < cols)
-        for (int r = r0 + threadIdx.y; r < r1; r += ROWS_PER) {
+        for (int r = chunk_row(rows, chunks, c) + threadIdx.y; r < chunk_row(rows, chunks, c + 1); r += ROWS_PER) {
             size_t i = (size_t)r * cols + j;
             float d = rate > 0 ? dropped(dout[i], i, keep, inv, seed, step, site) : dout[i];
             d = __fmul_rn(d, gelu_grad(inp[i], tanh_approx));
             dinp[i] = d;
             acc += d;
         }
-    sh[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.y == 0 && j < cols) {
-        double t = 0;
-        for (int r = 0; r < ROWS_PER; r++) t += sh[r][threadIdx.x];
-        part[(size_t)c * cols + j] = t;
-    }
+    store_column_partial(part, acc, j, cols, c);
 }
 
 static void gelu_dropout_backward(Backend *be, float *dinp, float *dbias, const float *inp, const float *dout, int rows,
