@@ -148,6 +148,26 @@ static __device__ __forceinline__ void mm_two_scores(float s[8][4], float dp[8][
     }
 }
 
+// acc (16 x HD) += C (16 x 64 scores-like tile, its first n columns real) times a transposed
+// tile bt (element (k, d) at bt[d * LDT + k]): P V, dS K, P^T dO, dS^T Q. 16-column groups
+// wholly past n are skipped (n is the same for the whole block).
+template <int HD>
+static __device__ __forceinline__ void mm_accumulate(float acc[HD / 8][4], const float c[8][4], const bf16 *bt, int n,
+                                                     int g, int t) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        if (16 * j >= n) break;
+        uint32_t a[4];
+        mm_c_to_a(a, c, j);
+#pragma unroll
+        for (int dn = 0; dn < HD / 8; dn++) {
+            uint32_t b0, b1;
+            mm_load_b<MmGeo<HD>::LDT>(b0, b1, bt, dn * 8, j * 16, g, t);
+            mm_mma(acc[dn], a, b0, b1);
+        }
+    }
+}
+
 // ---- forward ------------------------------------------------------------------------------
 // Shared memory: Q tile, K tile (row-major), V^T tile.
 template <int HD>
@@ -219,19 +239,7 @@ __global__ void __launch_bounds__(MM_THREADS) mm_forward_kernel(float *out, floa
         m1 = mn1;
 #pragma unroll
         for (int dn = 0; dn < HD / 8; dn++) o[dn][0] *= c0, o[dn][1] *= c0, o[dn][2] *= c1, o[dn][3] *= c1;
-        // O += P V, over the 16-key groups holding real keys (nk is the same for the whole block).
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            if (16 * j >= nk) break;
-            uint32_t pa[4];
-            mm_c_to_a(pa, s, j);
-#pragma unroll
-            for (int dn = 0; dn < HD / 8; dn++) {
-                uint32_t b0, b1;
-                mm_load_b<G::LDT>(b0, b1, Vt, dn * 8, j * 16, g, t);
-                mm_mma(o[dn], pa, b0, b1);
-            }
-        }
+        mm_accumulate<HD>(o, s, Vt, nk, g, t);  // O += P V
     }
     l0 += __shfl_xor_sync(FULL_MASK, l0, 1);
     l0 += __shfl_xor_sync(FULL_MASK, l0, 2);
@@ -292,18 +300,7 @@ __global__ void __launch_bounds__(MM_THREADS) mm_dq_kernel(float *dq, const floa
                 s[nt][e] = p0 * (dp[nt][e] - D0);
                 s[nt][2 + e] = p1 * (dp[nt][2 + e] - D1);
             }
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            if (16 * j >= nk) break;
-            uint32_t a[4];
-            mm_c_to_a(a, s, j);
-#pragma unroll
-            for (int dn = 0; dn < HD / 8; dn++) {
-                uint32_t b0, b1;
-                mm_load_b<G::LDT>(b0, b1, Kt, dn * 8, j * 16, g, t);
-                mm_mma(acc[dn], a, b0, b1);
-            }
-        }
+        mm_accumulate<HD>(acc, s, Kt, nk, g, t);  // dQ += dS K
     }
     mm_store_rows<HD>(dq + base, ld, acc, w0, T, scale, scale, g, t);
 }
@@ -370,21 +367,8 @@ __global__ void __launch_bounds__(MM_THREADS) mm_dkdv_kernel(float *dk, float *d
                 s[nt][e] = p0;
                 s[nt][2 + e] = p1;
             }
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            if (16 * j >= nq) break;
-            uint32_t pa[4], sa[4];
-            mm_c_to_a(pa, s, j);
-            mm_c_to_a(sa, dp, j);
-#pragma unroll
-            for (int dn = 0; dn < HD / 8; dn++) {
-                uint32_t b0, b1;
-                mm_load_b<G::LDT>(b0, b1, dOt, dn * 8, j * 16, g, t);
-                mm_mma(gv[dn], pa, b0, b1);
-                mm_load_b<G::LDT>(b0, b1, Qt, dn * 8, j * 16, g, t);
-                mm_mma(gk[dn], sa, b0, b1);
-            }
-        }
+        mm_accumulate<HD>(gv, s, dOt, nq, g, t);  // dV += P^T dO
+        mm_accumulate<HD>(gk, dp, Qt, nq, g, t);  // dK += dS^T Q
     }
     mm_store_rows<HD>(dv + base, ld, gv, w0, T, 1.0f, 1.0f, g, t);
     mm_store_rows<HD>(dk + base, ld, gk, w0, T, scale, scale, g, t);
