@@ -3,8 +3,23 @@
 CC      ?= cc
 OPT     ?= -O3 -march=native
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -fno-trapping-math -fno-math-errno -fopenmp -Isrc -I$(BUILD)/gen -MMD -MP
-LDLIBS  += -lpthread -ldnnl -ljpeg -lpng -lzip -lz -lprotobuf-c -lm -fopenmp
 BUILD   ?= build
+
+# The matrix library: oneDNN 3 (GNU OpenMP build, the Python package index's
+# onednn-devel-cpu-gomp, which `make deps` installs into .deps/) when it is there: on the
+# machines measured it runs every ViT product about twice as fast as Debian's oneDNN 2.6
+# and has native bf16 kernels (bench/BENCHMARKS.md). `make DNNL=system` (or no .deps/)
+# builds with Debian's libdnnl-dev alone.
+DNNL_PREFIX := $(CURDIR)/.deps
+DNNL    ?= $(if $(wildcard $(DNNL_PREFIX)/include/oneapi/dnnl/dnnl.h),local,system)
+ifeq ($(DNNL),local)
+DNNL_CFLAGS := -I$(DNNL_PREFIX)/include
+DNNL_LIBS   := -L$(DNNL_PREFIX)/lib -Wl,-rpath,$(DNNL_PREFIX)/lib -ldnnl
+else
+DNNL_LIBS   := -ldnnl
+endif
+CFLAGS  += $(DNNL_CFLAGS)
+LDLIBS  += -lpthread $(DNNL_LIBS) -ljpeg -lpng -lzip -lz -lprotobuf-c -lm -fopenmp
 
 # MPI (--distributed) when Debian's Open MPI is installed; `make MPI=0` builds without it.
 MPI     ?= $(if $(shell pkg-config --exists mpi 2>/dev/null && echo y),1,0)
@@ -20,7 +35,7 @@ TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
 # CUDA backend (src/backend/cuda/*.cu) when nvcc is found; `make CUDA=0` builds with no CUDA
 # dependency at all, `make CUDA=1` insists on it. Objects made with and without -DVIT_CUDA
-# (or -DVIT_NCCL) differ, so a change of CUDA or NCCL rebuilds them ($(BUILD)/cuda.flag).
+# (or -DVIT_NCCL) differ, so a change of CUDA, NCCL or DNNL rebuilds them ($(BUILD)/cuda.flag).
 CUDA    ?= auto
 NVCC    ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 ifeq ($(CUDA),auto)
@@ -63,7 +78,7 @@ $(BUILD)/src/dist/nccl_sync.o: CFLAGS += -I$(CUDA_HOME)/include $(filter-out -I/
 endif
 
 CUDA_FLAG := $(BUILD)/cuda.flag
-$(shell mkdir -p $(BUILD) && (echo $(CUDA) $(NCCL) | cmp -s - $(CUDA_FLAG) || echo $(CUDA) $(NCCL) > $(CUDA_FLAG)))
+$(shell mkdir -p $(BUILD) && (echo $(CUDA) $(NCCL) $(DNNL) | cmp -s - $(CUDA_FLAG) || echo $(CUDA) $(NCCL) $(DNNL) > $(CUDA_FLAG)))
 
 DEBIAN_PACKAGES := build-essential pkg-config libdnnl-dev zlib1g-dev libzip-dev dataset-fashion-mnist python3 python3-pip libjpeg62-turbo-dev libpng-dev libprotobuf-c-dev protobuf-c-compiler openmpi-bin libopenmpi-dev
 # Only for `make fuzz` (clang with libFuzzer); kept out of `make deps`.
@@ -123,7 +138,7 @@ test: vit $(TESTS)
 # Same suite without the long end-to-end training, under the sanitizers.
 asan:
 	$(MAKE) CUDA=0 BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined" \
-	    LDLIBS="-ldnnl -ljpeg -lpng -lzip -lz -lprotobuf-c -lm -fopenmp $(MPI_LIBS) -fsanitize=address,undefined" build-asan/vit-asan tests-asan
+	    LDLIBS="$(DNNL_LIBS) -ljpeg -lpng -lzip -lz -lprotobuf-c -lm -fopenmp $(MPI_LIBS) -fsanitize=address,undefined" build-asan/vit-asan tests-asan
 	@VIT_SKIP_LONG=1 ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 sh tests/run.sh build-asan build-asan/vit-asan
 
 build-asan/vit-asan: $(BUILD)/src/main.o $(BUILD)/libvit.a
@@ -139,11 +154,16 @@ tests-asan: $(TESTS)
 # The Python checks of the suite (checkpoints with safetensors, shards with tfrecord, event
 # files with tensorboard) need these pip packages; PyTorch is never needed to build or test.
 PIP_PACKAGES := numpy safetensors tfrecord tensorboard
+# oneDNN 3 built against GNU OpenMP (the runtime the rest of vit uses; one per process), into
+# .deps/ so nothing system-wide changes; its headers come with it.
+ONEDNN_WHEEL := onednn-devel-cpu-gomp==2023.2.0
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(DEBIAN_PACKAGES)
 	python3 -m pip install --quiet $(PIP_PACKAGES) || python3 -m pip install --quiet --break-system-packages $(PIP_PACKAGES)
+	python3 -m pip install --quiet --ignore-installed --no-warn-script-location --prefix $(DNNL_PREFIX) $(ONEDNN_WHEEL) || \
+	python3 -m pip install --quiet --ignore-installed --no-warn-script-location --break-system-packages --prefix $(DNNL_PREFIX) $(ONEDNN_WHEEL)
 
 deps-fuzz:
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

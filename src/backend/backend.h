@@ -33,6 +33,8 @@ typedef struct {
 typedef struct Backend Backend;
 struct Backend {
     const char *name;
+    // What does the work, for start-up lines: the matrix library and kernel set, the device.
+    const char *details;
     void *impl;
 
     // Memory. alloc returns NULL (with vit_fail) when out of memory.
@@ -172,6 +174,7 @@ struct Backend {
 Backend *backend_cpu_create(int threads);
 // bf16 matrix products on the CPU backend (-d bf16): both operands of every gemm rounded to
 // bf16 (nearest even), products and sums in fp32 -- what AVX512-BF16/AMX instructions
-// compute. Without those instructions (oneDNN 2.6 has no bf16 matmul for AVX2) the rounded
-// operands go through the fp32 kernels: the same numbers, no speed-up.
+// compute, and where oneDNN has such a kernel for this CPU it runs them (about twice the
+// fp32 rate). Elsewhere the rounded operands go through the fp32 kernels: the same numbers,
+// no speed-up.
 void backend_cpu_set_bf16(Backend *be, int on);

@@ -425,9 +425,9 @@ static void w_destroy(Backend *be) {
     free(be);
 }
 
-// name, impl and 43 function pointers. When backend.h gains an op this stops the build, so the
+// name, details, impl and 43 function pointers. When backend.h gains an op this stops the build, so the
 // new op cannot stay NULL here (a crash) or be copied unwrapped (called with the wrong impl).
-_Static_assert(sizeof(Backend) == 2 * sizeof(void *) + 43 * sizeof(void (*)(void)),
+_Static_assert(sizeof(Backend) == 3 * sizeof(void *) + 43 * sizeof(void (*)(void)),
                "backend.h changed: wrap the new op in profiled_backend.c, then update this count");
 
 Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
@@ -449,6 +449,7 @@ Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
     }
     *w = (Wrap){inner, p, !!sync};
     be->name = inner->name;
+    be->details = inner->details;
     be->impl = w;
     be->destroy = w_destroy;
     // An op the inner table lacks stays NULL, so callers see the same table.

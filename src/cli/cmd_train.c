@@ -426,6 +426,7 @@ int cmd_train(int argc, char **argv) {
                  "(%.3f M parameters, %d tokens)\n",
             c.name, c.hidden, c.mlp, c.heads, c.layers, c.patch, c.image, c.image, c.channels, c.classes,
             model.table.total / 1e6, config_tokens(&c));
+    if (be->details) fprintf(out, "backend: %s: %s\n", be->name, be->details);
     fprintf(out, "data: %s, %d train / %d validation images;  batch %d x %d accumulation;  %s lr %g, %s;  seed %llu;  "
                  "%s %s, %sactivations %.1f MiB%s\n",
             o->synthetic_data ? "synthetic" : o->dataset_dir, train.count, val.count, o->batch_size,

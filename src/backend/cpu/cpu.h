@@ -1,6 +1,7 @@
 // Internal declarations shared by the CPU backend's files.
 #pragma once
 #include <stddef.h>
+#include <stdint.h>
 #include "backend/backend.h"
 
 typedef struct GemmCache GemmCache;
@@ -11,6 +12,7 @@ typedef struct {
     double *partials;        // per-chunk partial sums for deterministic reductions
     size_t partials_floats;  // capacity in doubles
     int bf16;                // matrix products on bf16-rounded operands (backend_cpu_set_bf16)
+    char details[192];       // Backend.details
 } CpuState;
 
 // Reductions split rows into this many fixed chunks and add the chunk sums in order, so
@@ -21,6 +23,12 @@ GemmCache *cpu_gemm_cache_create(void);
 void cpu_gemm_cache_destroy(GemmCache *c);
 int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
              int transB, float *C, const float *bias, float alpha, int accumulate);
+// The matrix library, version, kernel and bf16 mode, e.g. "oneDNN 3.2.0 (brg:avx512_core, native bf16)".
+const char *cpu_gemm_library(GemmCache *c);
+// C = op(A) op(B) on bf16 operands (bit patterns), fp32 result, through oneDNN's native bf16
+// kernel; VIT_ERR where it has none for this CPU (for measuring the bf16 ceiling).
+int cpu_gemm_bf16(Backend *be, int M, int N, int K, const uint16_t *A, int transA, const uint16_t *B, int transB,
+                  float *C);
 int cpu_gemm_bias_gelu(Backend *be, int M, int N, int K, const float *A, const float *B, float *C, const float *bias,
                        int tanh_approx);
 

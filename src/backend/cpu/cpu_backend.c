@@ -2,7 +2,9 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include "cpu.h"
+#include "cpu_isa.h"
 #include "util/status.h"
 
 static void *cpu_alloc(Backend *be, size_t bytes) {
@@ -51,6 +53,9 @@ Backend *backend_cpu_create(int threads) {
         return NULL;
     }
     be->name = "cpu";
+    snprintf(s->details, sizeof s->details, "%s matmul, %s kernels, %d threads", cpu_gemm_library(s->gemm),
+             cpu_isa_name(cpu_isa()), s->threads);
+    be->details = s->details;
     be->impl = s;
     be->alloc = cpu_alloc;
     be->release = cpu_release;
