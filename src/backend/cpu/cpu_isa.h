@@ -1,5 +1,6 @@
 // Which vector instruction set the CPU backend's own kernels use, chosen once at run time
-// from the CPU's features (the binary runs on any x86-64), overridable with VIT_CPU_ISA.
+// from the CPU's features, overridable with VIT_CPU_ISA. The kernels carry their target in
+// attributes, so the choice holds whatever -march the build used.
 #pragma once
 
 typedef enum { CPU_ISA_GENERIC = 0, CPU_ISA_AVX2 = 1, CPU_ISA_AVX512 = 2 } CpuIsa;
