@@ -3,13 +3,17 @@
 // dQ, dK). Each case is timed for --reps calls after one warm-up call, repeated --rounds
 // times; the best round is reported (other jobs on the machine only ever slow a round down).
 //
-// usage: attention_speed [--threads 2] [--rounds 5] [--reps 10] [--bf16] [--sgemm]
-// --sgemm: the products through dnnl_sgemm instead of the AVX2/FMA kernel.
+// usage: attention_speed [--threads 2] [--rounds 5] [--reps 10] [--bf16] [--sgemm] [--isa avx512|avx2|generic]
+//                        [--case all|b16|l16|demo]
+// --sgemm: the products through dnnl_sgemm instead of the register-tile kernels.
+// --isa: the kernels of a lower instruction set than the CPU's best (as VIT_CPU_ISA); the
+// header line names the set in use.
 // Build: make BUILD=build-att CUDA=0 build-att/bench/attention_speed
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "backend/backend.h"
+#include "backend/cpu/cpu_isa.h"
 
 // From backend/cpu/cpu.h, declared weak so that this file also builds and runs against the
 // previous cpu_attention.c (git show ec05fd1:src/backend/cpu/cpu_attention.c), for before/after.
@@ -63,16 +67,35 @@ static void run_case(Backend *be, const char *what, int B, int T, int H, int hd,
     free(q), free(k), free(v), free(dout), free(out), free(dq), free(dk), free(dv), free(state), free(scratch);
 }
 
+static const char *usage =
+    "usage: attention_speed [--threads 2] [--rounds 5] [--reps 10] [--bf16] [--sgemm] [--isa avx512|avx2|generic]\n"
+    "                       [--case all|b16|l16|demo]\n";
+
 int main(int argc, char **argv) {
     int threads = 2, rounds = 5, reps = 10, bf16 = 0, sgemm = 0;
+    const char *which = "all";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--bf16")) bf16 = 1;
         else if (!strcmp(argv[i], "--sgemm")) sgemm = 1;
-        else {
-            fprintf(stderr, "usage: attention_speed [--threads 2] [--rounds 5] [--reps 10] [--bf16] [--sgemm]\n");
+        else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
+            const char *v = argv[++i];
+            int isa = !strcmp(v, "avx512")  ? CPU_ISA_AVX512
+                      : !strcmp(v, "avx2")    ? CPU_ISA_AVX2
+                      : !strcmp(v, "generic") ? CPU_ISA_GENERIC
+                                              : -1;
+            if (isa < 0) {
+                fputs(usage, stderr);
+                return 2;
+            }
+            if ((int)cpu_isa_force(isa) != isa)
+                fprintf(stderr, "--isa %s: this CPU lacks it; using %s\n", v, cpu_isa_name(cpu_isa()));
+        } else if (!strcmp(argv[i], "--case") && i + 1 < argc) {
+            which = argv[++i];
+        } else {
+            fputs(usage, stderr);
             return 2;
         }
     }
@@ -84,9 +107,13 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (cpu_attention_use_sgemm) cpu_attention_use_sgemm(sgemm);
-    printf("threads %d, %s%s\n", threads, bf16 ? "bf16" : "fp32", sgemm ? ", dnnl_sgemm" : "");
-    run_case(be, "ViT-B/16 224", 8, 197, 12, 64, rounds, reps);
-    run_case(be, "ViT-L/16 384", 2, 577, 16, 64, rounds, reps);
+    // The kernels' instruction set; dnnl_sgemm below AVX2 as with --sgemm.
+    printf("threads %d, %s, %s\n", threads, bf16 ? "bf16" : "fp32",
+           sgemm || cpu_isa() == CPU_ISA_GENERIC ? "dnnl_sgemm" : cpu_isa_name(cpu_isa()));
+    int all = !strcmp(which, "all");
+    if (all || !strcmp(which, "b16")) run_case(be, "ViT-B/16 224", 8, 197, 12, 64, rounds, reps);
+    if (all || !strcmp(which, "l16")) run_case(be, "ViT-L/16 384", 2, 577, 16, 64, rounds, reps);
+    if (all || !strcmp(which, "demo")) run_case(be, "demo Ti_4 28px (hd 16)", 128, 50, 4, 16, rounds, reps);
     be->destroy(be);
     return 0;
 }

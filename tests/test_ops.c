@@ -3,6 +3,8 @@
 #include <omp.h>
 #include <string.h>
 #include "backend/backend.h"
+#include "backend/cpu/cpu_isa.h"
+#include "backend/cpu/cpu_ops_avx512.h"
 #include "check.h"
 #include "util/rng.h"
 
@@ -294,6 +296,213 @@ static void test_fused(void) {
     }
 }
 
+// ---- instruction sets -----------------------------------------------------------------------
+// The kernels of each instruction set the CPU has (cpu_isa_force) against the generic loops:
+// dropout masks, GELU with erf, bf16 conversions, column sums and LayerNorm's per-column
+// partials bit for bit; LayerNorm (row sums in another order) and GELU's tanh form within a
+// tolerance. Then one thread against two, bit for bit, under each.
+
+static int isas[3], n_isas;  // the levels this CPU runs, generic first
+
+static void find_isas(void) {
+    for (int isa = CPU_ISA_GENERIC; isa <= CPU_ISA_AVX512; isa++)
+        if ((int)cpu_isa_force(isa) == isa) isas[n_isas++] = isa;
+    cpu_isa_force(CPU_ISA_AVX512 + 1);
+}
+
+// Widths around the kernels' 16 lanes, the 4 elements of a Philox call and the 256 of a span.
+static const int widths[] = {1, 3, 16, 17, 37, 300, 517, 773};
+enum { NWIDTHS = sizeof widths / sizeof widths[0] };
+
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double md = 0;
+    for (size_t i = 0; i < n; i++) md = fmax(md, fabs((double)a[i] - b[i]));
+    return md;
+}
+
+// All the ops below, at one width, into out (the caller compares two runs).
+typedef struct {
+    float *drop, *drop_back, *sum, *ln, *mean, *rstd, *ln_dx, *ln_dw, *ln_db, *gelu[2], *dgelu[2], *gd[2], *gd_dx[2],
+        *gd_db[2], *colsum;
+} OpRun;
+
+static void op_run(OpRun *o, int rows, int C, int alloc) {
+    size_t n = (size_t)rows * C;
+    float *x = randn(n, 70, 2.0f), *y = randn(n, 71, 1.0f), *w = randn(C, 72, 1.0f), *b = randn(C, 73, 0.5f);
+    float **all[] = {&o->drop, &o->drop_back, &o->sum, &o->ln, &o->ln_dx, &o->gelu[0], &o->gelu[1], &o->dgelu[0],
+                     &o->dgelu[1], &o->gd[0], &o->gd[1], &o->gd_dx[0], &o->gd_dx[1]};
+    if (alloc) {
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) *all[i] = malloc(n * sizeof(float));
+        o->mean = malloc(rows * sizeof(float)), o->rstd = malloc(rows * sizeof(float));
+        o->ln_dw = malloc(C * sizeof(float)), o->ln_db = malloc(C * sizeof(float));
+        o->gd_db[0] = malloc(C * sizeof(float)), o->gd_db[1] = malloc(C * sizeof(float));
+        o->colsum = malloc(C * sizeof(float));
+    }
+    be->dropout_forward(be, o->drop, x, n, 0.1f, 5, 6, 7);
+    memcpy(o->drop_back, y, n * sizeof(float));  // in place
+    be->dropout_backward(be, o->drop_back, o->drop_back, n, 0.5f, 5, 6, 8);
+    be->residual_layernorm_forward(be, o->sum, o->ln, o->mean, o->rstd, x, y, w, b, rows, C, 1e-6f, 0.1f, 5, 7, 9);
+    memset(o->ln_dx, 0, n * sizeof(float));
+    for (int j = 0; j < C; j++) o->ln_dw[j] = o->ln_db[j] = o->colsum[j] = 0.5f;
+    be->layernorm_backward(be, o->ln_dx, o->ln_dw, o->ln_db, y, o->sum, w, o->mean, o->rstd, rows, C);
+    be->bias_backward(be, o->colsum, x, rows, C);
+    for (int t = 0; t < 2; t++) {
+        be->gelu_forward(be, o->gelu[t], x, n, t);
+        be->gelu_backward(be, o->dgelu[t], x, y, n, t);
+        be->gelu_dropout_forward(be, o->gd[t], x, n, t, 0.1f, 5, 8, 9);
+        memcpy(o->gd_dx[t], y, n * sizeof(float));
+        for (int j = 0; j < C; j++) o->gd_db[t][j] = 0.25f;
+        be->gelu_dropout_backward(be, o->gd_dx[t], o->gd_db[t], x, o->gd_dx[t], rows, C, t, t ? 0.0f : 0.1f, 5, 8, 9);
+    }
+    free(x), free(y), free(w), free(b);
+}
+
+static void op_free(OpRun *o) {
+    float *all[] = {o->drop, o->drop_back, o->sum, o->ln, o->ln_dx, o->gelu[0], o->gelu[1], o->dgelu[0], o->dgelu[1],
+                    o->gd[0], o->gd[1], o->gd_dx[0], o->gd_dx[1], o->mean, o->rstd, o->ln_dw, o->ln_db, o->gd_db[0],
+                    o->gd_db[1], o->colsum};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+}
+
+static void test_isa_agreement(void) {
+    int ok_same[NWIDTHS] = {0}, ok_close[NWIDTHS] = {0}, ok_threads[NWIDTHS] = {0};
+    double worst_ln = 0, worst_tanh = 0;
+    for (int wi = 0; wi < NWIDTHS; wi++) {
+        int C = widths[wi], rows = 131;  // more rows than reduction chunks, not a multiple
+        size_t n = (size_t)rows * C;
+        OpRun ref, o;
+        cpu_isa_force(CPU_ISA_GENERIC);
+        op_run(&ref, rows, C, 1);
+        op_run(&o, rows, C, 1);
+        int same_all = 1, close_all = 1, threads_all = 1;
+        for (int k = 0; k < n_isas; k++) {
+            cpu_isa_force(isas[k]);
+            op_run(&o, rows, C, 0);
+            // Bit for bit: the same draws and the same operations.
+            int bits = same(o.drop, ref.drop, n) && same(o.drop_back, ref.drop_back, n) && same(o.sum, ref.sum, n) &&
+                       same(o.gelu[0], ref.gelu[0], n) && same(o.dgelu[0], ref.dgelu[0], n) &&
+                       same(o.gd[0], ref.gd[0], n) && same(o.gd_dx[0], ref.gd_dx[0], n) &&
+                       same(o.gd_db[0], ref.gd_db[0], C) && same(o.colsum, ref.colsum, C);
+            same_all &= bits;
+            // LayerNorm's row sums in another order: within fp32 rounding of the values.
+            double dl = fmax(max_abs_diff(o.ln, ref.ln, n), max_abs_diff(o.ln_dx, ref.ln_dx, n) / 10);
+            dl = fmax(dl, fmax(max_abs_diff(o.ln_dw, ref.ln_dw, C), max_abs_diff(o.ln_db, ref.ln_db, C)) / rows);
+            double dt = fmax(max_abs_diff(o.gelu[1], ref.gelu[1], n), max_abs_diff(o.dgelu[1], ref.dgelu[1], n));
+            dt = fmax(dt, fmax(max_abs_diff(o.gd[1], ref.gd[1], n), max_abs_diff(o.gd_dx[1], ref.gd_dx[1], n)));
+            worst_ln = fmax(worst_ln, dl), worst_tanh = fmax(worst_tanh, dt);
+            close_all &= dl < 2e-5 && dt < 2e-5;
+            // One thread: the same bits as two.
+            OpRun one;
+            int threads = omp_get_max_threads();
+            omp_set_num_threads(1);
+            op_run(&one, rows, C, 1);
+            omp_set_num_threads(threads < 2 ? 2 : threads);
+            float *a[] = {one.drop, one.drop_back, one.sum, one.ln, one.ln_dx, one.gelu[0], one.gelu[1], one.dgelu[0],
+                          one.dgelu[1], one.gd[0], one.gd[1], one.gd_dx[0], one.gd_dx[1]};
+            float *b[] = {o.drop, o.drop_back, o.sum, o.ln, o.ln_dx, o.gelu[0], o.gelu[1], o.dgelu[0],
+                          o.dgelu[1], o.gd[0], o.gd[1], o.gd_dx[0], o.gd_dx[1]};
+            int t_ok = same(one.mean, o.mean, rows) && same(one.rstd, o.rstd, rows) && same(one.ln_dw, o.ln_dw, C) &&
+                       same(one.ln_db, o.ln_db, C) && same(one.gd_db[0], o.gd_db[0], C) &&
+                       same(one.gd_db[1], o.gd_db[1], C) && same(one.colsum, o.colsum, C);
+            for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) t_ok &= same(a[i], b[i], n);
+            threads_all &= t_ok;
+            omp_set_num_threads(threads);
+            op_free(&one);
+        }
+        ok_same[wi] = same_all, ok_close[wi] = close_all, ok_threads[wi] = threads_all;
+        op_free(&ref), op_free(&o);
+    }
+    cpu_isa_force(CPU_ISA_AVX512 + 1);
+    for (int wi = 0; wi < NWIDTHS; wi++) {
+        CHECK(ok_same[wi], "width %d: dropout, residual sum, GELU (erf), fused GELU+dropout, column sums bit-identical "
+              "under every instruction set", widths[wi]);
+        CHECK(ok_close[wi], "width %d: LayerNorm and GELU (tanh) agree across instruction sets (%g, %g)", widths[wi],
+              worst_ln, worst_tanh);
+        CHECK(ok_threads[wi], "width %d: every op gives 1 thread's bits on 2 threads, under every instruction set",
+              widths[wi]);
+    }
+}
+
+// GELU at the edges of its range (both forms) against fp64, under each instruction set.
+static void test_gelu_range(void) {
+    float xs[] = {-30, -12, -9.5f, -6, -5.5f, -3, -1, -0.5f, -1e-3f, -0.0f, 0, 1e-6f, 0.3f, 1, 2.5f, 5, 9, 12, 30, 88};
+    int n = sizeof xs / sizeof xs[0];
+    float out[32], d[32], ones[32];
+    for (int i = 0; i < n; i++) ones[i] = 1.0f;
+    for (int t = 0; t < 2; t++) {
+        be->gelu_forward(be, out, xs, n, t);
+        be->gelu_backward(be, d, xs, ones, n, t);
+        double mf = 0, mb = 0;
+        for (int i = 0; i < n; i++) {
+            double v = xs[i], c = sqrt(2 / M_PI), u = c * (v + 0.044715 * v * v * v), th = tanh(u);
+            double ref = t ? 0.5 * v * (1 + th) : 0.5 * v * (1 + erf(v / sqrt(2.0)));
+            double dref = t ? 0.5 * (1 + th) + 0.5 * v * (1 - th * th) * c * (1 + 3 * 0.044715 * v * v)
+                            : 0.5 * (1 + erf(v / sqrt(2.0))) + v * exp(-0.5 * v * v) / sqrt(2 * M_PI);
+            mf = fmax(mf, fabs(out[i] - ref) / fmax(1.0, fabs(ref)));
+            mb = fmax(mb, fabs(d[i] - dref));
+        }
+        CHECK(mf < 1e-6 && mb < 1e-5, "gelu(%s) from -30 to 88: forward %g (relative), backward %g",
+              t ? "tanh" : "erf", mf, mb);
+    }
+    float special[3] = {INFINITY, -INFINITY, NAN};
+    be->gelu_forward(be, out, special, 3, 0);
+    CHECK(out[0] == INFINITY && isnan(out[2]), "gelu(erf) of inf is inf, of NaN NaN");
+}
+
+// fp32 -> bf16 as the generic loop rounds (the reference of every instruction set).
+static uint16_t bf16_ref(uint32_t u) {
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static void test_bf16_isas(void) {
+    // Ties both ways, the largest finite (rounds to inf), denormals (ties too), infinities,
+    // quiet and signalling NaNs of both signs, zeros; then random patterns.
+    static const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x3f807fffu, 0x3f808001u, 0xbf808000u, 0xbf818000u,
+                                       0x7f7fffffu, 0x7f7f8000u, 0x7f7f7fffu, 0xff7fffffu, 0x00000001u, 0x00008000u,
+                                       0x00018000u, 0x007fffffu, 0x807fffffu, 0x80008000u, 0x00400000u, 0x7f800000u,
+                                       0xff800000u, 0x7f800001u, 0x7fbfffffu, 0x7fc00000u, 0xffc00001u, 0xff800001u,
+                                       0x7fffffffu, 0x00000000u, 0x80000000u, 0x00010000u};
+    size_t n = 200003, ns = sizeof special / sizeof special[0];  // above the threaded size, not a multiple of 16
+    uint32_t *bits = malloc(n * sizeof(uint32_t));
+    uint64_t st = 99;
+    for (size_t i = 0; i < n; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        bits[i] = i < ns ? special[i] : (uint32_t)(st >> 32);
+        if (i % 7 == 1) bits[i] = (bits[i] & 0xffff0000u) | 0x8000u;  // many ties
+        if (i % 11 == 2) bits[i] &= 0x807fffffu;                          // many denormals
+    }
+    float *src = malloc(n * sizeof(float)), *back = malloc(n * sizeof(float));
+    memcpy(src, bits, n * sizeof(float));
+    uint16_t *h = malloc(n * sizeof(uint16_t)), all[65536];
+    float wide[65536];
+    for (int k = 0; k < n_isas; k++) {
+        cpu_isa_force(isas[k]);
+        be->to_bf16(be, h, src, n);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++) bad += h[i] != bf16_ref(bits[i]);
+        for (int i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+        be->from_bf16(be, wide, all, 65536);
+        size_t bad_back = 0;
+        for (int i = 0; i < 65536; i++) bad_back += memcmp(&wide[i], &(uint32_t){(uint32_t)i << 16}, 4) != 0;
+        be->from_bf16(be, back, h, n);
+        for (size_t i = 0; i < n; i++) bad_back += memcmp(&back[i], &(uint32_t){(uint32_t)h[i] << 16}, 4) != 0;
+        CHECK(bad == 0 && bad_back == 0, "%s: to_bf16 rounds %zu of %zu values otherwise than the reference (NaN, inf, "
+              "ties, denormals included), from_bf16 widens %zu wrongly", cpu_isa_name(isas[k]), bad, n, bad_back);
+    }
+    cpu_isa_force(CPU_ISA_AVX512 + 1);
+    if (cpu_isa() == CPU_ISA_AVX512) {  // both AVX-512 kernels, whichever to_bf16 picks
+        size_t bad = 0;
+        for (int native = 0; native < 1 + cpu_has_avx512_bf16(); native++) {
+            (native ? cpu_avx512_to_bf16_native : cpu_avx512_to_bf16)(h, src, n);
+            for (size_t i = 0; i < n; i++) bad += h[i] != bf16_ref(bits[i]);
+        }
+        CHECK(bad == 0, "AVX-512 to_bf16 kernels (%s): %zu values off the reference",
+              cpu_has_avx512_bf16() ? "integer and vcvtneps2bf16" : "integer", bad);
+    }
+    free(bits), free(src), free(back), free(h);
+}
+
 // ---- attention --------------------------------------------------------------------------
 static void naive_attention(double *out, const float *q, const float *k, const float *v, int B, int T, int H, int hd) {
     int D = H * hd;
@@ -504,17 +713,31 @@ static void test_optimizer(void) {
 
 int main(void) {
     be = backend_cpu_create(0);
+    find_isas();
     test_gemm();
     test_gemm_bf16();
     test_gemm_bias_gelu();
-    test_layernorm();
-    test_activations();
-    test_dropout();
-    test_fused();
+    // The ops with kernels per instruction set, under each one the CPU has.
+    for (int k = 0; k < n_isas; k++) {
+        int failed = check_failed;
+        cpu_isa_force(isas[k]);
+        test_layernorm();
+        test_activations();
+        test_gelu_range();
+        test_dropout();
+        test_fused();
+        test_tokens();
+        test_optimizer();
+        if (check_failed > failed) fprintf(stderr, "  (the failures above: under %s)\n", cpu_isa_name(isas[k]));
+    }
+    cpu_isa_force(CPU_ISA_AVX512 + 1);
+    printf("ops: kernels checked under %d instruction sets:", n_isas);
+    for (int k = 0; k < n_isas; k++) printf(" %s", cpu_isa_name(isas[k]));
+    printf("\n");
+    test_isa_agreement();
+    test_bf16_isas();
     test_attention();
     test_xent();
-    test_tokens();
-    test_optimizer();
     be->destroy(be);
     return check_report("ops");
 }

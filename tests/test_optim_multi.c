@@ -4,12 +4,14 @@
 // float, one more than a chunk, an empty one), slots laid out apart from the parameters and
 // in another order, and every float outside the segments left untouched; for 1, 2 and 3
 // threads (the split between threads must not show). Then optim_step_range through the
-// segments equals the per-run fallback (a table without the op) bit for bit.
+// segments equals the per-run fallback (a table without the op) bit for bit. All of it under
+// each instruction set the CPU has (cpu_isa_force), each giving the generic loop's bits.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_isa.h"
 #include "check.h"
 #include "optim/optimizer.h"
 
@@ -153,25 +155,31 @@ static void step_range_paths(Backend *be, const char *kind) {
 
 int main(void) {
     const char *kinds[] = {"sgd", "adam", "adamw", "rmsprop"};
-    float *first[4] = {0};
+    float *first[4] = {0};  // generic, 1 thread
     size_t np, ns;
     OptimSegment segs[NS];
     layout(segs, &np, &ns);
-    for (int threads = 1; threads <= 3; threads++) {
-        Backend *be = backend_cpu_create(threads);
-        if (!be) return 1;
-        for (int k = 0; k < 4; k++) {
-            float *pa = segments_vs_ranges(be, kinds[k], threads);
-            if (!first[k]) {
-                first[k] = pa;
-            } else {
-                CHECK(same(pa, first[k], np), "%s: %d threads give 1 thread's parameters", kinds[k], threads);
-                free(pa);
+    for (int isa = CPU_ISA_GENERIC; isa <= CPU_ISA_AVX512; isa++) {
+        if ((int)cpu_isa_force(isa) != isa) continue;
+        const char *name = cpu_isa_name((CpuIsa)isa);
+        for (int threads = 1; threads <= 3; threads++) {
+            Backend *be = backend_cpu_create(threads);
+            if (!be) return 1;
+            for (int k = 0; k < 4; k++) {
+                float *pa = segments_vs_ranges(be, kinds[k], threads);
+                if (!first[k]) {
+                    first[k] = pa;
+                } else {
+                    CHECK(same(pa, first[k], np), "%s under %s: %d threads give generic 1 thread's parameters",
+                          kinds[k], name, threads);
+                    free(pa);
+                }
+                if (threads == 2) step_range_paths(be, kinds[k]);
             }
-            if (threads == 2) step_range_paths(be, kinds[k]);
+            be->destroy(be);
         }
-        be->destroy(be);
     }
+    cpu_isa_force(CPU_ISA_AVX512 + 1);
     for (int k = 0; k < 4; k++) free(first[k]);
     return check_report("test_optim_multi");
 }

@@ -1,10 +1,13 @@
-// Everything of the CPU backend that is not a matrix product: OpenMP loops over rows.
+// Everything of the CPU backend that is not a matrix product: OpenMP loops over rows, with
+// AVX-512 kernels (cpu_ops_avx512.c) chosen at run time where the CPU has them.
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cpu.h"
+#include "cpu_isa.h"
 #include "cpu_math.h"
+#include "cpu_ops_avx512.h"
 #include "util/rng.h"
 #include "util/status.h"
 
@@ -34,14 +37,25 @@ static void add_chunk_sums(float *acc, const double *part, int chunks, int cols)
     }
 }
 
+// The AVX-512 kernels of cpu_ops_avx512.c, where the CPU has them and VIT_CPU_ISA allows.
+// Decided once per op call, outside the parallel loops.
+static inline int use_avx512(void) { return cpu_isa() >= CPU_ISA_AVX512; }
+
+// Elementwise AVX-512 loops hand each thread runs of this many elements.
+enum { AVX512_RUN = 4096 };
+
 // Column sums of the rows x cols matrix `x`, added to acc.
 static void column_sums(Backend *be, float *acc, const float *x, int rows, int cols) {
-    int chunks = reduce_chunks(rows);
+    int chunks = reduce_chunks(rows), avx512 = use_avx512();
     double *part = cpu_partials(be, (size_t)chunks * cols);
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < chunks; c++) {
         double *p = part + (size_t)c * cols;
         for (int j = 0; j < cols; j++) p[j] = 0;
+        if (avx512) {
+            cpu_avx512_column_sums_rows(p, x, chunk_row(rows, chunks, c), chunk_row(rows, chunks, c + 1), cols);
+            continue;
+        }
         for (int i = chunk_row(rows, chunks, c); i < chunk_row(rows, chunks, c + 1); i++) {
             const float *row = x + (size_t)i * cols;
             for (int j = 0; j < cols; j++) p[j] += row[j];
@@ -72,21 +86,27 @@ static inline void layernorm_row(float *y, float *mean, float *rstd, const float
 
 static void layernorm_forward(Backend *be, float *out, float *mean, float *rstd, const float *inp,
                               const float *scale, const float *bias, int rows, int C, float eps) {
+    int avx512 = use_avx512();
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < rows; i++)
-        layernorm_row(out + (size_t)i * C, mean + i, rstd + i, inp + (size_t)i * C, scale, bias, C, eps);
+        (avx512 ? cpu_avx512_layernorm_row : layernorm_row)(out + (size_t)i * C, mean + i, rstd + i,
+                                                            inp + (size_t)i * C, scale, bias, C, eps);
 }
 
 static void layernorm_backward(Backend *be, float *dinp, float *dscale, float *dbias, const float *dout,
                                const float *inp, const float *scale, const float *mean, const float *rstd,
                                int rows, int C) {
-    int chunks = reduce_chunks(rows);
+    int chunks = reduce_chunks(rows), avx512 = use_avx512();
     double *part = cpu_partials(be, (size_t)chunks * 2 * C);
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < chunks; c++) {
         double *ps = part + (size_t)c * 2 * C, *pb = ps + C;
         for (int j = 0; j < 2 * C; j++) ps[j] = 0;
         int r0 = chunk_row(rows, chunks, c), r1 = chunk_row(rows, chunks, c + 1);
+        if (avx512) {
+            cpu_avx512_layernorm_backward_rows(dinp, ps, pb, dout, inp, scale, mean, rstd, r0, r1, C);
+            continue;
+        }
         for (int i = r0; i < r1; i++) {
             const float *x = inp + (size_t)i * C, *dy = dout + (size_t)i * C;
             float *dx = dinp + (size_t)i * C;
@@ -138,7 +158,14 @@ static inline float gelu_erf_grad(float x) {
 }
 
 static void gelu_forward(Backend *be, float *out, const float *inp, size_t n, int tanh_approx) {
-    if (tanh_approx) {
+    if (use_avx512()) {
+        size_t runs = (n + AVX512_RUN - 1) / AVX512_RUN;
+#pragma omp parallel for schedule(static)
+        for (size_t r = 0; r < runs; r++) {
+            size_t i0 = r * AVX512_RUN;
+            cpu_avx512_gelu_forward(out + i0, inp + i0, n - i0 < AVX512_RUN ? n - i0 : AVX512_RUN, tanh_approx);
+        }
+    } else if (tanh_approx) {
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) out[i] = gelu_tanh(inp[i]);
     } else {
@@ -149,7 +176,14 @@ static void gelu_forward(Backend *be, float *out, const float *inp, size_t n, in
 
 static void gelu_backward(Backend *be, float *dinp, const float *inp, const float *dout, size_t n,
                           int tanh_approx) {
-    if (tanh_approx) {
+    if (use_avx512()) {
+        size_t runs = (n + AVX512_RUN - 1) / AVX512_RUN;
+#pragma omp parallel for schedule(static)
+        for (size_t r = 0; r < runs; r++) {
+            size_t i0 = r * AVX512_RUN, len = n - i0 < AVX512_RUN ? n - i0 : AVX512_RUN;
+            cpu_avx512_gelu_backward(dinp + i0, inp + i0, dout + i0, len, tanh_approx);
+        }
+    } else if (tanh_approx) {
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) dinp[i] = dout[i] * gelu_tanh_grad(inp[i]);
     } else {
@@ -175,8 +209,14 @@ static void dropout_apply(float *out, const float *inp, size_t n, float rate, ui
     // of 64 calls are generated first so the generator loop vectorises.
     enum { GROUPS = 64, BLOCK = 4 * GROUPS };
     size_t blocks = (n + BLOCK - 1) / BLOCK;
+    int avx512 = use_avx512();
 #pragma omp parallel for schedule(static)
     for (size_t bi = 0; bi < blocks; bi++) {
+        if (avx512) {
+            size_t i0 = bi * BLOCK;
+            cpu_avx512_dropout(out + i0, inp + i0, i0, n - i0 < BLOCK ? n - i0 : BLOCK, keep, inv, seed, step, site);
+            continue;
+        }
         uint32_t bits[BLOCK];
         size_t g0 = bi * GROUPS;
         for (int g = 0; g < GROUPS; g++) {
@@ -233,9 +273,15 @@ static void residual_layernorm_forward(Backend *be, float *sum, float *out, floa
                                        int rows, int C, float eps, float rate, uint64_t seed, uint32_t step,
                                        uint32_t site) {
     float keep = 1.0f - rate, inv = 1.0f / keep;
+    int avx512 = use_avx512();
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < rows; i++) {
         size_t row = (size_t)i * C;
+        if (avx512) {
+            cpu_avx512_residual_row(sum + row, x + row, y + row, row, C, rate, seed, step, site);
+            if (out) cpu_avx512_layernorm_row(out + row, mean + i, rstd + i, sum + row, scale, bias, C, eps);
+            continue;
+        }
         float mult[MASK_SPAN];
         for (int j0 = 0; j0 < C; j0 += MASK_SPAN) {
             int len = C - j0 < MASK_SPAN ? C - j0 : MASK_SPAN;
@@ -260,10 +306,15 @@ static void gelu_dropout_forward(Backend *be, float *out, const float *inp, size
     }
     float keep = 1.0f - rate, inv = 1.0f / keep;
     size_t spans = (n + MASK_SPAN - 1) / MASK_SPAN;
+    int avx512 = use_avx512();
 #pragma omp parallel for schedule(static)
     for (size_t si = 0; si < spans; si++) {
         float mult[MASK_SPAN];
         size_t i0 = si * MASK_SPAN, len = n - i0 < MASK_SPAN ? n - i0 : MASK_SPAN;
+        if (avx512) {
+            cpu_avx512_gelu_dropout_forward(out + i0, inp + i0, i0, len, tanh_approx, keep, inv, seed, step, site);
+            continue;
+        }
         dropout_span(mult, i0, len, keep, inv, seed, step, site);
         const float *xs = inp + i0;
         float *ys = out + i0;
@@ -279,12 +330,18 @@ static void gelu_dropout_backward(Backend *be, float *dinp, float *dbias, const 
                                   int rows, int cols, int tanh_approx, float rate, uint64_t seed, uint32_t step,
                                   uint32_t site) {
     float keep = 1.0f - rate, inv = 1.0f / keep;
-    int chunks = reduce_chunks(rows);
+    int chunks = reduce_chunks(rows), avx512 = use_avx512();
     double *part = cpu_partials(be, (size_t)chunks * cols);
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < chunks; c++) {
         double *p = part + (size_t)c * cols;
         for (int j = 0; j < cols; j++) p[j] = 0;
+        if (avx512) {
+            cpu_avx512_gelu_dropout_backward_rows(dinp, p, inp, dout, chunk_row(rows, chunks, c),
+                                                  chunk_row(rows, chunks, c + 1), cols, tanh_approx, rate, seed,
+                                                  step, site);
+            continue;
+        }
         float mult[MASK_SPAN], d[MASK_SPAN];
         for (int i = chunk_row(rows, chunks, c); i < chunk_row(rows, chunks, c + 1); i++) {
             for (int j0 = 0; j0 < cols; j0 += MASK_SPAN) {
@@ -433,12 +490,33 @@ static inline uint16_t bf16_bits(float x) {
     return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
+// The AVX-512 conversions in runs of AVX512_RUN, threaded from the same size as the loops below.
 static void to_bf16(Backend *be, uint16_t *dst, const float *src, size_t n) {
+    if (use_avx512()) {
+        void (*kernel)(uint16_t *, const float *, size_t) =
+            cpu_has_avx512_bf16() ? cpu_avx512_to_bf16_native : cpu_avx512_to_bf16;
+        size_t runs = (n + AVX512_RUN - 1) / AVX512_RUN;
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (size_t r = 0; r < runs; r++) {
+            size_t i0 = r * AVX512_RUN;
+            kernel(dst + i0, src + i0, n - i0 < AVX512_RUN ? n - i0 : AVX512_RUN);
+        }
+        return;
+    }
 #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) dst[i] = bf16_bits(src[i]);
 }
 
 static void from_bf16(Backend *be, float *dst, const uint16_t *src, size_t n) {
+    if (use_avx512()) {
+        size_t runs = (n + AVX512_RUN - 1) / AVX512_RUN;
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (size_t r = 0; r < runs; r++) {
+            size_t i0 = r * AVX512_RUN;
+            cpu_avx512_from_bf16(dst + i0, src + i0, n - i0 < AVX512_RUN ? n - i0 : AVX512_RUN);
+        }
+        return;
+    }
 #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) {
         uint32_t u = (uint32_t)src[i] << 16;
