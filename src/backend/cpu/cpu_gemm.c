@@ -110,6 +110,45 @@ static void matrix_desc(MemDesc *md, int batch, int rows, int cols, int trans, d
     }
 }
 
+static const char *impl_name(dnnl_primitive_desc_t pd) {
+    const char *name = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name) != dnnl_success || !name) return "?";
+    return name;
+}
+
+// Which of oneDNN's matmul kernels to take when several fit: the name prefix in
+// VIT_MATMUL_IMPL ("gemm", "brg", or "default": oneDNN's first choice), else "gemm".
+// oneDNN 3.2 ranks its brgemm kernels first, yet on Zen 4 its jit gemm kernels ran every ViT-B
+// product shape as fast or faster: 200-226 against 126-131 GFLOP/s fp32 for the products
+// with a wide plain B (fc1 forward, its weight gradient), 420-450 against 400-410 bf16 at
+// batch 64 (bench/gemm_ceiling). A fixed rule, not a timing, so runs repeat bit for bit.
+static const char *preferred_impl(void) {
+    const char *env = getenv("VIT_MATMUL_IMPL");
+    if (env && *env) return strcmp(env, "default") ? env : NULL;
+    return "gemm";
+}
+
+// pd, or the next of its implementations whose name starts with the preferred prefix; the
+// first choice again when none does (next_impl leaves pd on its last entry).
+static dnnl_primitive_desc_t prefer_impl(GemmCache *c, dnnl_primitive_desc_t pd, MemDesc mds[4],
+                                         const_dnnl_primitive_attr_t attr) {
+#if DNNL_VERSION_MAJOR >= 3
+    const char *want = preferred_impl();
+    if (!want) return pd;
+    size_t n = strlen(want);
+    do
+        if (!strncmp(impl_name(pd), want, n)) return pd;
+    while (dnnl_primitive_desc_next_impl(pd) == dnnl_success);
+    dnnl_primitive_desc_destroy(pd);
+    pd = NULL;
+    if (dnnl_matmul_primitive_desc_create(&pd, c->engine, mds[0], mds[1], mds[3], mds[2], attr) != dnnl_success)
+        return NULL;
+#else
+    (void)c, (void)mds, (void)attr;
+#endif
+    return pd;
+}
+
 // The primitive descriptor for an entry, or NULL (message set) when oneDNN rejects it.
 static dnnl_primitive_desc_t entry_desc(GemmCache *c, const GemmEntry *e, MemDesc mds[4]) {
     dnnl_data_type_t in = e->bf16 ? dnnl_bf16 : dnnl_f32;
@@ -149,19 +188,14 @@ static dnnl_primitive_desc_t entry_desc(GemmCache *c, const GemmEntry *e, MemDes
     st = dnnl_matmul_desc_init(&desc, &mds[0], &mds[1], e->has_bias ? &mds[3] : NULL, &mds[2]);
     if (st == dnnl_success) st = dnnl_primitive_desc_create(&pd, &desc, attr, c->engine, NULL);
 #endif
+    if (st == dnnl_success) pd = prefer_impl(c, pd, mds, attr);
     dnnl_primitive_attr_destroy(attr);
-    if (st != dnnl_success) {
+    if (st != dnnl_success || !pd) {
         vit_fail("oneDNN: matmul %dx%dx%d (batch %d, %s): no implementation (status %d)", e->M, e->N, e->K, e->batch,
                  e->bf16 ? "bf16" : "fp32", (int)st);
         return NULL;
     }
     return pd;
-}
-
-static const char *impl_name(dnnl_primitive_desc_t pd) {
-    const char *name = NULL;
-    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name) != dnnl_success || !name) return "?";
-    return name;
 }
 
 static int create_entry(GemmCache *c, GemmEntry *e) {

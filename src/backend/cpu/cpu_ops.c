@@ -380,8 +380,16 @@ static double sum_squares(Backend *be, const float *x, size_t n) {
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < CPU_REDUCE_CHUNKS; c++) {
         size_t i0 = n * c / CPU_REDUCE_CHUNKS, i1 = n * (c + 1) / CPU_REDUCE_CHUNKS;
+        // 16 running sums, element i into sum i % 16, then added in order: the same bits on
+        // every instruction set (the products are exact in double), and no chain of
+        // dependent additions to wait on (one sum ran at a fifth of memory speed).
+        double lane[16] = {0};
+        size_t i = i0;
+        for (; i + 16 <= i1; i += 16)
+            for (int j = 0; j < 16; j++) lane[j] += (double)x[i + j] * x[i + j];
+        for (int j = 0; i < i1; i++, j++) lane[j] += (double)x[i] * x[i];
         double s = 0;
-        for (size_t i = i0; i < i1; i++) s += (double)x[i] * x[i];
+        for (int j = 0; j < 16; j++) s += lane[j];
         part[c] = s;
     }
     double s = 0;
