@@ -82,7 +82,7 @@ const char *cli_precision_name(const ParsedOptions *p) {
     const Options *o = &p->o;
     int bf16 = !strcasecmp(o->dtype, "bf16") || !strcasecmp(o->dtype, "bfloat16");
     if (!cli_device_is_cuda(o->device))
-        return bf16 ? "bf16 matrix products (operands rounded to bf16, fp32 kernels: no bf16 instructions)" : "fp32";
+        return bf16 ? "bf16 matrix products (operands rounded to bf16, fp32 sums; kernels: the backend line)" : "fp32";
     if (bf16) return "bf16 matrix products (fp32 accumulation)";
     return o->allow_tf32 ? "fp32, TF32 matrix products" : "fp32";
 }
