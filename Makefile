@@ -186,15 +186,15 @@ fuzz-toolchain:
 	    $(FUZZ_CC) -fsanitize=fuzzer -x c - -o /dev/null 2>/dev/null || \
 	    { echo "make fuzz needs $(FUZZ_CC) with libFuzzer: run 'make deps-fuzz' (installs $(FUZZ_PACKAGES))"; exit 1; }
 
-$(BUILD)/fuzz/fuzz_npz: fuzz/fuzz_npz.c src/io/npz.c src/io/npz.h src/io/atomic_file.c src/util/status.c | fuzz-toolchain
+$(BUILD)/fuzz/fuzz_npz: fuzz/fuzz_npz.c src/io/npz.c src/io/npz.h src/util/atomic_file.c src/util/status.c | fuzz-toolchain
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_npz.c src/io/npz.c src/io/atomic_file.c src/util/status.c -lzip -lz
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_npz.c src/io/npz.c src/util/atomic_file.c src/util/status.c -lzip -lz
 
-$(BUILD)/fuzz/fuzz_safetensors: fuzz/fuzz_safetensors.c src/io/safetensors.c src/io/safetensors.h src/io/json.c src/io/atomic_file.c src/util/status.c | fuzz-toolchain
+$(BUILD)/fuzz/fuzz_safetensors: fuzz/fuzz_safetensors.c src/io/safetensors.c src/io/safetensors.h src/io/json.c src/util/atomic_file.c src/util/status.c | fuzz-toolchain
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_safetensors.c src/io/safetensors.c src/io/json.c src/io/atomic_file.c src/util/status.c
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_safetensors.c src/io/safetensors.c src/io/json.c src/util/atomic_file.c src/util/status.c
 
-TFR_FUZZ_SRC := src/data/tfrecord.c src/data/example.c src/util/crc32c.c src/io/atomic_file.c src/util/status.c
+TFR_FUZZ_SRC := src/data/tfrecord.c src/data/example.c src/util/crc32c.c src/util/atomic_file.c src/util/status.c
 $(BUILD)/fuzz/fuzz_tfrecord: fuzz/fuzz_tfrecord.c $(TFR_FUZZ_SRC) src/data/tfrecord.h src/data/example.h $(BUILD)/gen/example.pb-c.c | fuzz-toolchain
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -I$(BUILD)/gen -o $@ fuzz/fuzz_tfrecord.c $(TFR_FUZZ_SRC) $(BUILD)/gen/example.pb-c.c -lprotobuf-c

@@ -18,7 +18,7 @@
 // From backend/cpu/cpu.h, declared weak so that this file also builds and runs against the
 // previous cpu_attention.c (git show ec05fd1:src/backend/cpu/cpu_attention.c), for before/after.
 void cpu_attention_use_sgemm(int on) __attribute__((weak));
-#include "io/progress.h"
+#include "util/clock.h"
 
 static float *filled(size_t n, unsigned seed) {
     float *x = malloc(n * sizeof(float));
@@ -49,12 +49,12 @@ static void run_case(Backend *be, const char *what, int B, int T, int H, int hd,
     }
     double best_f = 1e30, best_b = 1e30;
     for (int r = 0; r < rounds; r++) {
-        double t0 = progress_now();
+        double t0 = clock_seconds();
         for (int i = 0; i < reps; i++) be->attention_forward(be, out, state, scratch, q, k, v, B, T, H, hd);
-        double t1 = progress_now();
+        double t1 = clock_seconds();
         for (int i = 0; i < reps; i++)
             be->attention_backward(be, dq, dk, dv, dout, out, state, scratch, q, k, v, B, T, H, hd);
-        double t2 = progress_now();
+        double t2 = clock_seconds();
         if ((t1 - t0) / reps < best_f) best_f = (t1 - t0) / reps;
         if ((t2 - t1) / reps < best_b) best_b = (t2 - t1) / reps;
     }

@@ -48,8 +48,8 @@ echo "CPU: $(sed -n 's/^vendor_id[[:space:]]*: *//p' /proc/cpuinfo | head -n 1),
      "avx512f $(has avx512f), avx512_bf16 $(has avx512_bf16), amx_bf16 $(has amx_bf16)"
 DEMO="--model ViT-Ti_4 --hidden_size 64 --num_layers 4 --num_heads 4 --mlp_dim 256 --image_size 28 --channels 1 --num_classes 10"
 # What vit says about its matrix library, else which one it is linked against.
-lib=$({ ./vit info 2>&1; ./vit train --synthetic_data --from_scratch --save_dir= --log_dir= $DEMO --threads 1 \
-        --batch_size 8 --epochs 1 --steps_per_epoch 1 --validation_steps 0 2>&1 >/dev/null; } |
+lib=$({ ./vit --version 2>&1; ./vit train --synthetic_data --from_scratch --save_dir= --log_dir= $DEMO --threads 1 \
+        --batch_size 8 --epochs 1 --steps_per_epoch 1 --validation_steps 0 2>&1; } |
       grep -iE 'onednn|dnnl|mkl|blas' | head -n 1)
 if [ -z "$lib" ]; then
     for so in $(ldd ./vit | awk '/libdnnl|libmkl/ { print $3 }'); do

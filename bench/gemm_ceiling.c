@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include "backend/backend.h"
 #include "backend/cpu/cpu.h"
+#include "util/clock.h"
 #include "util/status.h"
-#include "io/progress.h"
 
 static double rate(Backend *be, int batch, int M, int N, int K, int ta, int tb, int acc) {
     size_t na = (size_t)batch * M * K, nb = (size_t)batch * K * N, nc = (size_t)batch * M * N;
@@ -18,11 +18,11 @@ static double rate(Backend *be, int batch, int M, int N, int K, int ta, int tb, 
     for (size_t i = 0; i < nc; i++) C[i] = 0;
     be->gemm(be, batch, M, N, K, A, ta, B, tb, C, NULL, 1.0f, acc);  // creates the primitive
     int reps = 0;
-    double t0 = progress_now(), t;
+    double t0 = clock_seconds(), t;
     do {
         be->gemm(be, batch, M, N, K, A, ta, B, tb, C, NULL, 1.0f, acc);
         reps++;
-    } while ((t = progress_now() - t0) < 0.5);
+    } while ((t = clock_seconds() - t0) < 0.5);
     free(A), free(B), free(C);
     return 2.0 * batch * M * N * K * reps / t / 1e9;
 }
@@ -37,11 +37,11 @@ static double bf16_rate(Backend *be, int n) {
     double r = 0;
     if (cpu_gemm_bf16(be, n, n, n, A, 0, B, 0, C) == VIT_OK) {
         int reps = 0;
-        double t0 = progress_now(), t;
+        double t0 = clock_seconds(), t;
         do {
             cpu_gemm_bf16(be, n, n, n, A, 0, B, 0, C);
             reps++;
-        } while ((t = progress_now() - t0) < 0.5);
+        } while ((t = clock_seconds() - t0) < 0.5);
         r = 2.0 * n * n * (double)n * reps / t / 1e9;
     }
     free(A), free(B), free(C);

@@ -18,13 +18,8 @@
 #include "data/augment.h"
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "util/clock.h"
 #include "util/status.h"
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 static double cpu_now(void) {
     struct timespec t;
@@ -66,7 +61,7 @@ static int run(const Dataset *d, int workers, int batch, int batches, int warmup
     long images = 0;
     double checksum = 0;
     for (int b = 0; b < warmup + batches; b++) {
-        if (b == warmup) t0 = now(), c0 = cpu_now(), stall0 = loader_stall_seconds(l);
+        if (b == warmup) t0 = clock_seconds(), c0 = cpu_now(), stall0 = loader_stall_seconds(l);
         const uint8_t *img;
         const int *lab;
         int len;
@@ -84,7 +79,7 @@ static int run(const Dataset *d, int workers, int batch, int batches, int warmup
         }
         if (b >= warmup) images += len;
     }
-    double secs = now() - t0, cpu = cpu_now() - c0, stall = loader_stall_seconds(l) - stall0;
+    double secs = clock_seconds() - t0, cpu = cpu_now() - c0, stall = loader_stall_seconds(l) - stall0;
     int w = loader_workers(l);
     printf("{\"impl\": \"vit\", \"workers\": %d, \"batch\": %d, \"batches\": %d, \"size\": %d, \"images\": %ld, "
            "\"seconds\": %.3f, \"images_per_sec\": %.1f, \"images_per_sec_per_core\": %.1f, \"cpu_seconds\": %.3f, "

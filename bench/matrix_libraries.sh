@@ -26,7 +26,7 @@ if [ -z "$mkl" ]; then
     mkl=$(ls build/libs/mkl-*.data/data/lib/libmkl_rt.so.* 2>/dev/null | head -1)
 fi
 if [ -n "$mkl" ]; then
-    mkdir -p build/bench && cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp bench/mkl_gemm.c -ldl -o build/bench/mkl_gemm &&
+    mkdir -p build/bench && cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -Isrc bench/mkl_gemm.c src/util/clock.c -ldl -o build/bench/mkl_gemm &&
         { echo "== MKL (package index)"; build/bench/mkl_gemm "$mkl"; build/bench/mkl_gemm "$mkl" $((64 * 197)) | tail -n +3; }
 else
     echo "== MKL: wheel not available"

@@ -2,25 +2,19 @@
 // matrix library by measurement (bench/matrix_libraries.sh). MKL is loaded at run time from
 // the libmkl_rt.so.N given on the command line, with its GNU OpenMP threading layer: the
 // OpenMP runtime vit uses (one per process). Not linked into vit.
-// Build: cc -O2 -fopenmp bench/mkl_gemm.c -ldl -o build/bench/mkl_gemm
+// Build: cc -O2 -fopenmp -Isrc bench/mkl_gemm.c src/util/clock.c -ldl -o build/bench/mkl_gemm
 // usage: mkl_gemm /path/to/libmkl_rt.so.3 [tokens]
 #include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
+#include "util/clock.h"
 
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112, THREADING_GNU = 3 };
 typedef void (*Sgemm)(int, int, int, int, int, int, float, const float *, int, const float *, int, float, float *,
                       int);
 typedef void (*Bgemm)(int, int, int, int, int, int, float, const uint16_t *, int, const uint16_t *, int, float,
                       float *, int);
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
 
 int main(int argc, char **argv) {
     if (argc < 2) {
@@ -73,8 +67,8 @@ int main(int argc, char **argv) {
                 else
                     sgemm(ROW_MAJOR, s[i].ta ? TRANS : NO_TRANS, s[i].tb ? TRANS : NO_TRANS, M, N, K, 1, A, lda, B,
                           ldb, 0, C, N);
-                if (++reps == 0) t0 = now();
-            } while ((t = now() - t0) < 0.5 || reps < 3);
+                if (++reps == 0) t0 = clock_seconds();
+            } while ((t = clock_seconds() - t0) < 0.5 || reps < 3);
             rate[bf16] = 2.0 * M * N * (double)K * reps / t / 1e9;
         }
         printf("  %-28s N=%-5d fp32 %6.1f GFLOP/s  bf16 %6.1f GFLOP/s\n", s[i].what, tokens, rate[0], rate[1]);

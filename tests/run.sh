@@ -23,7 +23,7 @@ for t in "$build"/tests/test_*; do
     cat "$log"
     add_counts "$log"
 done
-for t in tests/cli_*.sh; do
+for t in tests/layers.sh tests/cli_*.sh; do
     echo "== $(basename "$t")"
     VIT="$vit" sh "$t" >"$log" 2>&1 || { grep -q ' failed$' "$log" || failed=$((failed + 1)); }
     cat "$log"

@@ -3,21 +3,18 @@
 // of TF's HSV round trip, flip/brightness/saturation/rotation ranges, determinism in
 // (seed, epoch, index), and identical bytes from two threads and from one. Ends with a speed
 // figure (augment alone, and JPEG decode + augment) for a 500x375 photo at 224.
-#ifndef _GNU_SOURCE
-#define _POSIX_C_SOURCE 200809L  // clock_gettime under plain -std=c11
-#endif
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <jpeglib.h>
 
 #include "check.h"
 #include "data/augment.h"
 #include "data/image.h"
+#include "util/clock.h"
 #include "util/status.h"
 
 static const char *g_fixture = "tests/fixtures/resize_pil.bin";
@@ -498,12 +495,6 @@ static void test_threads(int rotate) {
 
 // ---------------------------------------------------------------- speed (reported, not checked)
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void speed(void) {
     Image img = make_image(500, 375, 77);
     // A typical photo JPEG: quality 90, 4:2:0 chroma.
@@ -529,18 +520,18 @@ static void speed(void) {
     augment_defaults(&a);
     uint8_t *out = malloc(224 * 224 * 3);
     int rc = 0, n = 0;
-    double t0 = now(), t;
+    double t0 = clock_seconds(), t;
     do rc |= augment_train(&img, 224, 3, &a, 1, 0, (uint64_t)n++, out);
-    while ((t = now() - t0) < 0.4);
+    while ((t = clock_seconds() - t0) < 0.4);
     double aug = n / t;
     n = 0;
-    t0 = now();
+    t0 = clock_seconds();
     do {
         Image d;
         rc |= image_decode(&d, jpg, jn, "speed", 224);
         if (d.pixels) rc |= augment_train(&d, 224, 3, &a, 1, 0, (uint64_t)n++, out);
         image_free(&d);
-    } while ((t = now() - t0) < 0.4 && !rc);
+    } while ((t = clock_seconds() - t0) < 0.4 && !rc);
     CHECK(rc == 0, "speed runs succeed: %s", vit_error());
     printf("speed (one thread, 500x375 -> 224): augment %.0f img/s, JPEG decode + augment %.0f img/s\n", aug, n / t);
     free(out);

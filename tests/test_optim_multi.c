@@ -13,7 +13,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/cpu_isa.h"
 #include "check.h"
-#include "optim/optimizer.h"
+#include "train/update.h"
 
 static float frand(uint64_t *s) {
     *s = *s * 6364136223846793005ull + 1442695040888963407ull;

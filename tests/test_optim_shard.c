@@ -9,7 +9,7 @@
 
 #include "backend/backend.h"
 #include "check.h"
-#include "optim/optimizer.h"
+#include "train/update.h"
 
 enum { NE = 7, STEPS = 3 };
 static const size_t sizes[NE] = {37, 100, 5, 64, 3, 200, 11};

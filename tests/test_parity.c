@@ -9,7 +9,7 @@
 #include "check.h"
 #include "io/safetensors.h"
 #include "model/vit.h"
-#include "optim/optimizer.h"
+#include "train/update.h"
 #include "util/status.h"
 
 static StFile fx;

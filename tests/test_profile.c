@@ -5,13 +5,13 @@
 // CPU backend.
 #include <string.h>
 #include "backend/backend.h"
-#include "backend/profiled_backend.h"
+#include "prof/profiled_backend.h"
 #include "check.h"
 #include "io/json.h"
 #include "testdir.h"
-#include "util/profile.h"
+#include "prof/profile.h"
 #include "util/rng.h"
-#include "util/roofline.h"
+#include "prof/roofline.h"
 #include "util/status.h"
 
 static Backend *cpu;

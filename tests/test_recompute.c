@@ -4,11 +4,11 @@
 // accumulated micro-steps. Then the planned memory of ViT-B/16 at 224 (planned only), and
 // step times on/off as a print, never an assertion (VIT_RECOMPUTE_BENCH=1 adds ViT-B/16).
 #include <string.h>
-#include <time.h>
 #include "backend/backend.h"
 #include "check.h"
 #include "model/vit.h"
 #include "model_inputs.h"
+#include "util/clock.h"
 #include "util/rng.h"
 #include "util/status.h"
 
@@ -124,12 +124,6 @@ static void test_memory(Backend *cpu) {
     }
 }
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 // Seconds of one training step (forward + backward), best of `reps` after one warm-up
 // step, interleaving off and on so drift of the machine hits both alike.
 static void time_steps(Backend *be, const ViTConfig *c, int B, int reps) {
@@ -146,11 +140,11 @@ static void time_steps(Backend *be, const ViTConfig *c, int B, int reps) {
     for (int r = 0; r <= reps; r++)
         for (int k = 0; k < 2; k++) {
             if (r == 0) vit_init_params(&m[k], 1), be->zero(be, m[k].grads, m[k].table.total * sizeof(float));
-            double t0 = now();
+            double t0 = clock_seconds();
             int rc = vit_forward(&m[k], images, labels, B, 1, 0.1f, 1, (uint32_t)r) ||
                      vit_backward(&m[k], B, 0.1f, 1.0f / B, 1, (uint32_t)r);
             be->synchronize(be);
-            double t = now() - t0;
+            double t = clock_seconds() - t0;
             CHECK(rc == 0, "timing step: %s", vit_error());
             if (r > 0 && t < best[k]) best[k] = t;
         }

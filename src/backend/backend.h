@@ -5,30 +5,54 @@
 // Conventions: row-major tensors; token activations are (B, T, D); ops named *_backward
 // overwrite their input-gradient outputs unless the comment says "+=" (parameter
 // gradients always accumulate, so gradient accumulation over micro-batches is free).
+//
+// The op contract (tests/test_backend_ops.c holds every backend to it, op by op):
+//  - Pointers are device pointers from `alloc` (host memory on the CPU), fp32 unless the type
+//    says otherwise, aligned to their element type only (a backend may pick faster kernels
+//    for better aligned ones).
+//    Ops are issued in order; a later op sees what an earlier one wrote. Results are meant
+//    for the host only after `download` (or `synchronize`), which waits for the ops before it.
+//  - Overwrite: every element of an output is written and nothing it held before is read:
+//    gemm without `accumulate`, gemm_bias_gelu, the *_forward ops (out, mean, rstd, state),
+//    the elementwise ops, gelu_dropout_backward's dinp, tokens_backward's demb, scatter_cls
+//    (the whole dx, zeros included), attention_backward's dq/dk/dv, xent's outputs.
+//  - "+=": the op adds to what the output holds (the caller zeroes it first when it wants
+//    the value alone): gemm with `accumulate`, bias_backward, layernorm_backward (dinp as
+//    well as dscale and dbias), gelu_dropout_backward's dbias, tokens_backward's dcls and dpos.
+//  - Aliasing: only where a comment allows it (gelu/tanh/dropout/gelu_dropout backward: dinp
+//    may be dout; dropout_forward: out may be inp; add: out may be a or b; residual
+//    layernorm: sum may be x or y; scale works in place). Everywhere else outputs must not
+//    overlap inputs or each other (gemm: C is neither A nor B; gelu_dropout_forward's out is
+//    never inp).
+//  - Dropout masks are the pure function rng_keep(seed, step, site, i) on every backend and
+//    instruction set, kept elements scaled by 1/(1 - rate) in fp32: devices agree bit for bit.
+//    The CPU backend gives the same bits whatever its thread count (tests/test_ops.c).
+//  - Numerics: fp32, with the sums of the non-product ops (column sums, LayerNorm statistics,
+//    cross-entropy, sum_squares) in double; the bf16 and tf32 modes change only the products
+//    (gemm, gemm_bias_gelu, attention).
+//
+// Errors. Ops that return int (gemm, gemm_bias_gelu, attention_forward/backward) return
+// VIT_OK or VIT_ERR with a one-line vit_fail message; alloc/alloc_host return NULL with one.
+// An allocation failure or a refused shape (cuda attention's head dimension above 128)
+// leaves the backend usable. The void ops cannot report; on the CPU they cannot fail (an
+// out-of-memory for the reduction scratch aborts). On CUDA a failed call (a launch, a copy,
+// a cuBLASLt call, a missing optimizer slot) is latched in the backend with its first
+// message (later failures keep it): from then on every void op and copy does nothing,
+// download fills its host buffer with 0xff bytes (NaN floats, never stale data), sum_squares
+// returns NaN, and the next int-returning op returns VIT_ERR re-raising the first message.
+// Kernels run asynchronously, so a fault inside one surfaces only at a later check (the next
+// launch's check, synchronize, upload or download): a caller learns of a void op's failure
+// from the next gemm or attention call, or from NaN in what it downloads (the trainer checks
+// the loss and the gradient norm for that). There is no reset.
+//
+// Optional ops (may be NULL; test_backend_ops tests them where present): gemm_bias_gelu (the
+// model then runs gemm and gelu_forward), to_bf16 and from_bf16 (both or neither; the model
+// then keeps the activations of the backward pass in fp32). The CPU backend has all three,
+// the CUDA backend none. Every other member must be set.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
-
-typedef enum { OPT_SGD, OPT_ADAM, OPT_ADAMW, OPT_RMSPROP } OptimizerKind;
-
-// One optimizer update over a contiguous range of parameters.
-typedef struct {
-    OptimizerKind kind;
-    float lr;
-    float momentum;      // sgd
-    float beta1, beta2;  // adam, adamw
-    float rho;           // rmsprop
-    float epsilon;
-    float weight_decay;  // decoupled: p -= lr * wd * p (0 for ranges without decay)
-    int t;               // 1-based update count (adam bias correction)
-    float grad_scale;    // gradients are multiplied by this first (global-norm clipping)
-} OptimStep;
-
-// One parameter range of a multi-tensor optimizer update (offsets in floats).
-typedef struct {
-    size_t param, slot, n;
-    int decay;
-} OptimSegment;
+#include "optim/step.h"
 
 typedef struct Backend Backend;
 struct Backend {

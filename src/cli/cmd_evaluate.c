@@ -5,7 +5,7 @@
 #include "backend/backend.h"
 #include "commands.h"
 #include "common.h"
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "util/status.h"
 
 int cmd_evaluate(int argc, char **argv) {

@@ -5,7 +5,7 @@
 #include <string.h>
 #include "commands.h"
 #include "common.h"
-#include "io/checkpoint.h"
+#include "train/checkpoint.h"
 #include "io/npz.h"
 #include "util/status.h"
 
@@ -31,7 +31,7 @@ int cmd_export(int argc, char **argv) {
     }
     if (checkpoint_open(&ck, o->checkpoint)) goto fail;
     open = 1;
-    params_build(&t, &off, &ck.cfg);
+    if (params_build(&t, &off, &ck.cfg)) goto fail;
     host = malloc(t.total * sizeof(float));
     entries = calloc((size_t)t.count, sizeof *entries);
     shapes = calloc((size_t)t.count, sizeof *shapes);

@@ -15,13 +15,14 @@ int cmd_info(int argc, char **argv) {
         }
     ParsedOptions p;
     ViTConfig c;
-    if (flags_parse(&p, argc, argv) || cli_model_config(&p, NULL, &c)) {
+    ParamTable t;
+    ParamOffsets o;
+    int bad = flags_parse(&p, argc, argv) || cli_model_config(&p, NULL, &c) || params_build(&t, &o, &c);
+    flags_free(&p);
+    if (bad) {
         fprintf(stderr, "vit info: %s\n", vit_error());
         return 2;
     }
-    ParamTable t;
-    ParamOffsets o;
-    params_build(&t, &o, &c);
     double fwd = 2 * config_forward_macs(&c);
     if (p.o.json) {
         printf("{\"model\": \"%s\", \"parameters\": %zu, \"tokens\": %d, \"forward_gflops_per_image\": %.4f, "

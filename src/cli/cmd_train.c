@@ -17,9 +17,9 @@
 #include "dist/dist.h"
 #include "dist/nccl_sync.h"
 #include "io/npz.h"
-#include "backend/profiled_backend.h"
-#include "util/roofline.h"
-#include "model/trainer.h"
+#include "prof/profiled_backend.h"
+#include "prof/roofline.h"
+#include "train/trainer.h"
 #include "model/weights.h"
 #include "util/status.h"
 

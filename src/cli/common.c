@@ -3,7 +3,7 @@
 #include <strings.h>
 #include <stdlib.h>
 #include <sys/stat.h>
-#include "io/checkpoint.h"
+#include "train/checkpoint.h"
 #include "io/npz.h"
 #include "model/weights.h"
 #include "util/status.h"
@@ -12,10 +12,6 @@
 #endif
 
 int cli_check_supported(const ParsedOptions *p) {
-    for (int i = 0; i < g_flag_count; i++) {
-        const Flag *f = &g_flags[i];
-        if (f->later && p->set[i]) return vit_fail("--%s: not supported yet (%s)", f->name, f->later);
-    }
     const Options *o = &p->o;
     int bf16 = !strcasecmp(o->dtype, "bf16") || !strcasecmp(o->dtype, "bfloat16");
     if (!bf16 && strcasecmp(o->dtype, "fp32") && strcasecmp(o->dtype, "float32"))

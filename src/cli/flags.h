@@ -5,6 +5,16 @@
 
 typedef enum { FLAG_INT, FLAG_LONG, FLAG_FLOAT, FLAG_STRING, FLAG_BOOL } FlagType;
 
+// The commands, as bits of Flag.commands.
+enum {
+    CMD_TRAIN = 1 << 0,
+    CMD_EVALUATE = 1 << 1,
+    CMD_PREDICT = 1 << 2,
+    CMD_EXPORT = 1 << 3,
+    CMD_PREP = 1 << 4,
+    CMD_INFO = 1 << 5,
+};
+
 typedef struct {
     const char *name;       // without the leading "--"
     const char *alias;      // another accepted spelling ("-d", "--dataset"), or NULL
@@ -13,8 +23,9 @@ typedef struct {
     unsigned size;          // of the field (strings)
     const char *def;        // default as text ("" = empty / unset)
     const char *help;
-    const char *later;      // non-NULL: parsed, but not supported yet; says what will own it
     int ignored;            // accepted for compatibility and ignored with a note
+    unsigned commands;      // CMD_* bits: the commands whose result the flag can change, which their
+                            // --help lists (every command still accepts every flag)
 } Flag;
 
 typedef struct {
@@ -37,4 +48,6 @@ void flags_free(ParsedOptions *p);
 void flags_value_text(const ParsedOptions *p, int i, char *buf, unsigned n);
 // Whether the user gave the flag called `name`.
 int flags_given(const ParsedOptions *p, const char *name);
+// Usage line, summary and the flags of `command` (its first word: "predict IMAGE..." lists
+// predict's flags); a name that is no command lists them all.
 void flags_print_help(const char *command, const char *summary);

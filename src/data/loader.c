@@ -3,8 +3,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
+#include "util/clock.h"
 #include "util/status.h"
 
 typedef struct {
@@ -35,12 +35,6 @@ struct Loader {
     long skipped;
     char last_skip[512];  // message of the newest skipped sample, for the epoch report
 };
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 static int batch_len(const Loader *l, long b) {
     long start = b * l->batch;
@@ -227,9 +221,9 @@ int loader_next(Loader *l, const uint8_t **images, const int **labels, int *n) {
         l->skipped += skips;
         l->next_item += len;
     }
-    double t0 = now();
+    double t0 = clock_seconds();
     while (!l->error[0] && !(s->batch_id == b && s->done == len)) pthread_cond_wait(&l->done_cv, &l->mu);
-    l->stall += now() - t0;
+    l->stall += clock_seconds() - t0;
     if (l->error[0]) {
         int rc = vit_fail("%s", l->error);
         pthread_mutex_unlock(&l->mu);

@@ -11,13 +11,13 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "data/example.h"
 #include "data/image.h"
 #include "data/jpeg_encode.h"
 #include "data/tfrecord.h"
+#include "util/clock.h"
 #include "util/rng.h"
 #include "util/status.h"
 
@@ -331,12 +331,6 @@ typedef struct {
     JpegBuffer jpeg;
 } Scratch;
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static int read_file(const char *path, Scratch *s, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return vit_fail("%s: %s", path, strerror(errno));
@@ -459,7 +453,7 @@ static void *worker(void *arg) {
             c->skipped += skipped;
             c->reencoded += reencoded;
             c->done++;
-            double t = now_s();
+            double t = clock_seconds();
             if (c->o->progress && t - c->last_print >= PROGRESS_SECONDS) {
                 fprintf(c->o->progress, "prep: %d/%d shards, %ld images, %.0f s\n", c->done, c->n_jobs,
                         c->written[0] + c->written[1], t - c->start);
@@ -585,7 +579,7 @@ int prep_run(const PrepOptions *o, PrepStats *st) {
         if (workers > c.n_jobs) workers = c.n_jobs;
         pthread_t *threads = calloc((size_t)workers, sizeof *threads);
         pthread_mutex_init(&c.mu, NULL);
-        c.start = c.last_print = now_s();
+        c.start = c.last_print = clock_seconds();
         int started = 0;
         if (threads)
             while (started < workers && pthread_create(&threads[started], NULL, worker, &c) == 0) started++;

@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "dataset.h"
-#include "io/atomic_file.h"
+#include "util/atomic_file.h"
 #include "tfrecord.h"
 #include "util/status.h"
 

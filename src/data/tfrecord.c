@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "io/atomic_file.h"
+#include "util/atomic_file.h"
 #include "util/crc32c.h"
 #include "util/status.h"
 

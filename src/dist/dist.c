@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include "util/clock.h"
 #include "util/status.h"
 #ifdef VIT_MPI
 #include <mpi.h>
@@ -39,12 +39,6 @@ int dist_shard_layout(size_t total, int *counts, int *displs) {
 }
 
 #ifdef VIT_MPI
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
 int dist_init(int want) {
     if (!want) return VIT_OK;
     int provided;
@@ -233,9 +227,9 @@ int gradsync_finish(GradSync *g) {
     start_ready_buckets(g);
     if (g->t.start) return g->t.finish(g->t.ctx);
 #ifdef VIT_MPI
-    double t0 = now_seconds();
+    double t0 = clock_seconds();
     int rc = MPI_Waitall((int)g->nb, g->req, MPI_STATUSES_IGNORE);
-    g->wait += now_seconds() - t0;
+    g->wait += clock_seconds() - t0;
     return check(rc, "gradient all-reduce (MPI_Iallreduce)");
 #else
     return VIT_OK;

@@ -14,7 +14,7 @@
 #include <unistd.h>
 #include <zip.h>
 
-#include "io/atomic_file.h"
+#include "util/atomic_file.h"
 #include "util/status.h"
 
 // Float data goes between memory and file without byte swapping.

@@ -1,12 +1,8 @@
 #include "progress.h"
-#include <time.h>
 #include <unistd.h>
+#include "util/clock.h"
 
-double progress_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
+double progress_now(void) { return clock_seconds(); }
 
 void progress_begin(Progress *p, FILE *out, int epoch, int epochs, long total) {
     p->out = out;
@@ -15,7 +11,7 @@ void progress_begin(Progress *p, FILE *out, int epoch, int epochs, long total) {
     p->epochs = epochs;
     p->total = total;
     p->last_printed = 0;
-    p->start = p->last_time = progress_now();
+    p->start = p->last_time = clock_seconds();
 }
 
 static void format_eta(char *buf, size_t n, double seconds) {
@@ -28,7 +24,7 @@ static void format_eta(char *buf, size_t n, double seconds) {
 
 void progress_update(Progress *p, long step, double loss, double acc, double lr, double images_per_sec) {
     if (!p->out) return;
-    double now = progress_now();
+    double now = clock_seconds();
     int last = step == p->total;
     // Terminal: at most 5 redraws a second. Otherwise: about ten lines per epoch.
     if (p->tty ? (!last && now - p->last_time < 0.2) : (!last && step - p->last_printed < (p->total + 9) / 10))

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "io/json.h"
-#include "io/atomic_file.h"
+#include "util/atomic_file.h"
 #include "util/status.h"
 
 enum { ST_MAX_DIMS = 8 };

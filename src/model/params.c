@@ -5,10 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include "util/rng.h"
+#include "util/status.h"
 
 typedef struct {
     ParamTable *t;
     int capacity;
+    int failed;  // out of memory: later adds do nothing, params_build reports it
 } Builder;
 
 static size_t add(Builder *b, ParamInit init, int decay, int fan_in, int fan_out, int ndim, const int *shape,
@@ -17,10 +19,16 @@ static size_t add(Builder *b, ParamInit init, int decay, int fan_in, int fan_out
 static size_t add(Builder *b, ParamInit init, int decay, int fan_in, int fan_out, int ndim, const int *shape,
                   const char *fmt, ...) {
     ParamTable *t = b->t;
+    if (b->failed) return 0;
     if (t->count == b->capacity) {
-        b->capacity = b->capacity ? 2 * b->capacity : 64;
-        t->entries = realloc(t->entries, (size_t)b->capacity * sizeof *t->entries);
-        if (!t->entries) abort();  // a few KiB: out of memory here is not recoverable
+        int capacity = b->capacity ? 2 * b->capacity : 64;
+        ParamEntry *grown = realloc(t->entries, (size_t)capacity * sizeof *t->entries);
+        if (!grown) {
+            b->failed = 1;
+            return 0;
+        }
+        t->entries = grown;
+        b->capacity = capacity;
     }
     ParamEntry *e = &t->entries[t->count++];
     memset(e, 0, sizeof *e);
@@ -48,7 +56,7 @@ static size_t add(Builder *b, ParamInit init, int decay, int fan_in, int fan_out
 int params_build(ParamTable *t, ParamOffsets *o, const ViTConfig *c) {
     memset(t, 0, sizeof *t);
     memset(o, 0, sizeof *o);
-    Builder b = {t, 0};
+    Builder b = {t, 0, 0};
     int D = c->hidden, H = c->heads, hd = D / c->heads, P = c->patch, M = c->mlp, T = config_tokens(c);
     int R = c->representation, K = c->classes, pin = P * P * c->channels;
 
@@ -57,8 +65,8 @@ int params_build(ParamTable *t, ParamOffsets *o, const ViTConfig *c) {
     o->cls = add(&b, INIT_ZERO, 0, 0, 0, SHAPE(1, 1, D), "cls");
     o->pos = add(&b, INIT_NORMAL_002, 0, 0, 0, SHAPE(1, T, D), "Transformer/posembed_input/pos_embedding");
     o->blocks = calloc((size_t)c->layers, sizeof *o->blocks);
-    if (!o->blocks) abort();
-    for (int l = 0; l < c->layers; l++) {
+    if (!o->blocks) b.failed = 1;
+    for (int l = 0; o->blocks && l < c->layers; l++) {
         BlockOffsets *bo = &o->blocks[l];
         const char *att = "MultiHeadDotProductAttention_1";
 #define BLK "Transformer/encoderblock_%d/"
@@ -90,7 +98,11 @@ int params_build(ParamTable *t, ParamOffsets *o, const ViTConfig *c) {
     }
     o->head_kernel = add(&b, INIT_ZERO, 1, head_in, K, SHAPE(head_in, K), "head/kernel");
     o->head_bias = add(&b, INIT_ZERO, 0, 0, 0, SHAPE(K), "head/bias");
-    return 0;
+    if (b.failed) {
+        params_free(t, o);
+        return vit_fail("out of memory building the parameter table");
+    }
+    return VIT_OK;
 }
 
 void params_free(ParamTable *t, ParamOffsets *o) {
@@ -98,12 +110,6 @@ void params_free(ParamTable *t, ParamOffsets *o) {
     free(o->blocks);
     memset(t, 0, sizeof *t);
     memset(o, 0, sizeof *o);
-}
-
-int params_find(const ParamTable *t, const char *name) {
-    for (int i = 0; i < t->count; i++)
-        if (strcmp(t->entries[i].name, name) == 0) return i;
-    return -1;
 }
 
 // Normal truncated at two standard deviations, rescaled so the result has std `std`

@@ -50,9 +50,8 @@ typedef struct {
     size_t head_kernel, head_bias;
 } ParamOffsets;
 
+// VIT_ERR (out of memory) leaves *t and *o empty, nothing to free.
 int params_build(ParamTable *t, ParamOffsets *o, const ViTConfig *c);
 void params_free(ParamTable *t, ParamOffsets *o);
-// Index of the entry with this official name, or -1.
-int params_find(const ParamTable *t, const char *name);
 // Host-side initialisation of a buffer of t->total floats, as the official code does.
 void params_init(const ParamTable *t, float *buf, unsigned long long seed);

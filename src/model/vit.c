@@ -43,7 +43,7 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
     m->training = training;
     m->recompute = training && (options & VIT_RECOMPUTE);
     m->store_bf16 = training && !m->recompute && (options & VIT_STORE_BF16) && be->to_bf16 && be->from_bf16;
-    params_build(&m->table, &m->off, cfg);
+    if (params_build(&m->table, &m->off, cfg)) return VIT_ERR;
 
     const ViTConfig *c = cfg;
     size_t B = batch, T = config_tokens(c), D = c->hidden, M = c->mlp, N = B * T, G2 = (size_t)config_grid(c) * config_grid(c);

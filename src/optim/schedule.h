@@ -1,4 +1,5 @@
-// Learning-rate schedules of the recipe (RECIPE.md), exactly as written there.
+// Learning-rate schedules of the recipe (Habana's "Vision Transformer for TensorFlow": its
+// --lr_sched linear, exp, steps, constant and WarmupCosine), with its formulas.
 #pragma once
 
 typedef enum { SCHED_LINEAR, SCHED_EXP, SCHED_STEPS, SCHED_CONSTANT, SCHED_WARMUP_COSINE } LrScheduleKind;

@@ -61,8 +61,8 @@ static void w_wait_uploads(Backend *be) {
     w->inner->wait_uploads(w->inner);
 }
 
-// An asynchronous upload's span is the time to start it (or, with --profile_sync, to finish
-// the work queued so far and it).
+// An asynchronous upload's span is the time to start it (or, where the wrapper synchronizes
+// each op (CUDA), to finish the work queued so far and it).
 static void w_upload_async(Backend *be, void *dst, const void *src, size_t bytes) {
     Wrap *w = be->impl;
     uint64_t t0 = span_start(w);

@@ -10,7 +10,7 @@
 #include "backend/backend.h"
 #include "dist/dist.h"
 #include "model/params.h"
-#include "optim/optimizer.h"
+#include "train/update.h"
 
 typedef struct {
     int sharded;            // stage 1 over more than one rank

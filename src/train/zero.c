@@ -1,7 +1,7 @@
 #include "zero.h"
 #include <stdlib.h>
 #include <string.h>
-#include "dist.h"
+#include "dist/dist.h"
 #include "util/status.h"
 
 // The slots live in backend memory (device memory on a GPU): checkpoint gathers and resume

@@ -5,7 +5,7 @@
 // the wrapper to vit_create; ops the inner table lacks stay NULL in the wrapper.
 #pragma once
 #include "backend/backend.h"
-#include "util/profile.h"
+#include "prof/profile.h"
 
 // sync nonzero: inner->synchronize runs before each op's end time is taken, so that spans of
 // an asynchronous device (CUDA) measure the work and not its launch. It costs a device round

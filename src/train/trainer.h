@@ -7,12 +7,13 @@
 #include <stdio.h>
 #include "data/dataset.h"
 #include "dist/dist.h"
-#include "io/checkpoint.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
 #include "io/events.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
-#include "util/profile.h"
-#include "vit.h"
+#include "prof/profile.h"
+#include "model/vit.h"
 
 typedef struct {
     ViT *model;                  // planned for `batch` / ranks with training = 1
@@ -53,13 +54,6 @@ typedef struct {
 } TrainSetup;
 
 typedef struct {
-    double loss, top1, top5;
-    long images;
-    double images_per_sec;
-    long skipped;                   // unreadable samples substituted (--skip_corrupt)
-} EvalResult;
-
-typedef struct {
     double train_loss, train_top1;  // mean over the last epoch
     EvalResult val;                 // last validation (images = 0 when none ran)
     double images_per_sec;          // training throughput after the first update
@@ -74,6 +68,3 @@ typedef struct {
 } TrainResult;
 
 int train_run(TrainSetup *s, TrainResult *r);
-// Evaluates `steps` batches (-1 = all) of d in order, without dropout; under MPI each rank
-// takes a contiguous share and the sums are reduced, so every image counts once.
-int evaluate(ViT *m, const Dataset *d, int batch, long steps, int workers, EvalResult *r);

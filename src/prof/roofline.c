@@ -4,8 +4,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 #include "backend/backend.h"
+#include "util/clock.h"
 #include "util/status.h"
 
 enum { GEMM_MIN_N = 1024, GEMM_MAX_N = 4096, MAX_REPS = 5, MAX_BATCH = 10000 };
@@ -13,12 +13,6 @@ static const size_t ADD_BYTES = (size_t)64 << 20;  // per buffer: past any L2 an
 static const double GROW_BELOW_S = 2e-3;  // a product this quick is too small to fill the device
 static const double BATCH_S = 5e-3;       // calls timed together, so synchronize and the clock are noise
 static const double BUDGET_S = 0.4;       // per ceiling: no batch starts after this, once two ran
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 typedef struct {
     Backend *be;
@@ -45,11 +39,11 @@ static void sync(Backend *be) {
 // Seconds that `calls` calls take, synchronized before and after (a GPU runs them async).
 static int timed(Work *w, Call call, long calls, double *sec) {
     sync(w->be);
-    double t0 = now_s();
+    double t0 = clock_seconds();
     for (long i = 0; i < calls; i++)
         if (call(w)) return VIT_ERR;
     sync(w->be);
-    *sec = now_s() - t0;
+    *sec = clock_seconds() - t0;
     return VIT_OK;
 }
 
@@ -65,8 +59,8 @@ static int probe(Work *w, Call call, double *t1) {
 static int best_of(Work *w, Call call, double t1, double *best) {
     long calls = t1 >= BATCH_S ? 1 : (long)fmin(MAX_BATCH, ceil(BATCH_S / fmax(t1, 1e-7)));
     *best = t1;
-    double start = now_s();
-    for (int r = 0; r < MAX_REPS && (r < 2 || now_s() - start < BUDGET_S); r++) {
+    double start = clock_seconds();
+    for (int r = 0; r < MAX_REPS && (r < 2 || clock_seconds() - start < BUDGET_S); r++) {
         double t;
         if (timed(w, call, calls, &t)) return VIT_ERR;
         if (t / calls < *best) *best = t / calls;
@@ -155,10 +149,10 @@ int roofline_measure(Backend *be, Roofline *out) {
     if (!be || !out) return vit_fail("roofline_measure: %s", be ? "no result to fill" : "no backend");
     if (!be->gemm || !be->add || !be->alloc || !be->release || !be->upload || !be->zero)
         return vit_fail("roofline: the %s backend lacks gemm, add or a memory op", be->name ? be->name : "");
-    double t0 = now_s();
+    double t0 = clock_seconds();
     Roofline r = {0};
     if (gemm_rate(be, &r.gflops) || add_rate(be, &r.gbs)) return VIT_ERR;
-    r.seconds = now_s() - t0;
+    r.seconds = clock_seconds() - t0;
     if (!roofline_valid(&r))
         return vit_fail("roofline: the clock gave no usable time (%g GFLOP/s, %g GB/s)", r.gflops, r.gbs);
     *out = r;

@@ -7,10 +7,10 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
-#include "io/atomic_file.h"
+#include "util/atomic_file.h"
 #include "io/json.h"
+#include "util/clock.h"
 #include "util/status.h"
 
 // Spans cost ~130 bytes, so the cap is ~270 MiB: thousands of ViT-B steps, yet a profiler
@@ -46,11 +46,7 @@ struct Profiler {
     Roofline roof;                       // the machine's ceilings; zero when not set
 };
 
-uint64_t prof_clock_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
+uint64_t prof_clock_ns(void) { return clock_ns(); }
 
 Profiler *profiler_create(int rank) {
     Profiler *p = calloc(1, sizeof *p);

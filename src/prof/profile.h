@@ -1,5 +1,5 @@
 // A step profiler: spans of backend ops (recorded by the wrapper in
-// backend/profiled_backend.h) and of the trainer's phases, written as a Chrome trace-event
+// prof/profiled_backend.h) and of the trainer's phases, written as a Chrome trace-event
 // file (Perfetto, chrome://tracing) and summed into a table of the costliest ops.
 //
 // Usage: create one Profiler per process, wrap the backend with it, and switch it on for the
@@ -9,7 +9,7 @@
 #pragma once
 #include <stdint.h>
 #include <stdio.h>
-#include "util/roofline.h"
+#include "prof/roofline.h"
 
 typedef struct Profiler Profiler;
 
@@ -35,7 +35,7 @@ void prof_end(Profiler *p);
 // open are written as ending now. Written atomically; VIT_ERR with a message naming path.
 int profiler_write_trace(const Profiler *p, const char *path);
 
-// The machine's ceilings (util/roofline.h) for the table's roofline columns and the trace's
+// The machine's ceilings (prof/roofline.h) for the table's roofline columns and the trace's
 // otherData. Ceilings that are not positive and finite, or NULL, clear them.
 void profiler_set_roofline(Profiler *p, const Roofline *r);
 
