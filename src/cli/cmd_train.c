@@ -244,286 +244,371 @@ static void print_json(const TrainResult *r) {
            r->data_wait, r->allreduce_wait, dist_size(), r->optimizer_state_bytes / 1048576.0, peak_rss_mib(), r->last_checkpoint);
 }
 
+// Everything one `vit train` holds, so each stage below is a function and one place frees it.
+typedef struct {
+    int argc;
+    char **argv;
+    int rank;
+    FILE *devnull, *out;  // only rank 0 reports
+    ParsedOptions p;
+    const Options *o;
+    OptimConfig oc;
+    Schedule sched;
+    ViTConfig c;
+    uint64_t seed;
+    Dataset train, val;
+    Backend *be, *inner;  // be wraps inner when profiling
+    Profiler *prof;
+    long prof_first, prof_last;
+    EventWriter *events, *eval_events;
+    ViT model;
+    NcclSync *nccl;
+    GradTransport nccl_transport;
+    Checkpoint ck;
+    int have_ck, ck_open;
+    const char *resume;
+    char resume_file[4096];
+    NpzFile weights;
+    char weights_path[2048];
+    TrainState rstate;
+    float *slot_m, *slot_v, *host;
+    MetaPair *meta;
+    char (*meta_text)[1100];
+} TrainCmd;
+
+// MPI starts before the flags are read, so a rank that rejects them can end the whole job.
+static int start_distributed(int argc, char **argv) {
+    int want_dist = 0;
+    for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], "--distributed") || !strcmp(argv[i], "--distributed=1") ||
+            !strcmp(argv[i], "--distributed=true"))
+            want_dist = 1;
+    if (dist_init(want_dist)) return VIT_ERR;
+    if (!want_dist && dist_launcher_size() > 1)
+        return vit_fail("started by mpirun as one of %d processes without --distributed: each would train alone and "
+                        "overwrite the others' checkpoints; add --distributed", dist_launcher_size());
+    return VIT_OK;
+}
+
+// The recipe's way to evaluate (--evaluate_checkpoint_path): hand over to `vit evaluate`.
+static int evaluate_handover(int argc, char **argv, const char *path) {
+    char *eargv[argc + 2];
+    eargv[0] = "--checkpoint";
+    eargv[1] = (char *)path;
+    int n = 2;
+    for (int i = 0; i < argc; i++) {
+        if (!strncmp(argv[i], "--evaluate_checkpoint_path", 26)) {
+            if (!strchr(argv[i], '=')) i++;
+            continue;
+        }
+        eargv[n++] = argv[i];
+    }
+    return cmd_evaluate(n, eargv);
+}
+
+// Optimizer, schedule and preset from the flags: a bad --model is reported before any data is read.
+static int settings(TrainCmd *t) {
+    const Options *o = t->o;
+    if (optimizer_from_flags(&t->p, &t->oc)) return VIT_ERR;
+    if (schedule_parse(o->lr_sched, &t->sched.kind))
+        return vit_fail("--lr_sched %s: expected linear, exp, steps, constant or WarmupCosine", o->lr_sched);
+    t->sched.initial_lr = o->initial_lr;
+    t->sched.final_lr = o->final_lr;
+    t->sched.warmup_steps = o->warmup_steps;
+    if (config_from_preset(&t->c, o->model)) return VIT_ERR;
+    if (o->batch_size % dist_size())
+        return vit_fail("--batch_size %d: the global batch must be divisible by the %d ranks", o->batch_size,
+                        dist_size());
+    if (t->rank == 0 && prepare_save_dir(o->save_dir)) return VIT_ERR;
+    return VIT_OK;
+}
+
+// Rank 0: a full-state checkpoint to resume (a folder: its newest), which fixes the model and
+// the position.
+static int open_resume_checkpoint(TrainCmd *t) {
+    struct stat rst;
+    t->resume = t->o->resume_from_checkpoint_path;
+    if (*t->resume && stat(t->resume, &rst) == 0 && S_ISDIR(rst.st_mode)) {
+        if (newest_checkpoint(t->resume, t->resume_file, sizeof t->resume_file)) return VIT_ERR;
+        t->resume = t->resume_file;
+    }
+    size_t rlen = strlen(t->resume);
+    if (!*t->resume || rlen <= 12 || strcmp(t->resume + rlen - 12, ".safetensors")) return VIT_OK;
+    if (checkpoint_open(&t->ck, t->resume)) return VIT_ERR;
+    t->have_ck = t->ck_open = 1;
+    t->c = t->ck.cfg;
+    if (!t->ck.has_optimizer || t->ck.opt != t->oc.kind)
+        return vit_fail("%s: the checkpoint holds %s optimizer state, this run uses --optimizer %s", t->resume,
+                        t->ck.has_optimizer ? optim_name(t->ck.opt) : "no", optim_name(t->oc.kind));
+    return VIT_OK;
+}
+
+// The model's shape, the seed and the data. Under MPI rank 0 alone reads weights or
+// checkpoints and broadcasts what it found.
+static int open_sources(TrainCmd *t) {
+    const Options *o = t->o;
+    int rank = t->rank;
+    if (rank == 0 && open_resume_checkpoint(t)) return VIT_ERR;
+    t->seed = t->have_ck ? t->ck.state.seed : o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)time(NULL);
+    if (cli_open_data(&t->p, NULL, &t->train, &t->val)) return VIT_ERR;
+    if (rank == 0 && !t->have_ck && cli_model_config(&t->p, o->synthetic_data ? NULL : &t->train, &t->c))
+        return VIT_ERR;
+    if (rank == 0 && !t->have_ck && (*t->resume || !o->from_scratch)) {
+        if (*t->resume)
+            cli_expand_home(t->resume, t->weights_path, sizeof t->weights_path);
+        else if (cli_weights_file(&t->p, t->weights_path, sizeof t->weights_path))
+            return VIT_ERR;
+        if (npz_read(&t->weights, t->weights_path)) return VIT_ERR;
+        if (!flags_given(&t->p, "representation_size")) t->c.representation = weights_npz_representation(&t->weights);
+    }
+    t->rstate = t->have_ck ? t->ck.state : (TrainState){0};
+    if (dist_bcast(&t->c, sizeof t->c, 0) || dist_bcast(&t->seed, sizeof t->seed, 0) ||
+        dist_bcast(&t->have_ck, sizeof t->have_ck, 0) || dist_bcast(&t->rstate, sizeof t->rstate, 0))
+        return VIT_ERR;
+    if (o->synthetic_data) {
+        ParsedOptions q = t->p;
+        q.o.seed = (long long)t->seed;
+        if (cli_open_data(&q, &t->c, &t->train, &t->val)) return VIT_ERR;
+    }
+    t->train.seed = o->synthetic_data ? t->train.seed : t->seed;  // augmentation draws from the run's seed
+    if (rank == 0) cli_data_output(&t->p, &t->c, &t->train, &t->val);
+    return VIT_OK;
+}
+
+// The backend (wrapped by the profiler with --profile) and the model on it.
+static int create_model(TrainCmd *t) {
+    const Options *o = t->o;
+    if (parse_profile(o->profile, &t->prof_first, &t->prof_last)) return VIT_ERR;
+    t->inner = cli_create_backend(&t->p, dist_size() > 1 && !flags_given(&t->p, "threads") ? threads_per_rank()
+                                                                                          : o->threads);
+    if (t->inner && t->prof_first) {
+        t->prof = profiler_create(t->rank);
+        // A GPU runs ops asynchronously: each span waits for its op to finish.
+        t->be = t->prof ? backend_profiled(t->inner, t->prof, cli_device_is_cuda(o->device)) : NULL;
+    } else {
+        t->be = t->inner;
+    }
+    if (!t->be) return VIT_ERR;
+    return vit_create_ex(&t->model, &t->c, t->be, o->batch_size / dist_size(), 1,
+                         (o->recompute ? VIT_RECOMPUTE : 0) | (cli_is_bf16(&t->p) ? VIT_STORE_BF16 : 0));
+}
+
+// The checkpoint's parameters (rank 0) and optimizer slots (every rank that holds them whole).
+static int restore_checkpoint(TrainCmd *t) {
+    size_t n = t->model.table.total;
+    OptimizerKind k = t->oc.kind;
+    // Sharded slots (--zero 1) are scattered from rank 0's copy by the trainer: only it holds them whole.
+    int sharded = t->o->zero && dist_size() > 1, full = t->rank == 0 || !sharded;
+    t->host = malloc(n * sizeof(float));
+    t->slot_m = full && optim_uses_m(k) ? malloc(n * sizeof(float)) : NULL;
+    t->slot_v = full && optim_uses_v(k) ? malloc(n * sizeof(float)) : NULL;
+    if (!t->host || (full && optim_uses_m(k) && !t->slot_m) || (full && optim_uses_v(k) && !t->slot_v))
+        return vit_fail("out of memory loading %s", t->resume);
+    if (t->rank == 0) {
+        if (checkpoint_copy(&t->ck, t->resume, &t->model.table, t->host, t->slot_m, t->slot_v)) return VIT_ERR;
+        t->be->upload(t->be, t->model.params, t->host, n * sizeof(float));
+    }
+    if (!sharded && ((t->slot_m && dist_bcast(t->slot_m, n * sizeof(float), 0)) ||
+                     (t->slot_v && dist_bcast(t->slot_v, n * sizeof(float), 0))))
+        return VIT_ERR;
+    fprintf(t->out, "resuming %s: epoch %d, step %ld, update %ld\n", t->resume, t->rstate.epoch + 1,
+            t->rstate.step_in_epoch, t->rstate.update);
+    return VIT_OK;
+}
+
+// Parameters from the checkpoint, the official weights or the random initialisation, on
+// every rank; then NCCL and the free-space check.
+static int load_parameters(TrainCmd *t) {
+    const Options *o = t->o;
+    if (t->have_ck) {
+        if (restore_checkpoint(t)) return VIT_ERR;
+    } else if (t->rank != 0) {
+        // parameters arrive from rank 0 below
+    } else if (t->weights.count) {
+        int rc = weights_load_npz(&t->model, &t->weights, t->weights_path, !strcasecmp(o->head_init, "glorot"),
+                                  t->seed, t->out);
+        npz_free(&t->weights);
+        if (rc) return VIT_ERR;
+        fprintf(t->out, "weights: %s\n", t->weights_path);
+    } else if (vit_init_params(&t->model, t->seed)) {
+        return VIT_ERR;
+    }
+    if (dist_active() && broadcast_params(&t->model)) return VIT_ERR;
+    // One process per GPU: gradients are summed by NCCL on the device (even with one rank, so
+    // `mpirun -np 1` runs the same path). It orders its work against the unwrapped backend.
+    if (dist_active() && cli_device_is_cuda(o->device) == 1) {
+        if (!(t->nccl = nccl_sync_create(t->inner))) return VIT_ERR;
+        t->nccl_transport = nccl_sync_transport(t->nccl);
+    }
+    if (t->rank == 0 && *o->save_dir) {
+        size_t slots = (size_t)optim_uses_m(t->oc.kind) + (size_t)optim_uses_v(t->oc.kind);
+        if (check_save_space(o->save_dir, t->model.table.total * sizeof(float) * (1 + slots) + (1 << 20)))
+            return VIT_ERR;
+    }
+    return VIT_OK;
+}
+
+static void print_header(const TrainCmd *t) {
+    const Options *o = t->o;
+    const ViTConfig *c = &t->c;
+    fprintf(t->out, "vit train: %s  hidden %d  mlp %d  heads %d  layers %d  patch %d  image %dx%dx%d  classes %d  "
+                    "(%.3f M parameters, %d tokens)\n",
+            c->name, c->hidden, c->mlp, c->heads, c->layers, c->patch, c->image, c->image, c->channels, c->classes,
+            t->model.table.total / 1e6, config_tokens(c));
+    if (t->be->details) fprintf(t->out, "backend: %s: %s\n", t->be->name, t->be->details);
+    fprintf(t->out, "data: %s, %d train / %d validation images;  batch %d x %d accumulation;  %s lr %g, %s;  seed %llu;  "
+                    "%s %s, %sactivations %.1f MiB%s\n",
+            o->synthetic_data ? "synthetic" : o->dataset_dir, t->train.count, t->val.count, o->batch_size,
+            o->grad_accum_steps, optim_name(t->oc.kind), o->initial_lr, schedule_name(t->sched.kind),
+            (unsigned long long)t->seed, t->be->name, cli_precision_name(&t->p),
+            t->model.store_bf16 ? "bf16-saved " : "", t->model.activation_bytes / 1048576.0,
+            o->recompute ? " (--recompute)" : "");
+}
+
+// Every flag goes into each checkpoint's metadata.
+static int build_meta(TrainCmd *t) {
+    t->meta = calloc((size_t)g_flag_count, sizeof *t->meta);
+    t->meta_text = calloc((size_t)g_flag_count, sizeof *t->meta_text);
+    if (!t->meta || !t->meta_text) return vit_fail("out of memory");
+    for (int i = 0; i < g_flag_count; i++) {
+        snprintf(t->meta_text[i], 64, "flags.%s", g_flags[i].name);
+        flags_value_text(&t->p, i, t->meta_text[i] + 64, sizeof t->meta_text[i] - 64);
+        t->meta[i].key = t->meta_text[i];
+        t->meta[i].value = t->meta_text[i] + 64;
+    }
+    return VIT_OK;
+}
+
+// The ceilings for the table's roofline columns, measured after the profiled steps so they
+// cannot disturb them, through the unwrapped backend so they record no spans. Ranks measure
+// at once, as they trained: each sees its share of the machine. Then the trace and the table.
+static void write_profile(TrainCmd *t, int train_rc) {
+    Roofline roof;
+    if (!train_rc && roofline_measure(t->inner, &roof))
+        fprintf(stderr, "vit train: warning: roofline not measured: %s\n", vit_error());
+    else if (!train_rc)
+        profiler_set_roofline(t->prof, &roof);
+    const char *base = *t->o->log_dir ? t->o->log_dir : ".";
+    char trace[4096], dir[4096];
+    snprintf(trace, sizeof trace, "%s/profile/trace.rank%d.json", base, t->rank);
+    snprintf(dir, sizeof dir, "%s/profile", base);
+    mkdir(dir, 0777);
+    if (profiler_write_trace(t->prof, trace))
+        fprintf(stderr, "vit train: warning: %s\n", vit_error());
+    else
+        fprintf(t->out, "profile: micro-steps %ld..%ld written to %s (open in ui.perfetto.dev)\n", t->prof_first,
+                t->prof_last, trace);
+    profiler_print_table(t->prof, t->out, 25);
+}
+
+static void report(const TrainCmd *t, const TrainResult *r) {
+    FILE *out = t->out;
+    if (r->val.images)
+        fprintf(out, "final validation accuracy: top1 %.2f%%  top5 %.2f%%  (%ld images)\n", 100 * r->val.top1,
+                100 * r->val.top5, r->val.images);
+    fprintf(out, "trained %ld updates in %.1f s, %.1f img/s, peak host memory %.0f MiB%s%s\n", r->updates, r->seconds,
+            r->images_per_sec, peak_rss_mib(), *r->last_checkpoint ? "; checkpoint " : "", r->last_checkpoint);
+    if (r->skipped_updates) fprintf(out, "skipped %ld updates with a non-finite loss or gradient\n", r->skipped_updates);
+    if (dist_size() > 1)
+        fprintf(out, "distributed: %d ranks; rank 0 waited %.2f s (%.1f%% of the run) for gradient all-reduces\n",
+                dist_size(), r->allreduce_wait, r->seconds > 0 ? 100 * r->allreduce_wait / r->seconds : 0);
+    if (t->o->json && t->rank == 0) print_json(r);
+}
+
+// The loop itself, with the setup it reads; the profile is written whatever the outcome.
+static int run_training(TrainCmd *t) {
+    const Options *o = t->o;
+    if (t->rank == 0 && open_logs(&t->p, &t->events, &t->eval_events)) return VIT_ERR;
+    char resume_cmd[8192];
+    resume_command(resume_cmd, sizeof resume_cmd, t->argc, t->argv);
+    TrainSetup ts = {.model = &t->model, .train = &t->train, .val = t->val.count ? &t->val : NULL, .opt = t->oc,
+                     .zero = o->zero, .grad_transport = t->nccl ? &t->nccl_transport : NULL, .sched = t->sched,
+                     .batch = o->batch_size, .accum = o->grad_accum_steps, .epochs = o->epochs,
+                     .steps_per_epoch = o->steps_per_epoch, .validation_steps = o->validation_steps,
+                     .workers = o->data_workers, .prefetch = o->prefetch_batches,
+                     .smoothing = o->label_smoothing, .seed = t->seed, .out = t->out,
+                     .resume = t->have_ck ? &t->rstate : NULL, .resume_m = t->slot_m, .resume_v = t->slot_v,
+                     .start_epoch = t->have_ck ? 0 : o->resume_from_epoch,
+                     .save_dir = *o->save_dir ? o->save_dir : NULL, .checkpoint_every = o->checkpoint_every_steps,
+                     .keep = o->keep_checkpoints, .meta = t->meta, .n_meta = g_flag_count,
+                     .skip_nonfinite = o->skip_nonfinite, .resume_command = resume_cmd,
+                     .events = t->events, .eval_events = t->eval_events, .summary_every = o->save_summary_steps,
+                     .prof = t->prof, .prof_first = t->prof_first, .prof_last = t->prof_last};
+    TrainResult r;
+    int rc = train_run(&ts, &r);
+    t->events = ts.events, t->eval_events = ts.eval_events;  // NULL if logging failed and stopped
+    if (t->prof) write_profile(t, rc);
+    if (rc) return rc;
+    if (events_close(t->events) || events_close(t->eval_events))
+        fprintf(stderr, "vit train: warning: %s\n", vit_error());
+    t->events = t->eval_events = NULL;
+    report(t, &r);
+    return VIT_OK;
+}
+
+static void cleanup(TrainCmd *t) {
+    nccl_sync_destroy(t->nccl);  // waits for sums in flight on the gradients vit_destroy frees
+    vit_destroy(&t->model);
+    if (t->be && t->be != t->inner) t->be->destroy(t->be);
+    if (t->inner) t->inner->destroy(t->inner);
+    profiler_destroy(t->prof);
+    events_close(t->events);
+    events_close(t->eval_events);
+    if (t->ck_open) checkpoint_close(&t->ck);
+    npz_free(&t->weights);
+    dataset_free(&t->train);
+    dataset_free(&t->val);
+    free(t->host), free(t->slot_m), free(t->slot_v), free(t->meta), free(t->meta_text);
+    flags_free(&t->p);
+    if (t->devnull) fclose(t->devnull);
+    dist_finalize();
+}
+
 int cmd_train(int argc, char **argv) {
     for (int i = 0; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             flags_print_help("train", "Trains a Vision Transformer (flags as the TensorFlow recipe, plus ours).");
             return 0;
         }
-    // MPI starts before the flags are read, so a rank that rejects them can end the whole job.
-    int want_dist = 0;
-    for (int i = 0; i < argc; i++)
-        if (!strcmp(argv[i], "--distributed") || !strcmp(argv[i], "--distributed=1") ||
-            !strcmp(argv[i], "--distributed=true"))
-            want_dist = 1;
-    if (dist_init(want_dist)) {
+    if (start_distributed(argc, argv)) {
         fprintf(stderr, "vit train: %s\n", vit_error());
         return 2;
     }
-    if (!want_dist && dist_launcher_size() > 1) {
-        fprintf(stderr, "vit train: started by mpirun as one of %d processes without --distributed: each would "
-                        "train alone and overwrite the others' checkpoints; add --distributed\n",
-                dist_launcher_size());
+    TrainCmd *t = calloc(1, sizeof *t);
+    if (!t) {
+        fprintf(stderr, "vit train: out of memory\n");
+        dist_finalize();
         return 2;
     }
-    int rank = dist_rank();
-    FILE *devnull = rank ? fopen("/dev/null", "w") : NULL;  // only rank 0 reports
-    ParsedOptions p;
-    Dataset train = {0}, val = {0};
-    Backend *be = NULL, *inner = NULL;  // be wraps inner when profiling
-    Profiler *prof = NULL;
-    long prof_first = 0, prof_last = 0;
-    EventWriter *events = NULL, *eval_events = NULL;
-    ViT model = {0};
-    NcclSync *nccl = NULL;
-    GradTransport nccl_transport = {0};
-    Checkpoint ck = {0};
-    int rc = 2, have_ck = 0, ck_open = 0;
-    float *slot_m = NULL, *slot_v = NULL, *host = NULL;
-    MetaPair *meta = NULL;
-    char (*meta_text)[1100] = NULL;
-    if (flags_parse(&p, argc, argv) || flags_no_positional(&p) || cli_check_supported(&p) || check_ranges(&p))
-        goto fail;
-    const Options *o = &p.o;
-    if (*o->evaluate_checkpoint_path) {  // the recipe's way to evaluate: hand over to `vit evaluate`
-        flags_free(&p);
-        char *eargv[argc + 2];
-        eargv[0] = "--checkpoint";
-        eargv[1] = (char *)o->evaluate_checkpoint_path;
-        int n = 2;
-        for (int i = 0; i < argc; i++) {
-            if (!strncmp(argv[i], "--evaluate_checkpoint_path", 26)) {
-                if (!strchr(argv[i], '=')) i++;
-                continue;
-            }
-            eargv[n++] = argv[i];
+    t->argc = argc, t->argv = argv, t->rank = dist_rank(), t->o = &t->p.o;
+    t->devnull = t->rank ? fopen("/dev/null", "w") : NULL;
+    int rc = flags_parse(&t->p, argc, argv) || flags_no_positional(&t->p) || cli_check_supported(&t->p) ||
+             check_ranges(&t->p);
+    if (!rc && *t->o->evaluate_checkpoint_path) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s", t->o->evaluate_checkpoint_path);
+        flags_free(&t->p);
+        if (t->devnull) fclose(t->devnull);
+        free(t);
+        return evaluate_handover(argc, argv, path);
+    }
+    if (!rc) {
+        t->out = t->rank ? t->devnull : t->o->json ? stderr : stdout;
+        rc = settings(t) || open_sources(t) || create_model(t) || load_parameters(t);
+    }
+    if (!rc) {
+        print_header(t);
+        rc = build_meta(t) || run_training(t);
+    }
+    if (rc) {
+        if (dist_active() && dist_size() > 1) {
+            // One rank's error ends the job: the others may be waiting for it in a collective.
+            fprintf(stderr, "vit train: rank %d: %s\n", t->rank, vit_error());
+            dist_abort(1);
         }
-        return cmd_evaluate(n, eargv);
+        fprintf(stderr, "vit train: %s\n", vit_error());
     }
-    OptimConfig oc;
-    Schedule sched = {0};
-    if (optimizer_from_flags(&p, &oc)) goto fail;
-    if (schedule_parse(o->lr_sched, &sched.kind)) {
-        vit_fail("--lr_sched %s: expected linear, exp, steps, constant or WarmupCosine", o->lr_sched);
-        goto fail;
-    }
-    sched.initial_lr = o->initial_lr;
-    sched.final_lr = o->final_lr;
-    sched.warmup_steps = o->warmup_steps;
-    ViTConfig c;
-    if (config_from_preset(&c, o->model)) goto fail;  // a bad --model is reported before any data is read
-    if (o->batch_size % dist_size()) {
-        vit_fail("--batch_size %d: the global batch must be divisible by the %d ranks", o->batch_size, dist_size());
-        goto fail;
-    }
-    if (rank == 0 && prepare_save_dir(o->save_dir)) goto fail;
-    FILE *out = rank ? devnull : o->json ? stderr : stdout;
-
-    // A full-state checkpoint fixes the model and the position; otherwise flags (+ data) do.
-    // Under MPI rank 0 alone reads weights or checkpoints and broadcasts what it found.
-    const char *resume = o->resume_from_checkpoint_path;
-    char resume_file[4096];
-    struct stat rst;
-    if (rank == 0 && *resume && stat(resume, &rst) == 0 && S_ISDIR(rst.st_mode)) {
-        if (newest_checkpoint(resume, resume_file, sizeof resume_file)) goto fail;
-        resume = resume_file;
-    }
-    size_t rlen = strlen(resume);
-    int resume_full = rlen > 12 && !strcmp(resume + rlen - 12, ".safetensors");
-    if (rank == 0 && *resume && resume_full) {
-        if (checkpoint_open(&ck, resume)) goto fail;
-        have_ck = ck_open = 1;
-        c = ck.cfg;
-        if (!ck.has_optimizer || ck.opt != oc.kind) {
-            vit_fail("%s: the checkpoint holds %s optimizer state, this run uses --optimizer %s", resume,
-                     ck.has_optimizer ? optim_name(ck.opt) : "no", optim_name(oc.kind));
-            goto fail;
-        }
-    }
-    uint64_t seed = have_ck ? ck.state.seed : o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)time(NULL);
-    if (cli_open_data(&p, NULL, &train, &val)) goto fail;
-    if (rank == 0 && !have_ck && cli_model_config(&p, o->synthetic_data ? NULL : &train, &c)) goto fail;
-    NpzFile weights = {0};
-    char weights_path[2048] = "";
-    if (rank == 0 && !have_ck && (*resume || !o->from_scratch)) {
-        if (*resume)
-            cli_expand_home(resume, weights_path, sizeof weights_path);
-        else if (cli_weights_file(&p, weights_path, sizeof weights_path))
-            goto fail;
-        if (npz_read(&weights, weights_path)) goto fail;
-        if (!flags_given(&p, "representation_size")) c.representation = weights_npz_representation(&weights);
-    }
-    TrainState rstate = have_ck ? ck.state : (TrainState){0};
-    if (dist_bcast(&c, sizeof c, 0) || dist_bcast(&seed, sizeof seed, 0) || dist_bcast(&have_ck, sizeof have_ck, 0) ||
-        dist_bcast(&rstate, sizeof rstate, 0))
-        goto fail;
-    if (o->synthetic_data) {
-        ParsedOptions q = p;
-        q.o.seed = (long long)seed;
-        if (cli_open_data(&q, &c, &train, &val)) goto fail;
-    }
-    train.seed = o->synthetic_data ? train.seed : seed;  // augmentation draws from the run's seed
-    if (rank == 0) cli_data_output(&p, &c, &train, &val);
-
-    if (parse_profile(o->profile, &prof_first, &prof_last)) goto fail;
-    inner = cli_create_backend(&p, dist_size() > 1 && !flags_given(&p, "threads") ? threads_per_rank() : o->threads);
-    if (inner && prof_first) {
-        prof = profiler_create(rank);
-        // A GPU runs ops asynchronously: each span waits for its op to finish.
-        be = prof ? backend_profiled(inner, prof, cli_device_is_cuda(o->device)) : NULL;
-    } else {
-        be = inner;
-    }
-    if (!be || vit_create_ex(&model, &c, be, o->batch_size / dist_size(), 1,
-                               (o->recompute ? VIT_RECOMPUTE : 0) | (cli_is_bf16(&p) ? VIT_STORE_BF16 : 0))) {
-        npz_free(&weights);
-        goto fail;
-    }
-    if (have_ck) {
-        size_t n = model.table.total;
-        // Sharded slots (--zero 1) are scattered from rank 0's copy by the trainer: only it holds them whole.
-        int sharded = o->zero && dist_size() > 1, full = rank == 0 || !sharded;
-        host = malloc(n * sizeof(float));
-        slot_m = full && optim_uses_m(oc.kind) ? malloc(n * sizeof(float)) : NULL;
-        slot_v = full && optim_uses_v(oc.kind) ? malloc(n * sizeof(float)) : NULL;
-        if (!host || (full && optim_uses_m(oc.kind) && !slot_m) || (full && optim_uses_v(oc.kind) && !slot_v)) {
-            vit_fail("out of memory loading %s", resume);
-            goto fail;
-        }
-        if (rank == 0) {
-            if (checkpoint_copy(&ck, resume, &model.table, host, slot_m, slot_v)) goto fail;
-            be->upload(be, model.params, host, n * sizeof(float));
-        }
-        if (!sharded && ((slot_m && dist_bcast(slot_m, n * sizeof(float), 0)) ||
-                         (slot_v && dist_bcast(slot_v, n * sizeof(float), 0))))
-            goto fail;
-        fprintf(out, "resuming %s: epoch %d, step %ld, update %ld\n", resume, rstate.epoch + 1, rstate.step_in_epoch,
-                rstate.update);
-    } else if (rank != 0) {
-        // parameters arrive from rank 0 below
-    } else if (weights.count) {
-        int r2 = weights_load_npz(&model, &weights, weights_path, !strcasecmp(o->head_init, "glorot"), seed, out);
-        npz_free(&weights);
-        if (r2) goto fail;
-        fprintf(out, "weights: %s\n", weights_path);
-    } else if (vit_init_params(&model, seed)) {
-        goto fail;
-    }
-
-    if (dist_active() && broadcast_params(&model)) goto fail;
-    // One process per GPU: gradients are summed by NCCL on the device (even with one rank, so
-    // `mpirun -np 1` runs the same path). It orders its work against the unwrapped backend.
-    if (dist_active() && cli_device_is_cuda(o->device) == 1) {
-        if (!(nccl = nccl_sync_create(inner))) goto fail;
-        nccl_transport = nccl_sync_transport(nccl);
-    }
-    if (rank == 0 && *o->save_dir) {
-        size_t slots = (size_t)optim_uses_m(oc.kind) + (size_t)optim_uses_v(oc.kind);
-        if (check_save_space(o->save_dir, model.table.total * sizeof(float) * (1 + slots) + (1 << 20))) goto fail;
-    }
-
-    fprintf(out, "vit train: %s  hidden %d  mlp %d  heads %d  layers %d  patch %d  image %dx%dx%d  classes %d  "
-                 "(%.3f M parameters, %d tokens)\n",
-            c.name, c.hidden, c.mlp, c.heads, c.layers, c.patch, c.image, c.image, c.channels, c.classes,
-            model.table.total / 1e6, config_tokens(&c));
-    if (be->details) fprintf(out, "backend: %s: %s\n", be->name, be->details);
-    fprintf(out, "data: %s, %d train / %d validation images;  batch %d x %d accumulation;  %s lr %g, %s;  seed %llu;  "
-                 "%s %s, %sactivations %.1f MiB%s\n",
-            o->synthetic_data ? "synthetic" : o->dataset_dir, train.count, val.count, o->batch_size,
-            o->grad_accum_steps, optim_name(oc.kind), o->initial_lr, schedule_name(sched.kind),
-            (unsigned long long)seed, be->name, cli_precision_name(&p), model.store_bf16 ? "bf16-saved " : "",
-            model.activation_bytes / 1048576.0,
-            o->recompute ? " (--recompute)" : "");
-
-    // Every flag goes into each checkpoint's metadata.
-    meta = calloc((size_t)g_flag_count, sizeof *meta);
-    meta_text = calloc((size_t)g_flag_count, sizeof *meta_text);
-    if (!meta || !meta_text) {
-        vit_fail("out of memory");
-        goto fail;
-    }
-    for (int i = 0; i < g_flag_count; i++) {
-        snprintf(meta_text[i], 64, "flags.%s", g_flags[i].name);
-        flags_value_text(&p, i, meta_text[i] + 64, sizeof meta_text[i] - 64);
-        meta[i].key = meta_text[i];
-        meta[i].value = meta_text[i] + 64;
-    }
-
-    if (rank == 0 && open_logs(&p, &events, &eval_events)) goto fail;
-    char resume_cmd[8192];
-    resume_command(resume_cmd, sizeof resume_cmd, argc, argv);
-    TrainSetup ts = {.model = &model, .train = &train, .val = val.count ? &val : NULL, .opt = oc, .zero = o->zero,
-                     .grad_transport = nccl ? &nccl_transport : NULL,
-                     .sched = sched,
-                     .batch = o->batch_size, .accum = o->grad_accum_steps, .epochs = o->epochs,
-                     .steps_per_epoch = o->steps_per_epoch, .validation_steps = o->validation_steps,
-                     .workers = o->data_workers, .prefetch = o->prefetch_batches,
-                     .smoothing = o->label_smoothing, .seed = seed, .out = out,
-                     .resume = have_ck ? &rstate : NULL, .resume_m = slot_m, .resume_v = slot_v,
-                     .start_epoch = have_ck ? 0 : o->resume_from_epoch,
-                     .save_dir = *o->save_dir ? o->save_dir : NULL, .checkpoint_every = o->checkpoint_every_steps,
-                     .keep = o->keep_checkpoints, .meta = meta, .n_meta = g_flag_count,
-                     .skip_nonfinite = o->skip_nonfinite, .resume_command = resume_cmd,
-                     .events = events, .eval_events = eval_events, .summary_every = o->save_summary_steps,
-                     .prof = prof, .prof_first = prof_first, .prof_last = prof_last};
-    TrainResult r;
-    int train_rc = train_run(&ts, &r);
-    events = ts.events, eval_events = ts.eval_events;  // NULL if logging failed and stopped
-    if (prof) {
-        // The ceilings for the table's roofline columns, measured after the profiled steps so
-        // they cannot disturb them, through the unwrapped backend so they record no spans.
-        // Ranks measure at once, as they trained: each sees its share of the machine.
-        Roofline roof;
-        if (!train_rc && roofline_measure(inner, &roof))
-            fprintf(stderr, "vit train: warning: roofline not measured: %s\n", vit_error());
-        else if (!train_rc)
-            profiler_set_roofline(prof, &roof);
-        char trace[4096];
-        snprintf(trace, sizeof trace, "%s/profile/trace.rank%d.json", *o->log_dir ? o->log_dir : ".", rank);
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s/profile", *o->log_dir ? o->log_dir : ".");
-        mkdir(dir, 0777);
-        if (profiler_write_trace(prof, trace)) fprintf(stderr, "vit train: warning: %s\n", vit_error());
-        else fprintf(out, "profile: micro-steps %ld..%ld written to %s (open in ui.perfetto.dev)\n", prof_first,
-                     prof_last, trace);
-        profiler_print_table(prof, out, 25);
-    }
-    if (train_rc) goto fail;
-    if (events_close(events) || events_close(eval_events)) fprintf(stderr, "vit train: warning: %s\n", vit_error());
-    events = eval_events = NULL;
-    if (r.val.images)
-        fprintf(out, "final validation accuracy: top1 %.2f%%  top5 %.2f%%  (%ld images)\n", 100 * r.val.top1,
-                100 * r.val.top5, r.val.images);
-    fprintf(out, "trained %ld updates in %.1f s, %.1f img/s, peak host memory %.0f MiB%s%s\n", r.updates, r.seconds,
-            r.images_per_sec, peak_rss_mib(), *r.last_checkpoint ? "; checkpoint " : "", r.last_checkpoint);
-    if (r.skipped_updates) fprintf(out, "skipped %ld updates with a non-finite loss or gradient\n", r.skipped_updates);
-    if (dist_size() > 1)
-        fprintf(out, "distributed: %d ranks; rank 0 waited %.2f s (%.1f%% of the run) for gradient all-reduces\n",
-                dist_size(), r.allreduce_wait, r.seconds > 0 ? 100 * r.allreduce_wait / r.seconds : 0);
-    if (o->json && rank == 0) print_json(&r);
-    rc = 0;
-    goto done;
-fail:
-    if (dist_active() && dist_size() > 1) {
-        // One rank's error ends the job: the others may be waiting for it in a collective.
-        fprintf(stderr, "vit train: rank %d: %s\n", rank, vit_error());
-        dist_abort(1);
-    }
-    fprintf(stderr, "vit train: %s\n", vit_error());
-done:
-    nccl_sync_destroy(nccl);  // waits for sums in flight on the gradients vit_destroy frees
-    vit_destroy(&model);
-    if (be && be != inner) be->destroy(be);
-    if (inner) inner->destroy(inner);
-    profiler_destroy(prof);
-    events_close(events);
-    events_close(eval_events);
-    if (ck_open) checkpoint_close(&ck);
-    dataset_free(&train);
-    dataset_free(&val);
-    free(host), free(slot_m), free(slot_v), free(meta), free(meta_text);
-    flags_free(&p);
-    if (devnull) fclose(devnull);
-    dist_finalize();
-    return rc;
+    cleanup(t);
+    free(t);
+    return rc ? 2 : 0;
 }
