@@ -2,7 +2,6 @@
 #include <unistd.h>
 #include "util/clock.h"
 
-double progress_now(void) { return clock_seconds(); }
 
 void progress_begin(Progress *p, FILE *out, int epoch, int epochs, long total) {
     p->out = out;

@@ -16,4 +16,3 @@ void progress_begin(Progress *p, FILE *out, int epoch, int epochs, long total);
 // step is 1-based within the epoch.
 void progress_update(Progress *p, long step, double loss, double acc, double lr, double images_per_sec);
 void progress_end(Progress *p);
-double progress_now(void);  // clock_seconds() (util/clock.h), which new code calls directly
