@@ -30,7 +30,7 @@ LDLIBS  += $(MPI_LIBS)
 endif
 
 SRC     := $(shell find src -name '*.c' ! -name main.c | sort)
-OBJ     := $(SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/example.pb-c.o $(BUILD)/gen/event.pb-c.o
+OBJ     := $(SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/example.pb-c.o $(BUILD)/gen/event.pb-c.o $(BUILD)/gen/onnx.pb-c.o
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
 # CUDA backend (src/backend/cuda/*.cu) when nvcc is found; `make CUDA=0` builds with no CUDA
@@ -118,9 +118,14 @@ $(BUILD)/gen/example.pb-c.o: $(BUILD)/gen/example.pb-c.c
 $(BUILD)/gen/event.pb-c.o: $(BUILD)/gen/event.pb-c.c
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+# ONNX models (proto/onnx.proto), for the exporter, the same way.
+$(BUILD)/gen/onnx.pb-c.o: $(BUILD)/gen/onnx.pb-c.c
+	$(CC) $(CFLAGS) -c -o $@ $<
+
 # Objects that include the generated header need it before they compile (make -j).
 $(BUILD)/src/data/example.o: $(BUILD)/gen/example.pb-c.h
 $(BUILD)/src/io/events.o: $(BUILD)/gen/event.pb-c.h
+$(BUILD)/src/model/onnx_export.o: $(BUILD)/gen/onnx.pb-c.h
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libvit.a
 	@mkdir -p $(dir $@)
@@ -152,8 +157,9 @@ $(BUILD)/vit: $(BUILD)/src/main.o $(BUILD)/libvit.a
 tests-asan: $(TESTS)
 
 # The Python checks of the suite (checkpoints with safetensors, shards with tfrecord, event
-# files with tensorboard) need these pip packages; PyTorch is never needed to build or test.
-PIP_PACKAGES := numpy safetensors tfrecord tensorboard
+# files with tensorboard, ONNX exports with onnx's checker and onnxruntime) need these pip
+# packages; PyTorch is never needed to build or test.
+PIP_PACKAGES := numpy safetensors tfrecord tensorboard onnx onnxruntime
 # oneDNN 3 built against GNU OpenMP (the runtime the rest of vit uses; one per process), into
 # .deps/ so nothing system-wide changes; its headers come with it.
 ONEDNN_WHEEL := onednn-devel-cpu-gomp==2023.2.0

@@ -40,7 +40,11 @@ expect_error "absurd safetensors header length" "$tmp/absurd.safetensors" evalua
 printf '\010\000\000\000\000\000\000\000{"a":[}' >"$tmp/badjson.safetensors"
 expect_error "bad JSON header" "$tmp/badjson.safetensors" evaluate --synthetic_data --checkpoint "$tmp/badjson.safetensors"
 expect_error "missing checkpoint" "$tmp/none.safetensors" evaluate --synthetic_data --checkpoint "$tmp/none.safetensors"
-expect_error "export needs --out" "export needs --checkpoint FILE and --out" export --checkpoint "$tmp/none.safetensors"
+expect_error "export needs --out" "export needs one of --checkpoint FILE or --pretrained FILE, and --out" export --checkpoint "$tmp/none.safetensors"
+expect_error "export with two sources" "export needs one of" export --checkpoint "$tmp/a.safetensors" --pretrained "$tmp/b.npz" --out "$tmp/x.npz"
+expect_error "export format unknown" "--format pt: expected npz, timm, hf or onnx" export --checkpoint "$tmp/none.safetensors" --out "$tmp/x.pt" --format pt
+expect_error "export format from name" "--out $tmp/x.bin: no format from its name" export --checkpoint "$tmp/none.safetensors" --out "$tmp/x.bin"
+expect_error "layernorm eps range" "--layernorm_eps 0: must be in (0, 1)" info --layernorm_eps 0
 expect_error "unwritable save dir" "--save_dir /proc/vit-test" train --synthetic_data --from_scratch --save_dir /proc/vit-test
 expect_error "bad head init" "--head_init" train --synthetic_data --from_scratch --head_init ones
 expect_error "predict without images" "needs image files" predict --checkpoint "$tmp/none.safetensors"

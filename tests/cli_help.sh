@@ -32,9 +32,14 @@ lacks predict initial_lr
 lacks predict dataset_dir
 lacks predict batch_size
 lists export checkpoint
+lists export pretrained
 lists export out
-[ "$(grep -c '^  --' "$tmp/help_export")" -eq 2 ]
-check "export --help lists exactly --checkpoint and --out" $?
+lists export format
+lists export num_classes
+lists export layernorm_eps
+lacks export batch_size
+lacks export initial_lr
+lacks export dataset_dir
 lists prep raw_data_dir
 lists prep output_dir
 lists prep data_workers

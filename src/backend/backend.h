@@ -34,10 +34,11 @@
 // Errors. Ops that return int (gemm, gemm_bias_gelu, attention_forward/backward) return
 // VIT_OK or VIT_ERR with a one-line vit_fail message; alloc/alloc_host return NULL with one.
 // An allocation failure or a refused shape (cuda attention's head dimension above 128)
-// leaves the backend usable. The void ops cannot report; on the CPU they cannot fail (an
-// out-of-memory for the reduction scratch aborts). On CUDA a failed call (a launch, a copy,
-// a cuBLASLt call, a missing optimizer slot) is latched in the backend with its first
-// message (later failures keep it): from then on every void op and copy does nothing,
+// leaves the backend usable. The void ops cannot report: a failure is latched in the backend
+// with its first message (later failures keep it). On the CPU the one such failure is an
+// out-of-memory for the reduction scratch: the op leaves NaN in its outputs and the next
+// int-returning op returns VIT_ERR with the message. On CUDA a failed call (a launch, a copy,
+// a cuBLASLt call, a missing optimizer slot) is latched the same way; from then on every void op and copy does nothing,
 // download fills its host buffer with 0xff bytes (NaN floats, never stale data), sum_squares
 // returns NaN, and the next int-returning op returns VIT_ERR re-raising the first message.
 // Kernels run asynchronously, so a fault inside one surfaces only at a later check (the next

@@ -16,11 +16,10 @@
 #include "common.h"
 #include "dist/dist.h"
 #include "dist/nccl_sync.h"
-#include "io/npz.h"
 #include "prof/profiled_backend.h"
 #include "prof/roofline.h"
 #include "train/trainer.h"
-#include "model/weights.h"
+#include "model_source.h"
 #include "util/status.h"
 
 static int check_ranges(const ParsedOptions *p) {
@@ -264,14 +263,12 @@ typedef struct {
     ViT model;
     NcclSync *nccl;
     GradTransport nccl_transport;
-    Checkpoint ck;
-    int have_ck, ck_open;
+    ModelSource src;
+    int have_ck;
     const char *resume;
     char resume_file[4096];
-    NpzFile weights;
-    char weights_path[2048];
     TrainState rstate;
-    float *slot_m, *slot_v, *host;
+    float *slot_m, *slot_v;
     MetaPair *meta;
     char (*meta_text)[1100];
 } TrainCmd;
@@ -323,23 +320,25 @@ static int settings(TrainCmd *t) {
     return VIT_OK;
 }
 
-// Rank 0: a full-state checkpoint to resume (a folder: its newest), which fixes the model and
-// the position.
-static int open_resume_checkpoint(TrainCmd *t) {
+// Rank 0: where the model comes from. A checkpoint to resume (a folder: its newest) fixes the
+// model and the position; official weights (--pretrained, or a weights-only resume from an
+// .npz) or the random initialisation take the model's shape from the flags.
+static int open_model_source(TrainCmd *t) {
+    const Options *o = t->o;
     struct stat rst;
-    t->resume = t->o->resume_from_checkpoint_path;
+    t->resume = o->resume_from_checkpoint_path;
     if (*t->resume && stat(t->resume, &rst) == 0 && S_ISDIR(rst.st_mode)) {
         if (newest_checkpoint(t->resume, t->resume_file, sizeof t->resume_file)) return VIT_ERR;
         t->resume = t->resume_file;
     }
-    size_t rlen = strlen(t->resume);
-    if (!*t->resume || rlen <= 12 || strcmp(t->resume + rlen - 12, ".safetensors")) return VIT_OK;
-    if (checkpoint_open(&t->ck, t->resume)) return VIT_ERR;
-    t->have_ck = t->ck_open = 1;
-    t->c = t->ck.cfg;
-    if (!t->ck.has_optimizer || t->ck.opt != t->oc.kind)
+    if (model_source_open(&t->src, &t->p, t->resume, o->synthetic_data ? NULL : &t->train)) return VIT_ERR;
+    t->c = t->src.cfg;
+    t->have_ck = t->src.kind == SOURCE_CHECKPOINT;
+    if (!t->have_ck) return VIT_OK;
+    const Checkpoint *ck = &t->src.ck;
+    if (!ck->has_optimizer || ck->opt != t->oc.kind)
         return vit_fail("%s: the checkpoint holds %s optimizer state, this run uses --optimizer %s", t->resume,
-                        t->ck.has_optimizer ? optim_name(t->ck.opt) : "no", optim_name(t->oc.kind));
+                        ck->has_optimizer ? optim_name(ck->opt) : "no", optim_name(t->oc.kind));
     return VIT_OK;
 }
 
@@ -348,20 +347,10 @@ static int open_resume_checkpoint(TrainCmd *t) {
 static int open_sources(TrainCmd *t) {
     const Options *o = t->o;
     int rank = t->rank;
-    if (rank == 0 && open_resume_checkpoint(t)) return VIT_ERR;
-    t->seed = t->have_ck ? t->ck.state.seed : o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)time(NULL);
     if (cli_open_data(&t->p, NULL, &t->train, &t->val)) return VIT_ERR;
-    if (rank == 0 && !t->have_ck && cli_model_config(&t->p, o->synthetic_data ? NULL : &t->train, &t->c))
-        return VIT_ERR;
-    if (rank == 0 && !t->have_ck && (*t->resume || !o->from_scratch)) {
-        if (*t->resume)
-            cli_expand_home(t->resume, t->weights_path, sizeof t->weights_path);
-        else if (cli_weights_file(&t->p, t->weights_path, sizeof t->weights_path))
-            return VIT_ERR;
-        if (npz_read(&t->weights, t->weights_path)) return VIT_ERR;
-        if (!flags_given(&t->p, "representation_size")) t->c.representation = weights_npz_representation(&t->weights);
-    }
-    t->rstate = t->have_ck ? t->ck.state : (TrainState){0};
+    if (rank == 0 && open_model_source(t)) return VIT_ERR;
+    t->seed = t->have_ck ? t->src.ck.state.seed : o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)time(NULL);
+    t->rstate = t->have_ck ? t->src.ck.state : (TrainState){0};
     if (dist_bcast(&t->c, sizeof t->c, 0) || dist_bcast(&t->seed, sizeof t->seed, 0) ||
         dist_bcast(&t->have_ck, sizeof t->have_ck, 0) || dist_bcast(&t->rstate, sizeof t->rstate, 0))
         return VIT_ERR;
@@ -399,14 +388,12 @@ static int restore_checkpoint(TrainCmd *t) {
     OptimizerKind k = t->oc.kind;
     // Sharded slots (--zero 1) are scattered from rank 0's copy by the trainer: only it holds them whole.
     int sharded = t->o->zero && dist_size() > 1, full = t->rank == 0 || !sharded;
-    t->host = malloc(n * sizeof(float));
     t->slot_m = full && optim_uses_m(k) ? malloc(n * sizeof(float)) : NULL;
     t->slot_v = full && optim_uses_v(k) ? malloc(n * sizeof(float)) : NULL;
-    if (!t->host || (full && optim_uses_m(k) && !t->slot_m) || (full && optim_uses_v(k) && !t->slot_v))
+    if ((full && optim_uses_m(k) && !t->slot_m) || (full && optim_uses_v(k) && !t->slot_v))
         return vit_fail("out of memory loading %s", t->resume);
     if (t->rank == 0) {
-        if (checkpoint_copy(&t->ck, t->resume, &t->model.table, t->host, t->slot_m, t->slot_v)) return VIT_ERR;
-        t->be->upload(t->be, t->model.params, t->host, n * sizeof(float));
+        if (model_source_load(&t->src, &t->model, t->seed, t->slot_m, t->slot_v, NULL)) return VIT_ERR;
     }
     if (!sharded && ((t->slot_m && dist_bcast(t->slot_m, n * sizeof(float), 0)) ||
                      (t->slot_v && dist_bcast(t->slot_v, n * sizeof(float), 0))))
@@ -424,13 +411,7 @@ static int load_parameters(TrainCmd *t) {
         if (restore_checkpoint(t)) return VIT_ERR;
     } else if (t->rank != 0) {
         // parameters arrive from rank 0 below
-    } else if (t->weights.count) {
-        int rc = weights_load_npz(&t->model, &t->weights, t->weights_path, !strcasecmp(o->head_init, "glorot"),
-                                  t->seed, t->out);
-        npz_free(&t->weights);
-        if (rc) return VIT_ERR;
-        fprintf(t->out, "weights: %s\n", t->weights_path);
-    } else if (vit_init_params(&t->model, t->seed)) {
+    } else if (model_source_load(&t->src, &t->model, t->seed, NULL, NULL, t->out)) {
         return VIT_ERR;
     }
     if (dist_active() && broadcast_params(&t->model)) return VIT_ERR;
@@ -554,11 +535,10 @@ static void cleanup(TrainCmd *t) {
     profiler_destroy(t->prof);
     events_close(t->events);
     events_close(t->eval_events);
-    if (t->ck_open) checkpoint_close(&t->ck);
-    npz_free(&t->weights);
+    model_source_close(&t->src);
     dataset_free(&t->train);
     dataset_free(&t->val);
-    free(t->host), free(t->slot_m), free(t->slot_v), free(t->meta), free(t->meta_text);
+    free(t->slot_m), free(t->slot_v), free(t->meta), free(t->meta_text);
     flags_free(&t->p);
     if (t->devnull) fclose(t->devnull);
     dist_finalize();

@@ -3,9 +3,7 @@
 #include <strings.h>
 #include <stdlib.h>
 #include <sys/stat.h>
-#include "train/checkpoint.h"
-#include "io/npz.h"
-#include "model/weights.h"
+#include "model_source.h"
 #include "util/status.h"
 #ifdef VIT_CUDA
 #include "backend/cuda_backend.h"
@@ -117,6 +115,9 @@ int cli_model_config(const ParsedOptions *p, const Dataset *data, ViTConfig *c) 
     if (flags_given(p, "representation_size") && o->representation_size < 0)
         return vit_fail("--representation_size %d: must be >= 0", o->representation_size);
     c->dropout = o->dropout;
+    c->layernorm_eps = o->layernorm_eps;
+    if (!(o->layernorm_eps > 0 && o->layernorm_eps < 1))
+        return vit_fail("--layernorm_eps %g: must be in (0, 1)", o->layernorm_eps);
     if (!strcasecmp(o->gelu, "erf"))
         c->gelu_tanh = 0;
     else if (!strcasecmp(o->gelu, "tanh"))
@@ -221,39 +222,11 @@ void cli_data_output(const ParsedOptions *p, const ViTConfig *c, Dataset *train,
 }
 
 int cli_load_model(const ParsedOptions *p, const Dataset *data, Backend *be, int batch, ViT *m, FILE *report) {
-    const Options *o = &p->o;
-    if (*o->checkpoint) {
-        Checkpoint ck;
-        if (checkpoint_open(&ck, o->checkpoint)) return VIT_ERR;
-        int rc = vit_create(m, &ck.cfg, be, batch, 0);
-        float *host = rc == VIT_OK ? malloc(m->table.total * sizeof(float)) : NULL;
-        if (rc == VIT_OK && !host) rc = vit_fail("out of memory loading %s", o->checkpoint);
-        if (rc == VIT_OK) rc = checkpoint_copy(&ck, o->checkpoint, &m->table, host, NULL, NULL);
-        if (rc == VIT_OK) be->upload(be, m->params, host, m->table.total * sizeof(float));
-        free(host);
-        checkpoint_close(&ck);
-        return rc;
-    }
-    if (o->from_scratch) {
-        // The official random initialisation (zero head: every prediction is a tie), to time
-        // inference without weights on disk.
-        ViTConfig c;
-        int rc = cli_model_config(p, data, &c);
-        if (rc == VIT_OK) rc = vit_create(m, &c, be, batch, 0);
-        if (rc == VIT_OK) rc = vit_init_params(m, (uint64_t)(o->seed >= 0 ? o->seed : 0));
-        if (rc == VIT_OK && report)
-            fprintf(report, "model: %s from random initialisation (--from_scratch): predictions are chance\n", c.name);
-        return rc;
-    }
-    char path[2048];
-    if (cli_weights_file(p, path, sizeof path)) return VIT_ERR;
-    NpzFile f;
-    if (npz_read(&f, path)) return VIT_ERR;
-    ViTConfig c;
-    int rc = cli_model_config(p, data, &c);
-    if (rc == VIT_OK && !flags_given(p, "representation_size")) c.representation = weights_npz_representation(&f);
-    if (rc == VIT_OK) rc = vit_create(m, &c, be, batch, 0);
-    if (rc == VIT_OK) rc = weights_load_npz(m, &f, path, !strcasecmp(o->head_init, "glorot"), 0, report);
-    npz_free(&f);
+    ModelSource src;
+    uint64_t seed = (uint64_t)(p->o.seed >= 0 ? p->o.seed : 0);
+    int rc = model_source_open(&src, p, NULL, data);
+    if (rc == VIT_OK) rc = vit_create(m, &src.cfg, be, batch, 0);
+    if (rc == VIT_OK) rc = model_source_load(&src, m, seed, NULL, NULL, report);
+    model_source_close(&src);
     return rc;
 }

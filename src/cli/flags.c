@@ -13,7 +13,7 @@
 // Flag.commands: which commands read a flag, through which shared helper (common.c).
 #define DATA (CMD_TRAIN | CMD_EVALUATE)               // cli_open_data: the data to train on or to evaluate
 #define RUN (CMD_TRAIN | CMD_EVALUATE | CMD_PREDICT)  // a model on a backend: cli_create_backend, cli_load_model
-#define SHAPE (RUN | CMD_INFO)                        // cli_model_config: preset and overrides
+#define SHAPE (RUN | CMD_INFO | CMD_EXPORT)           // cli_model_config: preset and overrides
 
 const Flag g_flags[] = {
     // data
@@ -59,8 +59,11 @@ const Flag g_flags[] = {
     {"representation_size", NULL, FLAG_INT, F(representation_size), "-1",
      "pre_logits width; 0 = none (default none when training from scratch)", 0, SHAPE},
     {"dropout", NULL, FLAG_FLOAT, F(dropout), "0.1", "dropout rate", 0, CMD_TRAIN},
-    {"gelu", NULL, FLAG_STRING, F(gelu), "erf", "erf (exact, the recipe) | tanh (approximation)", 0, RUN},
-    {"head_init", NULL, FLAG_STRING, F(head_init), "zeros", "zeros | glorot: init of a new head", 0, RUN},
+    {"gelu", NULL, FLAG_STRING, F(gelu), "erf", "erf (exact, the recipe) | tanh (approximation)", 0, SHAPE},
+    {"layernorm_eps", NULL, FLAG_FLOAT, F(layernorm_eps), "1e-6",
+     "LayerNorm epsilon (1e-6 official and timm; 1e-12 for Hugging Face ViT weights)", 0, SHAPE},
+    {"head_init", NULL, FLAG_STRING, F(head_init), "zeros", "zeros | glorot: init of a new head",
+     0, RUN | CMD_EXPORT},
     // training
     {"optimizer", NULL, FLAG_STRING, F(optimizer), "sgd", "sgd | adam | adamw | rmsprop", 0, CMD_TRAIN},
     {"momentum", NULL, FLAG_FLOAT, F(momentum), "", "sgd momentum (default 0.9)", 0, CMD_TRAIN},
@@ -98,7 +101,8 @@ const Flag g_flags[] = {
     // weights, checkpoints, logs
     {"weights_path", NULL, FLAG_STRING, F(weights_path), "~/.keras", "folder holding weights/<model>_imagenet21k.npz",
      0, RUN},
-    {"pretrained", NULL, FLAG_STRING, F(pretrained), "", "explicit .npz weights file (official naming)", 0, RUN},
+    {"pretrained", NULL, FLAG_STRING, F(pretrained), "",
+     "weights to start from: official .npz, or .safetensors in timm's or Hugging Face's naming", 0, RUN | CMD_EXPORT},
     {"from_scratch", NULL, FLAG_BOOL, F(from_scratch), "0",
      "random initialisation instead of the official weights", 0, RUN},
     {"resume_from_checkpoint_path", NULL, FLAG_STRING, F(resume_from_checkpoint_path), "",
@@ -114,7 +118,9 @@ const Flag g_flags[] = {
      "keep only the newest K epoch/step checkpoints of the run (0 = all)", 0, CMD_TRAIN},
     {"checkpoint", NULL, FLAG_STRING, F(checkpoint), "", "evaluate/predict/export: a vitc checkpoint",
      0, CMD_EVALUATE | CMD_PREDICT | CMD_EXPORT},
-    {"out", NULL, FLAG_STRING, F(out), "", "export: the .npz to write", 0, CMD_EXPORT},
+    {"out", NULL, FLAG_STRING, F(out), "", "export: the file (a folder for --format hf) to write", 0, CMD_EXPORT},
+    {"format", NULL, FLAG_STRING, F(format), "",
+     "export: npz | timm | hf | onnx (default from --out: .npz, .safetensors timm, .onnx)", 0, CMD_EXPORT},
     {"labels", NULL, FLAG_STRING, F(labels), "", "predict: class names, one per line", 0, CMD_PREDICT},
     {"log_dir", NULL, FLAG_STRING, F(log_dir), "logs", "TensorBoard folder", 0, CMD_TRAIN},
     {"save_summary_steps", NULL, FLAG_INT, F(save_summary_steps), "100",

@@ -17,7 +17,7 @@ typedef struct {
     char model[64];
     int hidden_size, num_layers, num_heads, mlp_dim, patch_size, image_size, channels, num_classes;
     int representation_size;
-    float dropout;
+    float dropout, layernorm_eps;
     char gelu[8];
     char head_init[16];
     // training
@@ -40,7 +40,7 @@ typedef struct {
     int resume_from_epoch;
     char save_dir[1024], log_dir[1024];
     int checkpoint_every_steps, keep_checkpoints;
-    char checkpoint[1024], out[1024], labels[1024];
+    char checkpoint[1024], out[1024], labels[1024], format[16];
     int save_summary_steps;
     char profile[64];
     int distributed;

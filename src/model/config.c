@@ -41,6 +41,7 @@ int config_from_preset(ViTConfig *c, const char *name) {
     c->representation = 0;
     c->dropout = 0.1f;
     c->gelu_tanh = 0;
+    c->layernorm_eps = 1e-6f;
     return VIT_OK;
 }
 
@@ -59,6 +60,8 @@ int config_validate(const ViTConfig *c) {
     if (c->classes < 1) return vit_fail("--num_classes %d: must be positive", c->classes);
     if (c->representation < 0) return vit_fail("--representation_size %d: must be >= 0", c->representation);
     if (!(c->dropout >= 0 && c->dropout < 1)) return vit_fail("--dropout %g: must be in [0, 1)", c->dropout);
+    if (!(c->layernorm_eps >= 0 && c->layernorm_eps < 1))
+        return vit_fail("--layernorm_eps %g: must be in (0, 1) (0 in a config: the official 1e-6)", c->layernorm_eps);
     // Guard against sizes whose buffers would overflow 32-bit index arithmetic in ops.
     double tokens = config_tokens(c);
     if (tokens * c->mlp > 2e9 || tokens * tokens > 2e9)

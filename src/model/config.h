@@ -14,6 +14,7 @@ typedef struct {
     int representation;     // pre_logits width, 0 = no pre_logits layer
     float dropout;          // dropout rate after attention and in the MLP
     int gelu_tanh;          // 0: exact erf GELU (recipe), 1: tanh approximation
+    float layernorm_eps;    // LayerNorm epsilon; 0 means the official 1e-6 (config_layernorm_eps)
 } ViTConfig;
 
 // Fills c from a preset name like "ViT-B_16" (image 384, 1000 classes, no pre_logits,
@@ -25,5 +26,7 @@ int config_validate(const ViTConfig *c);
 static inline int config_grid(const ViTConfig *c) { return c->image / c->patch; }
 static inline int config_tokens(const ViTConfig *c) { return 1 + config_grid(c) * config_grid(c); }
 static inline int config_head_dim(const ViTConfig *c) { return c->hidden / c->heads; }
+// The official models use 1e-6; Hugging Face's `transformers` defaults to 1e-12.
+static inline float config_layernorm_eps(const ViTConfig *c) { return c->layernorm_eps > 0 ? c->layernorm_eps : 1e-6f; }
 // Multiply-accumulates of one image's forward pass (matrix products only).
 double config_forward_macs(const ViTConfig *c);

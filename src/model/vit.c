@@ -6,7 +6,6 @@
 #include <string.h>
 #include "util/status.h"
 
-static const float LN_EPS = 1e-6f;
 
 // Dropout sites: three per block (attention output, GELU output, MLP output).
 static uint32_t site(int layer, int k) { return (uint32_t)(layer * 3 + k); }
@@ -196,6 +195,8 @@ static int linear_backward(Backend *be, float *dx, float *dW, float *db, const f
 
 // store_bf16: a block's eight packed tensors to their bf16 copies (after its forward pass)
 // or back (before its backward pass), for B images.
+static float ln_eps(const ViT *m) { return config_layernorm_eps(&m->cfg); }
+
 static void pack_block(ViT *m, BlockActs *a, int B, int unpack) {
     Backend *be = m->be;
     size_t N = (size_t)B * config_tokens(&m->cfg), ND = N * m->cfg.hidden, NM = N * m->cfg.mlp;
@@ -219,7 +220,7 @@ static int attention_heads(ViT *m, int l, BlockActs *a, int B, const float *x) {
     const float *p = m->params;
     const BlockOffsets *w = &m->off.blocks[l];
     int T = config_tokens(c), D = c->hidden, N = B * T, H = c->heads, hd = D / H;
-    be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, p + w->ln0_scale, p + w->ln0_bias, N, D, LN_EPS);
+    be->layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, p + w->ln0_scale, p + w->ln0_bias, N, D, ln_eps(m));
     return linear_forward(be, a->q, a->ln1, p + w->q_kernel, p + w->q_bias, N, D, D) ||
                    linear_forward(be, a->k, a->ln1, p + w->k_kernel, p + w->k_bias, N, D, D) ||
                    linear_forward(be, a->v, a->ln1, p + w->v_kernel, p + w->v_bias, N, D, D) ||
@@ -241,7 +242,7 @@ static int block_forward_inplace(ViT *m, int l, BlockActs *a, int B) {
     if (attention_heads(m, l, a, B, x) ||
         be->gemm(be, 1, N, D, D, a->att_out, 0, p + w->out_kernel, 0, x, p + w->out_bias, 1.0f, 1))
         return VIT_ERR;
-    be->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, x, p + w->ln2_scale, p + w->ln2_bias, N, D, LN_EPS);
+    be->layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, x, p + w->ln2_scale, p + w->ln2_bias, N, D, ln_eps(m));
     if (be->gemm_bias_gelu) {
         if (be->gemm_bias_gelu(be, N, Mlp, D, a->ln2, p + w->fc1_kernel, a->gelu, p + w->fc1_bias, c->gelu_tanh))
             return VIT_ERR;
@@ -271,7 +272,7 @@ static int block_forward(ViT *m, int l, BlockActs *a, int B, int training, uint6
         linear_forward(be, m->s_nd1, a->att_out, p + w->out_kernel, p + w->out_bias, N, D, D))
         return VIT_ERR;
     be->residual_layernorm_forward(be, a->resid1, a->ln2, a->ln2_mean, a->ln2_rstd, x, m->s_nd1, p + w->ln2_scale,
-                                   p + w->ln2_bias, N, D, LN_EPS, drop, seed, step, site(l, 0));
+                                   p + w->ln2_bias, N, D, ln_eps(m), drop, seed, step, site(l, 0));
     // out = resid1 + Dropout(Dense_1(Dropout(GELU(Dense_0(LN2)))))
     if (linear_forward(be, a->fc1, a->ln2, p + w->fc1_kernel, p + w->fc1_bias, N, D, Mlp)) return VIT_ERR;
     be->gelu_dropout_forward(be, a->gelu, a->fc1, (size_t)N * Mlp, c->gelu_tanh, drop, seed, step, site(l, 1));
@@ -328,7 +329,7 @@ int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int tra
     // Only the class token reaches the head, so the final LayerNorm runs on those rows alone.
     be->gather_cls(be, m->cls_x, m->x[c->layers], B, T, D);
     be->layernorm_forward(be, m->cls_ln, m->cls_mean, m->cls_rstd, m->cls_x, p + o->norm_scale, p + o->norm_bias, B, D,
-                          LN_EPS);
+                          ln_eps(m));
     const float *head_in = m->cls_ln;
     if (R) {
         if (linear_forward(be, m->pre, m->cls_ln, p + o->pre_kernel, p + o->pre_bias, B, D, R)) return VIT_ERR;

@@ -52,6 +52,9 @@ int checkpoint_save(const char *path, const ViTConfig *c, const ParamTable *t, c
     if (rc == VIT_OK) rc = st_writer_meta(w, "format", FORMAT);
     if (rc == VIT_OK) rc = st_writer_meta(w, "model.name", c->name);
     if (rc == VIT_OK) rc = st_writer_meta(w, "optimizer", optim_name(opt));
+    char eps[32];
+    snprintf(eps, sizeof eps, "%.9g", config_layernorm_eps(c));
+    if (rc == VIT_OK) rc = st_writer_meta(w, "model.layernorm_eps", eps);
     for (size_t i = 0; i < sizeof fields / sizeof fields[0] && rc == VIT_OK; i++)
         rc = st_writer_meta(w, fields[i].key, buf[fields[i].slot]);
     for (int i = 0; i < n_extra && rc == VIT_OK; i++) rc = st_writer_meta(w, extra[i].key, extra[i].value);
@@ -73,13 +76,19 @@ static int meta_long(const Checkpoint *ck, const char *path, const char *key, lo
     return VIT_OK;
 }
 
+int checkpoint_is_vitc(const StFile *st) {
+    const char *fmt = st_meta(st, "format");
+    return fmt && !strcmp(fmt, FORMAT);
+}
+
 int checkpoint_open(Checkpoint *ck, const char *path) {
     memset(ck, 0, sizeof *ck);
     if (st_read(&ck->st, path)) return VIT_ERR;
     const char *fmt = st_meta(&ck->st, "format");
     if (!fmt || strcmp(fmt, FORMAT)) {
         st_free(&ck->st);
-        return vit_fail("%s: not a vitc checkpoint (metadata format is '%s', expected '%s')", path, fmt ? fmt : "",
+        return vit_fail("%s: not a vitc checkpoint (metadata format is '%s', expected '%s'); weights to start from "
+                        "go to --pretrained", path, fmt ? fmt : "",
                         FORMAT);
     }
     ViTConfig *c = &ck->cfg;
@@ -99,6 +108,8 @@ int checkpoint_open(Checkpoint *ck, const char *path) {
     const char *drop = st_meta(&ck->st, "model.dropout"), *gelu = st_meta(&ck->st, "model.gelu");
     c->dropout = drop ? strtof(drop, NULL) : 0.0f;
     c->gelu_tanh = gelu && !strcmp(gelu, "tanh");
+    const char *eps = st_meta(&ck->st, "model.layernorm_eps");  // absent before it existed: the official 1e-6
+    c->layernorm_eps = eps ? strtof(eps, NULL) : 1e-6f;
     if (config_validate(c)) {
         vit_fail("%s: model config in the metadata is invalid: %s", path, vit_error());
         goto fail;

@@ -37,6 +37,8 @@ typedef struct {
     TrainState state;
 } Checkpoint;
 
+// The file's metadata marks it as a vitc checkpoint.
+int checkpoint_is_vitc(const StFile *st);
 // Reads and checks the file; fills the model config and training state from its metadata.
 int checkpoint_open(Checkpoint *ck, const char *path);
 // Copies the parameters (and, when m/v are given, the optimizer slots) named by the table;

@@ -12,6 +12,7 @@ typedef struct {
     double *partials;        // per-chunk partial sums for deterministic reductions
     size_t partials_floats;  // capacity in doubles
     int bf16;                // matrix products on bf16-rounded operands (backend_cpu_set_bf16)
+    char failure[256];       // first failure of a void op, latched (backend.h's error model)
     char details[192];       // Backend.details
 } CpuState;
 
@@ -33,8 +34,13 @@ int cpu_gemm_bias_gelu(Backend *be, int M, int N, int K, const float *A, const f
                        int tanh_approx);
 
 // Scratch of n doubles for reductions; grows once, never shrinks (no allocation per step
-// after the first).
+// after the first). NULL when it cannot grow: the failure is latched (cpu_failed).
 double *cpu_partials(Backend *be, size_t n);
+// VIT_ERR re-raising the first latched failure of a void op, else VIT_OK. Every int-returning
+// op calls it first.
+int cpu_failed(Backend *be);
+// n NaNs: what a void op that could not run leaves in its outputs.
+void cpu_fill_nan(float *x, size_t n);
 
 void cpu_install_ops(Backend *be);
 void cpu_install_attention(Backend *be);

@@ -818,6 +818,7 @@ static void forward_pair(const Work *w, float *out, float *P, const float *q, co
 
 static int attention_forward(Backend *be, float *out, float *probs, float *scratch, const float *q, const float *k,
                              const float *v, int B, int T, int H, int hd) {
+    if (cpu_failed(be)) return VIT_ERR;
     CpuState *cs = be->impl;
     int pairs = B * H, bf16 = cs->bf16, chunk = chunk_of(pairs, cs->threads);
     Kernels kern = kernels_now();
@@ -871,6 +872,7 @@ static void backward_pair(const Work *w, float *dq, float *dk, float *dv, const 
 static int attention_backward(Backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
                               const float *probs, float *scratch, const float *q, const float *k, const float *v, int B, int T, int H,
                               int hd) {
+    if (cpu_failed(be)) return VIT_ERR;
     CpuState *cs = be->impl;
     int pairs = B * H, bf16 = cs->bf16, chunk = chunk_of(pairs, cs->threads);
     Kernels kern = kernels_now();

@@ -385,6 +385,7 @@ static int gemm_any(Backend *be, int batch, int M, int N, int K, const float *A,
 
 int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B,
              int transB, float *C, const float *bias, float alpha, int accumulate) {
+    if (cpu_failed(be)) return VIT_ERR;
     return gemm_any(be, batch, M, N, K, A, transA, B, transB, C, bias, alpha, accumulate, 0);
 }
 
@@ -392,6 +393,7 @@ int cpu_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int tr
 // instead of a second pass over the (rows x N) result.
 int cpu_gemm_bias_gelu(Backend *be, int M, int N, int K, const float *A, const float *B, float *C, const float *bias,
                        int tanh_approx) {
+    if (cpu_failed(be)) return VIT_ERR;
     return gemm_any(be, 1, M, N, K, A, 0, B, 0, C, bias, 1.0f, 0, tanh_approx ? 2 : 1);
 }
 

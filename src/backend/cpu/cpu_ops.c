@@ -2,6 +2,7 @@
 // AVX-512 kernels (cpu_ops_avx512.c) chosen at run time where the CPU has them.
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cpu.h"
@@ -14,12 +15,27 @@
 double *cpu_partials(Backend *be, size_t n) {
     CpuState *s = be->impl;
     if (n > s->partials_floats) {
+        double *grown = malloc(n * sizeof(double));
+        if (!grown) {
+            if (!*s->failure)
+                snprintf(s->failure, sizeof s->failure, "CPU backend: out of memory for %.1f MiB of reduction scratch",
+                         n * sizeof(double) / 1048576.0);
+            return NULL;
+        }
         free(s->partials);
-        s->partials = malloc(n * sizeof(double));
-        if (!s->partials) abort();  // bounded by CHUNKS x width: a few MiB at most
+        s->partials = grown;
         s->partials_floats = n;
     }
     return s->partials;
+}
+
+int cpu_failed(Backend *be) {
+    CpuState *s = be->impl;
+    return *s->failure ? vit_fail("%s", s->failure) : VIT_OK;
+}
+
+void cpu_fill_nan(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
 }
 
 // Column reductions split the rows into fixed chunks, each summed in double into its own
@@ -48,6 +64,10 @@ enum { AVX512_RUN = 4096 };
 static void column_sums(Backend *be, float *acc, const float *x, int rows, int cols) {
     int chunks = reduce_chunks(rows), avx512 = use_avx512();
     double *part = cpu_partials(be, (size_t)chunks * cols);
+    if (!part) {
+        cpu_fill_nan(acc, (size_t)cols);
+        return;
+    }
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < chunks; c++) {
         double *p = part + (size_t)c * cols;
@@ -98,6 +118,10 @@ static void layernorm_backward(Backend *be, float *dinp, float *dscale, float *d
                                int rows, int C) {
     int chunks = reduce_chunks(rows), avx512 = use_avx512();
     double *part = cpu_partials(be, (size_t)chunks * 2 * C);
+    if (!part) {
+        cpu_fill_nan(dinp, (size_t)rows * C), cpu_fill_nan(dscale, (size_t)C), cpu_fill_nan(dbias, (size_t)C);
+        return;
+    }
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < chunks; c++) {
         double *ps = part + (size_t)c * 2 * C, *pb = ps + C;
@@ -332,6 +356,10 @@ static void gelu_dropout_backward(Backend *be, float *dinp, float *dbias, const 
     float keep = 1.0f - rate, inv = 1.0f / keep;
     int chunks = reduce_chunks(rows), avx512 = use_avx512();
     double *part = cpu_partials(be, (size_t)chunks * cols);
+    if (!part) {
+        cpu_fill_nan(dinp, (size_t)rows * cols), cpu_fill_nan(dbias, (size_t)cols);
+        return;
+    }
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < chunks; c++) {
         double *p = part + (size_t)c * cols;

@@ -1,0 +1,95 @@
+#include "model_source.h"
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "common.h"
+#include "model/weights.h"
+#include "model/weights_torch.h"
+#include "util/status.h"
+
+static int is_checkpoint_file(const char *path) {
+    size_t n = strlen(path);
+    return n > 12 && !strcmp(path + n - 12, ".safetensors");
+}
+
+// Weights in PyTorch's namings (timm, Hugging Face) as a .safetensors file: converted to the
+// official names and layouts, so the checks and adaptations of .npz weights apply unchanged.
+static int read_torch_weights(ModelSource *s) {
+    StFile st;
+    if (st_read(&st, s->path)) return VIT_ERR;
+    int rc = VIT_OK;
+    TorchNaming naming = weights_torch_naming(&st);
+    if (checkpoint_is_vitc(&st))
+        rc = vit_fail("%s: a vit checkpoint, not weights to start from: continue its run with "
+                      "--resume_from_checkpoint_path, or evaluate, predict and export it with --checkpoint", s->path);
+    else if (naming == TORCH_NONE)
+        rc = vit_fail("%s: tensor names in neither timm's (patch_embed.proj.weight, blocks.N...) nor Hugging Face's "
+                      "(vit.embeddings..., vit.encoder.layer.N...) naming", s->path);
+    else
+        rc = weights_from_torch(&st, s->path, s->cfg.heads, &s->weights);
+    if (rc == VIT_OK) s->naming = weights_torch_naming_name(naming);
+    st_free(&st);
+    return rc;
+}
+
+int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkpoint, const Dataset *data) {
+    const Options *o = &p->o;
+    memset(s, 0, sizeof *s);
+    s->head_glorot = !strcasecmp(o->head_init, "glorot");
+    int given = checkpoint && *checkpoint;
+    if (!given) checkpoint = o->checkpoint;
+    if (*checkpoint && (!given || is_checkpoint_file(checkpoint))) {
+        s->kind = SOURCE_CHECKPOINT;
+        cli_expand_home(checkpoint, s->path, sizeof s->path);
+        if (checkpoint_open(&s->ck, s->path)) return VIT_ERR;
+        s->cfg = s->ck.cfg;
+        return VIT_OK;
+    }
+    if (!*checkpoint && o->from_scratch) {
+        s->kind = SOURCE_SCRATCH;
+        return cli_model_config(p, data, &s->cfg);
+    }
+    s->kind = SOURCE_WEIGHTS;
+    if (*checkpoint)
+        cli_expand_home(checkpoint, s->path, sizeof s->path);
+    else if (cli_weights_file(p, s->path, sizeof s->path))
+        return VIT_ERR;
+    if (cli_model_config(p, data, &s->cfg)) return VIT_ERR;
+    if (is_checkpoint_file(s->path) ? read_torch_weights(s) : npz_read(&s->weights, s->path)) return VIT_ERR;
+    if (!flags_given(p, "representation_size")) s->cfg.representation = weights_npz_representation(&s->weights);
+    return VIT_OK;
+}
+
+static int load_checkpoint(ModelSource *s, ViT *m, float *slot_m, float *slot_v) {
+    float *host = malloc(m->table.total * sizeof(float));
+    if (!host) return vit_fail("out of memory loading %s", s->path);
+    int rc = checkpoint_copy(&s->ck, s->path, &m->table, host, slot_m, slot_v);
+    if (rc == VIT_OK) m->be->upload(m->be, m->params, host, m->table.total * sizeof(float));
+    free(host);
+    return rc;
+}
+
+int model_source_load(ModelSource *s, ViT *m, uint64_t seed, float *slot_m, float *slot_v, FILE *report) {
+    switch (s->kind) {
+    case SOURCE_CHECKPOINT:
+        return load_checkpoint(s, m, slot_m, slot_v);
+    case SOURCE_WEIGHTS: {
+        int rc = weights_load_npz(m, &s->weights, s->path, s->head_glorot, seed, report);
+        if (rc == VIT_OK && report) fprintf(report, "weights: %s%s%s%s\n", s->path, s->naming ? " (" : "",
+                                            s->naming ? s->naming : "", s->naming ? " naming)" : "");
+        return rc;
+    }
+    case SOURCE_SCRATCH:
+        // The official random initialisation (zero head: every prediction is a tie until trained).
+        if (vit_init_params(m, seed)) return VIT_ERR;
+        if (report) fprintf(report, "model: %s from random initialisation (--from_scratch)\n", m->cfg.name);
+        return VIT_OK;
+    }
+    return vit_fail("unknown model source");
+}
+
+void model_source_close(ModelSource *s) {
+    if (s->kind == SOURCE_CHECKPOINT) checkpoint_close(&s->ck);
+    npz_free(&s->weights);
+    memset(s, 0, sizeof *s);
+}
