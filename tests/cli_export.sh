@@ -41,6 +41,13 @@ done
 grep -q "(Hugging Face transformers naming)" "$tmp/err"
 check "the naming is reported" $?
 
+# A Hugging Face folder as --pretrained: config.json gives the architecture, no model flags.
+expect_ok "import the hf folder" export --pretrained "$tmp/hf" --out "$tmp/back.npz"
+python3 -c "import sys, numpy as np; a, b = np.load(sys.argv[1]), np.load(sys.argv[2]); sys.exit(not all((a[k] == b[k]).all() for k in a.files))" "$tmp/a.npz" "$tmp/back.npz"
+check "the hf folder alone re-imports bit for bit" $?
+mkdir "$tmp/bert" && printf '{"model_type": "bert", "hidden_size": 48}' >"$tmp/bert/config.json"
+expect_error "a folder of another model" "config.json: .*model_type \"bert\"" export --pretrained "$tmp/bert" --out "$tmp/x.npz"
+
 # Evaluating the checkpoint and the timm export gives the same loss.
 EVAL="--synthetic_data --validation_steps 2 --batch_size 8 --seed 3 --threads 1 --json"
 "$VIT" evaluate --checkpoint "$ck" $EVAL >"$tmp/e1.json" 2>/dev/null

@@ -2,8 +2,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include "common.h"
 #include "model/weights.h"
+#include "model/hf_config.h"
 #include "model/weights_torch.h"
 #include "util/status.h"
 
@@ -32,6 +34,29 @@ static int read_torch_weights(ModelSource *s) {
     return rc;
 }
 
+// --pretrained FOLDER: a Hugging Face folder. Its config.json sets the architecture (flags
+// given on the command line still win), its model.safetensors holds the weights.
+static int open_hf_folder(ModelSource *s, const ParsedOptions *p, const Dataset *data) {
+    char dir[sizeof s->path];
+    snprintf(dir, sizeof dir, "%s", s->path);
+    HfConfig h;
+    if (hf_config_read(dir, &h)) return VIT_ERR;
+    struct { const char *flag; int value; int *field; } arch[] = {
+        {"hidden_size", h.hidden, &s->cfg.hidden}, {"num_layers", h.layers, &s->cfg.layers},
+        {"num_heads", h.heads, &s->cfg.heads},     {"mlp_dim", h.mlp, &s->cfg.mlp},
+        {"patch_size", h.patch, &s->cfg.patch},    {"channels", h.channels, &s->cfg.channels}};
+    for (size_t i = 0; i < sizeof arch / sizeof arch[0]; i++)
+        if (arch[i].value && !flags_given(p, arch[i].flag)) *arch[i].field = arch[i].value;
+    // The model's own resolution, unless the flags or IDX data (never resized) fix another.
+    if (h.image && !flags_given(p, "image_size") && !(data && data->kind == DATA_IDX)) s->cfg.image = h.image;
+    if (h.layernorm_eps > 0 && !flags_given(p, "layernorm_eps")) s->cfg.layernorm_eps = (float)h.layernorm_eps;
+    if (h.gelu_tanh >= 0 && !flags_given(p, "gelu")) s->cfg.gelu_tanh = h.gelu_tanh;
+    if (snprintf(s->path, sizeof s->path, "%s/model.safetensors", dir) >= (int)sizeof s->path)
+        return vit_fail("--pretrained %s: path too long", dir);
+    if (config_validate(&s->cfg)) return vit_fail("%s/config.json: %s", dir, vit_error());
+    return VIT_OK;
+}
+
 int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkpoint, const Dataset *data) {
     const Options *o = &p->o;
     memset(s, 0, sizeof *s);
@@ -55,6 +80,8 @@ int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkp
     else if (cli_weights_file(p, s->path, sizeof s->path))
         return VIT_ERR;
     if (cli_model_config(p, data, &s->cfg)) return VIT_ERR;
+    struct stat st;
+    if (stat(s->path, &st) == 0 && S_ISDIR(st.st_mode) && open_hf_folder(s, p, data)) return VIT_ERR;
     if (is_checkpoint_file(s->path) ? read_torch_weights(s) : npz_read(&s->weights, s->path)) return VIT_ERR;
     if (!flags_given(p, "representation_size")) s->cfg.representation = weights_npz_representation(&s->weights);
     return VIT_OK;
