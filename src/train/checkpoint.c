@@ -86,10 +86,11 @@ int checkpoint_open(Checkpoint *ck, const char *path) {
     if (st_read(&ck->st, path)) return VIT_ERR;
     const char *fmt = st_meta(&ck->st, "format");
     if (!fmt || strcmp(fmt, FORMAT)) {
+        // The message first: fmt points into the file's metadata.
+        vit_fail("%s: not a vitc checkpoint (metadata format is '%s', expected '%s'); weights to start from go to "
+                 "--pretrained", path, fmt ? fmt : "", FORMAT);
         st_free(&ck->st);
-        return vit_fail("%s: not a vitc checkpoint (metadata format is '%s', expected '%s'); weights to start from "
-                        "go to --pretrained", path, fmt ? fmt : "",
-                        FORMAT);
+        return VIT_ERR;
     }
     ViTConfig *c = &ck->cfg;
     const char *name = st_meta(&ck->st, "model.name");
