@@ -17,23 +17,6 @@ static char g_root[64];
 
 static void path_in(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", g_root, name); }
 
-static unsigned char *slurp(const char *path, size_t *n) {
-    *n = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(sz > 0 ? (size_t)sz : 1);
-    if (b && sz > 0 && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b) *n = (size_t)sz;
-    return b;
-}
-
 static uint64_t le64(const unsigned char *p) {
     uint64_t v = 0;
     for (int k = 7; k >= 0; k--) v = v << 8 | p[k];
@@ -111,7 +94,7 @@ static void test_roundtrip(void) {
     CHECK(testdir_count(g_root, ".tmp.") == 0, "no temp files after saves");
 
     size_t n1, n2;
-    unsigned char *b1 = slurp(path, &n1), *b2 = slurp(path2, &n2);
+    unsigned char *b1 = testdir_slurp(path, &n1), *b2 = testdir_slurp(path2, &n2);
     CHECK(b1 && b2 && n1 == n2 && memcmp(b1, b2, n1) == 0, "saves are deterministic");
     free(b2);
 
@@ -217,7 +200,7 @@ static void test_exact_layout(void) {
                        "\"c\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]},"
                        "\"b\":{\"dtype\":\"U8\",\"shape\":[3],\"data_offsets\":[12,15]}}";
     size_t jl = strlen(json), padded = (jl + 7) / 8 * 8, n;
-    unsigned char *buf = slurp(path, &n);
+    unsigned char *buf = testdir_slurp(path, &n);
     CHECK(buf && n == 8 + padded + 15, "exact size %zu vs %zu", n, 8 + padded + 15);
     if (buf && n == 8 + padded + 15) {
         CHECK(le64(buf) == padded, "exact header length");
@@ -236,7 +219,7 @@ static void test_exact_layout(void) {
     path_in(path, sizeof path, "empty.safetensors");
     CHECK(w && st_writer_save(w, path) == VIT_OK, "save empty");
     st_writer_free(w);
-    buf = slurp(path, &n);
+    buf = testdir_slurp(path, &n);
     CHECK(buf && n == 16 && le64(buf) == 8 && memcmp(buf + 8, "{}      ", 8) == 0, "empty layout");
     free(buf);
     StFile f;

@@ -3,6 +3,7 @@
 #pragma once
 #include <dirent.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -47,3 +48,21 @@ static inline char *testdir_path(const char *dir, const char *name) {
 }
 
 static inline int has(const char *msg, const char *part) { return strstr(msg, part) != NULL; }
+
+// The whole file in a malloc'd buffer (*n bytes), NULL when it cannot be read.
+static inline unsigned char *testdir_slurp(const char *path, size_t *n) {
+    *n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc(sz > 0 ? (size_t)sz : 1);
+    if (b && sz > 0 && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    if (b) *n = (size_t)sz;
+    return b;
+}

@@ -13,6 +13,9 @@ Reads every events.out.tfevents.* file of LOGDIR twice:
     texts under the "text" plugin (data class TENSOR): that is what makes the dashboards show
     them.
 Each file must start with the file_version record "brain.Event:2".
+Before that, every record's framing is checked here (length, both masked CRC-32Cs, as
+TensorFlow writes them): TensorBoard's readers take a CRC mismatch for the end of a file still
+being written and silently drop the rest, so a flipped bit would otherwise pass unseen.
 
 --scalar TAG         the scalar tag must be there (repeatable); with --steps, its steps must
                      be exactly that list, in order
@@ -34,8 +37,13 @@ import argparse
 import json
 import math
 import os
+import struct
 import sys
 import types
+
+sys.dont_write_bytecode = True  # keep tools/ free of __pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from verify_checksums import crc32c  # noqa: E402
 
 if "--tf" not in sys.argv:
     # tensorboard.compat picks its TF-free stub when this module can be imported.
@@ -46,6 +54,37 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.backend.event_processing import plugin_event_accumulator as modern
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.util import tensor_util
+
+
+def masked_crc(data):
+    c = crc32c(data)
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def check_framing(path, problems):
+    """TFRecord framing of one events file: u64 length, masked CRC of it, data, masked CRC of the data."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    at = n = 0
+    name = os.path.basename(path)
+    while at < len(blob):
+        where = f"{name}: record {n} at byte {at}"
+        if len(blob) - at < 12:
+            problems.append(f"{where}: truncated header ({len(blob) - at} bytes)")
+            return
+        (length,) = struct.unpack_from("<Q", blob, at)
+        (lcrc,) = struct.unpack_from("<I", blob, at + 8)
+        if masked_crc(blob[at:at + 8]) != lcrc:
+            problems.append(f"{where}: length CRC mismatch (corrupt file)")
+            return
+        end = at + 12 + length
+        if end + 4 > len(blob):
+            problems.append(f"{where}: truncated (length {length}, {len(blob) - at - 12} bytes follow)")
+            return
+        (dcrc,) = struct.unpack_from("<I", blob, end)
+        if masked_crc(blob[at + 12:end]) != dcrc:
+            problems.append(f"{where}: data CRC mismatch (corrupt file)")
+        at, n = end + 4, n + 1
 
 
 def text_of(tensor_event):
@@ -60,6 +99,7 @@ def load(logdir, problems):
     """(scalars {tag: [(step, value)]}, texts {tag: [(step, text)]}, number of files)."""
     files = sorted(f for f in os.listdir(logdir) if "tfevents" in f)
     for name in files:
+        check_framing(os.path.join(logdir, name), problems)
         first = next(iter(event_file_loader.EventFileLoader(os.path.join(logdir, name)).Load()), None)
         if first is None or first.file_version != "brain.Event:2":
             got = "no records" if first is None else repr(first.file_version or first.WhichOneof("what"))

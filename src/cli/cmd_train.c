@@ -93,29 +93,61 @@ static int prepare_save_dir(const char *dir) {
     return VIT_OK;
 }
 
-// --resume_from_checkpoint_path DIR: the most recently written complete checkpoint there
-// (a write interrupted by a crash or kill -9 leaves only a *.tmp.* file, never a partial one).
+// --resume_from_checkpoint_path DIR: the most recently written checkpoint there that verifies
+// (a write interrupted by a crash or kill -9 leaves only a *.tmp.* file, never a partial one;
+// a file damaged since is skipped, with one line on stderr saying why).
+typedef struct {
+    struct timespec mtime;
+    char name[256];  // a d_name (NAME_MAX 255)
+} CkCandidate;
+
+static int newer_first(const void *a, const void *b) {
+    const CkCandidate *x = a, *y = b;
+    if (x->mtime.tv_sec != y->mtime.tv_sec) return x->mtime.tv_sec > y->mtime.tv_sec ? -1 : 1;
+    if (x->mtime.tv_nsec != y->mtime.tv_nsec) return x->mtime.tv_nsec > y->mtime.tv_nsec ? -1 : 1;
+    return -strcmp(x->name, y->name);
+}
+
 static int newest_checkpoint(const char *dir, char *path, size_t cap) {
     DIR *d = opendir(dir);
     if (!d) return vit_fail("--resume_from_checkpoint_path %s: %s", dir, strerror(errno));
+    CkCandidate *c = NULL;
+    int n = 0, n_cap = 0;
     struct dirent *e;
-    struct timespec best = {0, 0};
-    path[0] = 0;
     while ((e = readdir(d))) {
         size_t len = strlen(e->d_name);
         if (len < 12 || strcmp(e->d_name + len - 12, ".safetensors") || !strstr(e->d_name, "-ckpt-")) continue;
-        char full[4096];
-        snprintf(full, sizeof full, "%s/%s", dir, e->d_name);
         struct stat st;
-        if (stat(full, &st) != 0 || !S_ISREG(st.st_mode)) continue;
-        if (!*path || st.st_mtim.tv_sec > best.tv_sec ||
-            (st.st_mtim.tv_sec == best.tv_sec && st.st_mtim.tv_nsec >= best.tv_nsec)) {
-            best = st.st_mtim;
-            snprintf(path, cap, "%s", full);
+        snprintf(path, cap, "%s/%s", dir, e->d_name);
+        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        if (n == n_cap) {
+            CkCandidate *g = realloc(c, (size_t)(n_cap = n_cap ? 2 * n_cap : 16) * sizeof *c);
+            if (!g) {
+                free(c), closedir(d);
+                return vit_fail("out of memory listing %s", dir);
+            }
+            c = g;
         }
+        c[n].mtime = st.st_mtim;
+        snprintf(c[n++].name, sizeof c->name, "%s", e->d_name);
     }
     closedir(d);
-    if (!*path) return vit_fail("--resume_from_checkpoint_path %s: no *-ckpt-*.safetensors checkpoint in the folder", dir);
+    if (!n) return vit_fail("--resume_from_checkpoint_path %s: no *-ckpt-*.safetensors checkpoint in the folder", dir);
+    qsort(c, (size_t)n, sizeof *c, newer_first);
+    int found = 0;
+    for (int i = 0; i < n && !found; i++) {
+        Checkpoint ck;
+        snprintf(path, cap, "%s/%s", dir, c[i].name);
+        found = checkpoint_open(&ck, path) == VIT_OK;
+        if (found)
+            checkpoint_close(&ck);
+        else
+            fprintf(stderr, "skipping a checkpoint that does not verify: %s\n", vit_error());
+    }
+    free(c);
+    if (!found)
+        return vit_fail("--resume_from_checkpoint_path %s: none of its %d checkpoints verifies (each is named above)",
+                        dir, n);
     return VIT_OK;
 }
 

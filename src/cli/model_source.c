@@ -67,6 +67,7 @@ int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkp
         s->kind = SOURCE_CHECKPOINT;
         cli_expand_home(checkpoint, s->path, sizeof s->path);
         if (checkpoint_open(&s->ck, s->path)) return VIT_ERR;
+        if (!s->ck.has_checksums) fprintf(stderr, "note: %s has no checksums: loaded unverified\n", s->path);
         s->cfg = s->ck.cfg;
         return VIT_OK;
     }
