@@ -107,17 +107,28 @@ t1=$(ms)
 "$VIT" train $RUN --save_dir "$tmp/ref" >"$tmp/ref.json" 2>"$tmp/ref.err"
 check "uninterrupted reference run ($EPOCHS epochs, $((EPOCHS * 40)) updates)" $?
 t2=$(ms)
-# Signal delays uniform in 0..DELAY ms: start-up plus about 40 updates on average, whatever
-# the machine's speed, so the planned faults fit in the run with room to spare.
-DELAY=$((2 * (t1 - t0) + 80 * (t2 - t1 - (t1 - t0)) / (EPOCHS * 40)))
-[ $DELAY -ge 200 ] || DELAY=200
+# Most signals wait for the run's first update of its own (its first new checkpoint), then a
+# uniform 0..WINDOW ms, about 20 updates on average: a slow start-up cannot stretch a run, so
+# the planned faults fit in the run with room to spare. A quarter land during start-up.
+STARTUP=$((t1 - t0))
+PER_UPDATE=$(((t2 - t1 - STARTUP) / (EPOCHS * 40)))
+[ $PER_UPDATE -ge 1 ] || PER_UPDATE=1
+WINDOW=$((40 * PER_UPDATE))
+updates_of() {  # updates_of FILE: the updates a checkpoint holds, from its name (40 an epoch)
+    case $1 in
+    *-ckpt-step-*) echo "$1" | sed 's/.*-ckpt-step-0*\([0-9][0-9]*\)\.safetensors$/\1/' ;;
+    *-ckpt-final.safetensors) echo $UPDATES ;;
+    *-ckpt-*) echo $(($(echo "$1" | sed 's/.*-ckpt-0*\([0-9][0-9]*\)\.safetensors$/\1/') * 40)) ;;
+    *) echo 0 ;;
+    esac
+}
 
 # The command every run uses; while the folder holds no checkpoint it starts afresh.
 cmd() {
     if [ -n "$(by_age "$dir")" ]; then echo "$RUN --save_dir $dir --resume_from_checkpoint_path $dir"
     else echo "$RUN --save_dir $dir"; fi
 }
-kills=0 terms=0 ints=0 fsizes=0 corrupts=0 mid_write=0 early=0 unexpected=0 runs=0 delay_max=$DELAY
+kills=0 terms=0 ints=0 fsizes=0 corrupts=0 mid_write=0 early=0 unexpected=0 runs=0
 faults() { echo $((kills + terms + ints + fsizes + corrupts)); }
 : >"$tmp/soak.log"
 while [ ! -f "$dir/$CK-final.safetensors" ]; do
@@ -169,7 +180,17 @@ while [ ! -f "$dir/$CK-final.safetensors" ]; do
         sig=$(echo "$kind" | sed 's/kill/KILL/; s/term/TERM/; s/int/INT/')
         env --default-signal=INT "$VIT" train $c >"$tmp/run.json" 2>"$tmp/run.err" &
         pid=$!
-        rand "$delay_max"
+        rand 4
+        if [ $R = 0 ]; then
+            rand $((2 * STARTUP + 1))  # before the handler is installed, while loading, ...
+        else
+            w=0
+            while [ $w -lt 3000 ] && [ "$(by_age "$dir" | head -1)" = "$before" ] && kill -0 $pid 2>/dev/null; do
+                sleep 0.01
+                w=$((w + 1))
+            done
+            rand $((WINDOW + 1))
+        fi
         msleep "$R"
         if kill -"$sig" $pid 2>/dev/null; then delivered=1; else delivered=0; fi
         wait $pid 2>/dev/null  # (dash reports "Killed" otherwise)
@@ -190,13 +211,11 @@ while [ ! -f "$dir/$CK-final.safetensors" ]; do
             ;;
         esac
         [ $kind = kill ] && [ "$(ls "$dir" | grep -c '\.tmp\.')" -gt "$tmps" ] && mid_write=$((mid_write + 1))
-        # A signal that landed before the first update: the next one may wait longer (a slow
-        # start-up must not stall the soak); after progress, back to the usual range.
-        if [ "$(by_age "$dir" | head -1)" = "$before" ]; then
-            early=$((early + 1))
-            [ $delay_max -lt 20000 ] && delay_max=$((delay_max * 2))
-        else
-            delay_max=$DELAY
+        # A run that went much further than planned (the machine sped up): a narrower window.
+        after=$(by_age "$dir" | head -1)
+        [ "$after" = "$before" ] && early=$((early + 1))
+        if [ $(($(updates_of "$after") - $(updates_of "$before"))) -gt 60 ] && [ $WINDOW -gt 20 ]; then
+            WINDOW=$((WINDOW / 2))
         fi
         ;;
     esac
@@ -220,7 +239,7 @@ check "no run loaded a damaged checkpoint, each skipped one was named ($bad_load
 check "$FAULTS faults of every kind were injected" $?
 echo "soak: $(faults) faults survived in $runs runs: $kills SIGKILL ($mid_write during a checkpoint write)," \
     "$terms SIGTERM, $ints SIGINT, $fsizes file-size limit, $corrupts corrupted checkpoints;" \
-    "$early runs stopped before their first update (signals after 0..$DELAY ms)"
+    "$early runs stopped before their first update (start-up ${STARTUP} ms, ${PER_UPDATE} ms an update)"
 
 # ---------------------------------------------------------------------------------------
 # Two ranks under mpirun, one of them killed
