@@ -77,8 +77,24 @@ LDLIBS  += -lnccl
 $(BUILD)/src/dist/nccl_sync.o: CFLAGS += -I$(CUDA_HOME)/include $(filter-out -I/usr/include/ -I$(CUDA_HOME)/include/,-I$(dir $(NCCL_H)))
 endif
 
+# cuDNN, for the opt-in VIT_CUDA_ATTENTION=cudnn attention (docs/gpu.md), when CUDA is in and
+# cudnn_graph.h is in $(CUDNN_HOME)/include (default CUDA's; a pip nvidia-cudnn wheel's folder
+# works too); `make CUDNN=0` leaves it out. Only src/backend/cuda/cuda_attention_cudnn.cu sees it.
+CUDNN_HOME ?= $(CUDA_HOME)
+CUDNN   ?= $(if $(wildcard $(CUDNN_HOME)/include/cudnn_graph.h),1,0)
+ifeq ($(CUDA)$(CUDNN),11)
+CUDNN_LIB := $(patsubst %/,%,$(dir $(firstword $(wildcard $(CUDNN_HOME)/lib64/libcudnn.so.9 $(CUDNN_HOME)/lib/libcudnn.so.9))))
+ifeq ($(CUDNN_LIB),)
+$(error CUDNN=1 but libcudnn.so.9 is in neither $(CUDNN_HOME)/lib64 nor $(CUDNN_HOME)/lib)
+endif
+LDLIBS  += -L$(CUDNN_LIB) -Wl,-rpath,$(CUDNN_LIB) -l:libcudnn.so.9
+$(BUILD)/src/backend/cuda/cuda_attention_cudnn.o: NVCCFLAGS += -DVIT_CUDNN -I$(CUDNN_HOME)/include
+else
+override CUDNN := 0
+endif
+
 CUDA_FLAG := $(BUILD)/cuda.flag
-$(shell mkdir -p $(BUILD) && (echo $(CUDA) $(NCCL) $(DNNL) | cmp -s - $(CUDA_FLAG) || echo $(CUDA) $(NCCL) $(DNNL) > $(CUDA_FLAG)))
+$(shell mkdir -p $(BUILD) && (echo $(CUDA) $(NCCL) $(DNNL) $(CUDNN) | cmp -s - $(CUDA_FLAG) || echo $(CUDA) $(NCCL) $(DNNL) $(CUDNN) > $(CUDA_FLAG)))
 
 DEBIAN_PACKAGES := build-essential pkg-config libdnnl-dev zlib1g-dev libzip-dev dataset-fashion-mnist python3 python3-pip libjpeg62-turbo-dev libpng-dev libprotobuf-c-dev protobuf-c-compiler openmpi-bin libopenmpi-dev
 # Only for `make fuzz` (clang with libFuzzer); kept out of `make deps`.

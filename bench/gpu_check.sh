@@ -7,7 +7,11 @@
 # from real JPEGs (an image folder; vit's loader against torchvision's DataLoader), vit's
 # per-op profile, and ViT-B/16 at 384 and ViT-L/16 at 224 against PyTorch eager; and prints
 # a short table last. Each phase runs under a
-# timeout; a failing phase prints its error and the script goes on. The whole run keeps
+# timeout; a failing phase prints its error and the script goes on. The opt-in CUDA paths
+# (docs/gpu.md: VIT_CUDA_ATTENTION=simt|wmma|mma|cudnn, VIT_CUDA_EPILOGUES=1) are checked by
+# test_cuda (each attention path, the epilogue products) and by test_backend_ops' attention and
+# gemm cases with cuDNN attention and epilogues on, and the training timing runs again with
+# VIT_CUDA_ATTENTION=cudnn; cuDNN is CUDA's, or the nvidia-cudnn wheel PyTorch loads. The whole run keeps
 # within GPU_CHECK_BUDGET seconds (default 540: run it with the device call's timeout at 600). Logs: $OUT/gpu_check_logs.tar.gz.
 #
 #   bash bench/gpu_check.sh             on the GPU machine, from the repository root
@@ -31,7 +35,7 @@ BUNDLE=build/gpu-bundle.tar.gz
 if [ "${1:-}" = "--bundle" ]; then
     B=build/gpu-bundle
     FLAGS=(CUDA=1 BUILD=$B "OPT=-O3 -march=x86-64-v3")  # MPI and NCCL as found here
-    make -j"$(nproc)" "${FLAGS[@]}" $B/libvit.a $B/src/main.o $B/tests/test_cuda || exit 1
+    make -j"$(nproc)" "${FLAGS[@]}" $B/libvit.a $B/src/main.o $B/tests/test_cuda $B/tests/test_backend_ops || exit 1
     # Link vit as the Makefile does, but into the bundle folder (./vit stays as it is).
     printf '%s/vit-bundle: %s/src/main.o %s/libvit.a\n\t$(CC) -o $@ $^ $(LDLIBS)\n' $B $B $B |
         make -f Makefile -f - "${FLAGS[@]}" $B/vit-bundle || exit 1
@@ -39,12 +43,14 @@ if [ "${1:-}" = "--bundle" ]; then
     mkdir -p "$stage/vit-bundle/lib" "$stage/vit-bundle/lib-mpi"
     cp $B/vit-bundle "$stage/vit-bundle/vit"
     cp $B/tests/test_cuda "$stage/vit-bundle/test_cuda"
-    # Everything they load except the C library, the C++ runtime, CUDA and NCCL (all on the GPU
-    # machine); Open MPI's own libraries apart, since a machine with an mpirun needs its own.
-    for lib in $(ldd $B/vit-bundle $B/tests/test_cuda | awk '/=> \// {print $3}' | sort -u); do
+    cp $B/tests/test_backend_ops "$stage/vit-bundle/test_backend_ops"
+    # Everything they load except the C library, the C++ runtime, CUDA, cuDNN and NCCL (all on
+    # the GPU machine; cuDNN's engine libraries are hundreds of MB); Open MPI's own libraries
+    # apart, since a machine with an mpirun needs its own.
+    for lib in $(ldd $B/vit-bundle $B/tests/test_cuda $B/tests/test_backend_ops | awk '/=> \// {print $3}' | sort -u); do
         case $(basename "$lib") in
         libc.so* | libm.so* | libpthread* | libdl.so* | librt.so* | ld-linux* | libstdc++* | libgcc_s* | libcuda* | \
-            libcublas* | libcudart* | libnccl*) ;;
+            libcublas* | libcudart* | libnccl* | libcudnn*) ;;
         libmpi* | libopen-rte* | libopen-pal* | libhwloc* | libevent* | libpmix* | libudev*)
             cp -L "$lib" "$stage/vit-bundle/lib-mpi/" ;;
         *) cp -L "$lib" "$stage/vit-bundle/lib/" ;;
@@ -114,6 +120,19 @@ NVCC=$(command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo 
 say "nvcc: ${NVCC:-not found} $([ -n "$NVCC" ] && "$NVCC" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
 say "python: $(python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tail -n 1)"
 say "timm: $(python3 -c 'import timm; print(timm.__version__)' 2>&1 | tail -n 1)"
+say "cuDNN (PyTorch's): $(python3 -c 'import torch; print(torch.backends.cudnn.version())' 2>&1 | tail -n 1)"
+# cuDNN for VIT_CUDA_ATTENTION=cudnn: CUDA's own, else the nvidia-cudnn wheel PyTorch loads.
+SITE=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)
+CUDNN_HOME="" CUDNN_LIBDIR=""
+for h in /usr/local/cuda/include/cudnn_graph.h \
+    $([ -n "$SITE" ] && find "$SITE/nvidia" -name cudnn_graph.h -path '*include*' 2>/dev/null | head -n 1); do
+    [ -f "$h" ] && CUDNN_HOME=$(dirname "$(dirname "$h")") && break
+done
+for d in ${CUDNN_HOME:+"$CUDNN_HOME/lib64" "$CUDNN_HOME/lib"} /usr/local/cuda/lib64 \
+    $([ -n "$SITE" ] && find "$SITE/nvidia" -name libcudnn.so.9 2>/dev/null | head -n 1 | xargs -r dirname); do
+    [ -e "$d/libcudnn.so.9" ] && CUDNN_LIBDIR=$d && break
+done
+say "cuDNN for vit: headers in ${CUDNN_HOME:-(not found)}, libcudnn.so.9 in ${CUDNN_LIBDIR:-(not found)}"
 say "cpus: $(nproc); date: $(date -u +%Y-%m-%dT%H:%MZ)"
 
 section "build"
@@ -129,11 +148,13 @@ hdr zip.h libzip-dev
 hdr zlib.h zlib1g-dev
 hdr protobuf-c/protobuf-c.h libprotobuf-c-dev
 command -v protoc-c >/dev/null || missing="$missing protobuf-c-compiler"
-VIT="" TEST="" VLIB="" BUILD_NOTE=""
+VIT="" TEST="" OPS="" VLIB="" BUILD_NOTE=""
 if [ -z "$missing" ]; then
-    if run_phase build "$(limit 300 240)" make -j"$(nproc)" CUDA=1 ${NVCC:+NVCC=$NVCC} vit build/tests/test_cuda; then
-        VIT=./vit TEST=build/tests/test_cuda BUILD_NOTE="built here"
-        say "  built ./vit and build/tests/test_cuda with CUDA=1"
+    # CUDNN_HOME: the Makefile takes cuDNN's headers from there and links its libcudnn.so.9.
+    if run_phase build "$(limit 300 240)" make -j"$(nproc)" CUDA=1 ${NVCC:+NVCC=$NVCC} \
+        ${CUDNN_HOME:+CUDNN_HOME=$CUDNN_HOME} vit build/tests/test_cuda build/tests/test_backend_ops; then
+        VIT=./vit TEST=build/tests/test_cuda OPS=build/tests/test_backend_ops BUILD_NOTE="built here"
+        say "  built ./vit, build/tests/test_cuda and test_backend_ops with CUDA=1 (cuda.flag: $(cat build/cuda.flag))"
     fi
 else
     say "  cannot build here, missing:$missing"
@@ -142,6 +163,8 @@ if [ -z "$VIT" ]; then
     if [ -f $BUNDLE ]; then
         rm -rf /tmp/vit-bundle && mkdir -p /tmp/vit-bundle && tar -C /tmp/vit-bundle -xzf $BUNDLE
         VIT=/tmp/vit-bundle/vit-bundle/vit TEST=/tmp/vit-bundle/vit-bundle/test_cuda VLIB=/tmp/vit-bundle/vit-bundle/lib
+        OPS=/tmp/vit-bundle/vit-bundle/test_backend_ops
+        [ -x "$OPS" ] || OPS=""  # bundles made before it was packed
         BUILD_NOTE="prebuilt bundle"
         # Open MPI: the machine's own when it has one (its mpirun and libmpi belong together; also
         # one beside mpirun, outside the loader's path), else the bundle's, only so that vit loads.
@@ -151,10 +174,10 @@ if [ -z "$VIT" ]; then
                 pre="$(cd "$(dirname "$(readlink -f "$m")")/../lib" && pwd):"
             VLIB="$VLIB:$pre/tmp/vit-bundle/vit-bundle/lib-mpi"
         fi
-        # CUDA and NCCL libraries: the toolkit's, else the ones PyTorch's wheels carry
+        # CUDA, cuDNN and NCCL libraries: the toolkit's, else the ones PyTorch's wheels carry
         # (nvidia-nccl-cu13: site-packages/nvidia/nccl/lib).
-        if LD_LIBRARY_PATH=$VLIB ldd $VIT | grep -qE 'lib(cublasLt|cudart|nccl)\.so.* not found'; then
-            for lib in libcublasLt.so.13 libcudart.so.13 libnccl.so.2; do
+        if LD_LIBRARY_PATH=$VLIB ldd $VIT | grep -qE 'lib(cublasLt|cudart|nccl|cudnn)\.so.* not found'; then
+            for lib in libcublasLt.so.13 libcudart.so.13 libnccl.so.2 libcudnn.so.9; do
                 f=$(find /usr/local /usr/lib /opt "$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)" \
                     -name "$lib" 2>/dev/null | head -n 1)
                 [ -n "$f" ] && VLIB="$VLIB:$(dirname "$f")"
@@ -167,7 +190,9 @@ if [ -z "$VIT" ]; then
         say "  $BUNDLE (or make those packages available here). The vit phases are skipped."
     fi
 fi
-# How vit and test_cuda run: with the bundle's libraries when it is the bundle's.
+# How vit and test_cuda run: with the bundle's libraries when it is the bundle's, and cuDNN's
+# folder on the loader's path (libcudnn.so.9 loads its engine libraries by name from there).
+[ -n "$CUDNN_LIBDIR" ] && VLIB="$VLIB${VLIB:+:}$CUDNN_LIBDIR"
 VRUN=(env)
 [ -n "$VLIB" ] && VRUN=(env "LD_LIBRARY_PATH=$VLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
 
@@ -179,6 +204,30 @@ if [ -n "$TEST" ]; then
     TESTS=$(grep -E '^test_cuda: ' "$LOG/test_cuda.log" | tail -n 1)
     [ -n "$TESTS" ] || TESTS="test_cuda: no summary (crashed? see the log)"
     say "  $TESTS"
+    # The opt-in paths as test_cuda saw them: the kernels each attention choice ran and their
+    # errors against the CPU, and how many epilogue products ran fused.
+    grep -E '^attention |^epilogues |^50-step run, bf16, VIT' "$LOG/test_cuda.log" | head -n 40 | sed 's/^/  /'
+fi
+
+# test_backend_ops, the op contract on the device (a few seconds on the CPU here): every op with
+# the defaults (its "cuda bf16 mma" target runs mma.sync), with cuDNN attention and epilogues on
+# (its "cuda bf16" target then runs cuDNN, every CUDA target the fused gemm_bias_gelu), and the
+# attention cases with the SIMT kernels in bf16.
+OPSUM=""
+if [ -n "$OPS" ]; then
+    section "op contract on the device (test_backend_ops): defaults, cudnn + epilogues, simt"
+    for v in default cudnn_epi simt; do
+        case $v in
+        default) envs=() ;;
+        cudnn_epi) envs=(VIT_CUDA_ATTENTION=cudnn VIT_CUDA_EPILOGUES=1) ;;
+        simt) envs=(VIT_CUDA_ATTENTION=simt VIT_TEST_OPS=attention) ;;
+        esac
+        run_phase ops_$v "$(limit 90 330)" "${VRUN[@]}" ${envs[@]+"${envs[@]}"} "$OPS"
+        grep -E '^FAIL' "$LOG/ops_$v.log" | head -n 15 | sed 's/^/  /'
+        r=$(grep -E '^backend_ops: [0-9]+ passed' "$LOG/ops_$v.log" | tail -n 1 | sed 's/^backend_ops: //')
+        OPSUM="$OPSUM $v: ${r:-no summary};"
+        say "  ${envs[*]:-defaults}: ${r:-no summary (see the log)}"
+    done
 fi
 
 XDEV="not run"
@@ -259,6 +308,16 @@ if [ -n "$VIT_IPS" ]; then
         --steps_per_epoch "${VIT_STEPS:-10}" --validation_steps 0 --optimizer adamw --dropout 0 --save_dir= --seed 0 \
         --json && MMA_IPS=$(json_num images_per_sec "$LOG/vit_mma.log")
     say "  batch $VIT_BATCH with VIT_CUDA_ATTENTION=mma: ${MMA_IPS:-failed} img/s"
+fi
+CUDNN_IPS=""
+if [ -n "$VIT_IPS" ]; then
+    # And with cuDNN's fused attention: its forward pass, and its backward pass where cuDNN has an
+    # engine for it, else the WMMA kernels from cuDNN's statistics (test_cuda's lines above say which).
+    run_phase vit_cudnn "$(limit 120 300)" "${VRUN[@]}" VIT_CUDA_ATTENTION=cudnn $VIT train --model ViT-B_16 \
+        --image_size 224 --device cuda -d bf16 --synthetic_data --from_scratch --batch_size "$VIT_BATCH" \
+        --grad_accum_steps 1 --epochs 1 --steps_per_epoch "${VIT_STEPS:-10}" --validation_steps 0 --optimizer adamw \
+        --dropout 0 --save_dir= --seed 0 --json && CUDNN_IPS=$(json_num images_per_sec "$LOG/vit_cudnn.log")
+    say "  batch $VIT_BATCH with VIT_CUDA_ATTENTION=cudnn: ${CUDNN_IPS:-failed} img/s"
 fi
 
 section "PyTorch"
@@ -345,6 +404,7 @@ fi
     }
     row "vit --device cuda -d bf16 ($BUILD_NOTE)" "$VIT_BATCH" "$VIT_IPS"
     row "vit, VIT_CUDA_ATTENTION=mma" "$VIT_BATCH" "$MMA_IPS"
+    row "vit, VIT_CUDA_ATTENTION=cudnn" "$VIT_BATCH" "$CUDNN_IPS"
     row "PyTorch eager (timm, autocast bf16)" "$EAGER_B" "$EAGER"
     row "PyTorch torch.compile" "$EAGER_B" "$COMP"
     say "ceiling: bf16 matmul ${CEIL:-?} TFLOP/s measured; $GFLOP GFLOP per trained image"
@@ -354,6 +414,7 @@ fi
     say "B/16 384 b64: vit ${B384_V:-failed}, PyTorch eager ${B384_T:-failed} (vit/x $(ratio "$B384_V" "$B384_T")); L/16 224 b64: vit ${L16_V:-failed}, PyTorch eager ${L16_T:-failed} (vit/x $(ratio "$L16_V" "$L16_T"))"
     say "per-op profile: ${PROF:-failed} (table above, trace in the logs)"
     say "tests: $TESTS"
+    say "test_backend_ops:${OPSUM:- not run}"
     say "cross-device checkpoints: $XDEV"
     say "multi-GPU (NCCL): $MGPU"
 } | tee "$LOG/summary.txt"

@@ -6,6 +6,7 @@
 //
 // usage: loader_speed DIR [--workers 1,2] [--batch 64] [--batches 40] [--warmup 3]
 //                         [--size 224] [--slots 4] [--seed 1] [--no_float]
+//                         [--aa POLICY] [--reprob P]   (timm's RandAugment / random erasing on top)
 // DIR holds train/<class>/*.jpg and val/<class>/*.jpg (tools/make_bench_jpegs.py makes them).
 // For each worker count: one JSON line with img/s in total and per worker. Timing starts
 // after --warmup batches have been taken and covers the next --batches batches. Run it under
@@ -29,7 +30,7 @@ static double cpu_now(void) {
 
 static int usage(void) {
     fprintf(stderr, "usage: loader_speed DIR [--workers 1,2] [--batch 64] [--batches 40] [--warmup 3] [--size 224] "
-                    "[--slots 4] [--seed 1] [--no_float] [--tfrecord [--sequential]]\n"
+                    "[--slots 4] [--seed 1] [--no_float] [--tfrecord [--sequential]] [--aa POLICY] [--reprob P]\n"
                     "  --tfrecord: DIR holds train/train-* shards (vit prep); --sequential: file order\n");
     return 2;
 }
@@ -100,6 +101,8 @@ int main(int argc, char **argv) {
     const char *dir = argv[1], *workers_list = "1,2";
     int batch = 64, batches = 40, warmup = 3, size = 224, slots = 4, to_float = 1, tfrecord = 0, sequential = 0;
     long seed = 1;
+    const char *aa = "";
+    float reprob = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--no_float") || !strcmp(a, "--tfrecord") || !strcmp(a, "--sequential")) {
@@ -116,6 +119,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--size")) size = atoi(v);
         else if (!strcmp(a, "--slots")) slots = atoi(v);
         else if (!strcmp(a, "--seed")) seed = atol(v);
+        else if (!strcmp(a, "--aa")) aa = v;
+        else if (!strcmp(a, "--reprob")) reprob = (float)atof(v);
         else return usage();
         i++;
     }
@@ -133,6 +138,10 @@ int main(int argc, char **argv) {
     train.seed = (uint64_t)seed;
     AugmentConfig aug;
     augment_defaults(&aug);
+    if (augment_set_timm(&aug, aa, reprob, "pixel", 1)) {
+        fprintf(stderr, "loader_speed: %s\n", vit_error());
+        return 2;
+    }
     dataset_set_output(&train, size, 3, 1, &aug);
     fprintf(stderr, "loader_speed: %s: %d training images, %d classes, output %dx%dx3, batch %d\n", dir, train.count,
             train.classes, size, size, batch);

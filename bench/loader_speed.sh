@@ -7,7 +7,8 @@
 #             tools/make_bench_jpegs.py when missing (default /tmp/vitc_bench_jpegs, 2000 images).
 #   env: WORKERS (default "1 N", N = the cores), BATCHES (timed batches, default 40),
 #        WARMUP (untimed batches first, default 3), BATCH (default 64), SIZE (default 224),
-#        BUILD (default build).
+#        BUILD (default build), AUG (extra augmentation flags for vit only, e.g.
+#        AUG="--aa rand-m9-mstd0.5-inc1 --reprob 0.25"; the baselines do not get them).
 # Every run gets exactly `workers` cores with taskset (cores 0..workers-1). Needs, for the
 # baselines: pip install torch torchvision tensorflow-cpu scikit-learn scikit-image pillow
 # (a baseline that is not installed is reported as such and left out).
@@ -30,7 +31,7 @@ make -s BUILD="$build" "$build/bench/loader_speed" >/dev/null
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $ncores cores; $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "images: $dir: $(find "$dir/train" -name '*.jpg' | wc -l) training JPEGs, mean $(find "$dir/train" -name '*.jpg' -printf '%s\n' | awk '{s+=$1; n++} END {printf "%.1f KB", s/n/1024}')"
-echo "work: decode + crop + resize to $size + flip + brightness + saturation + clip + batch of $batch; $warmup warm-up + $batches timed batches per run"
+echo "work: decode + crop + resize to $size + flip + brightness + saturation + clip + batch of $batch; $warmup warm-up + $batches timed batches per run${AUG:+; vit also: $AUG}"
 # Everything from the page cache, for every contender.
 find "$dir" -name '*.jpg' -exec cat {} + >/dev/null
 
@@ -39,7 +40,7 @@ trap 'rm -f "$out"' EXIT
 common="--batch $batch --batches $batches --warmup $warmup --size $size"
 for w in $workers; do
     cpus="0-$((w - 1))"
-    taskset -c "$cpus" "$build/bench/loader_speed" "$dir" --workers "$w" $common 2>/dev/null >>"$out" ||
+    taskset -c "$cpus" "$build/bench/loader_speed" "$dir" --workers "$w" $common ${AUG:-} 2>/dev/null >>"$out" ||
         echo "{\"impl\": \"vit\", \"workers\": $w, \"error\": \"failed\"}" >>"$out"
     for tool in torch tf tf_crop; do
         case $tool in

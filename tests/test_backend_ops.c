@@ -30,8 +30,10 @@
 //   attention fp32 1e-5 normwise; bf16 2e-2 against the unrounded reference (operands and
 //     probabilities rounded to 8 significant bits).
 //   cross-entropy 1e-6 elementwise; optimizer 1e-5 (parameters elementwise, slots normwise);
+//   ema_update 1e-6 elementwise (weight 1 an exact copy);
 //   sum_squares 1e-10 relative. Data movement (patchify, tokens, cls), add, scale, dropout,
-//   bf16 conversions: exact.
+//   bf16 conversions: exact. drop_path and mix_images: exact (rng_keep's samples; the pixel
+//   rule), their targets exact; xent_mix as cross-entropy.
 // Device results against the CPU backend's: normwise within the same tolerance, dropout
 // masks and the multi-tensor optimizer update bit for bit.
 //
@@ -73,6 +75,7 @@
 #define TOL_ATTN_BF16 2e-2
 #define TOL_XENT 1e-6
 #define TOL_OPTIM 1e-5
+#define TOL_EMA 1e-6
 #define TOL_SSQ 1e-10
 // The fp64 analytic gradients of this file against fp64 finite differences (checks the
 // references themselves).
@@ -1478,6 +1481,234 @@ static void case_xent(void) {
 }
 
 // ============================================================================================
+// drop_path, mix_images, xent_mix_forward, xent_mix_backward (regularisation)
+// ============================================================================================
+// What drop path must give, bit for bit: whole samples times 1/keep (fp32) where rng_keep
+// keeps sample b, +0 where it drops it.
+static float *drop_path_expected(const float *in, int B, size_t n, float rate, uint64_t seed, uint32_t step,
+                                 uint32_t site) {
+    float keep = 1.0f - rate, inv = keep > 0 ? 1.0f / keep : 0.0f, *o = xmalloc((size_t)B * n * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        int kept = rng_keep(seed, step, site, (uint64_t)b, keep);
+        for (size_t j = 0; j < n; j++) o[(size_t)b * n + j] = kept ? in[(size_t)b * n + j] * inv : 0.0f;
+    }
+    return o;
+}
+
+static void case_drop_path(void) {
+    static const struct { int B; size_t n; } shapes[] = {{1, 1}, {3, 7}, {4, 17 * 48}, {7, 4099}, {2, 9000}};
+    float rates[] = {0.1f, 0.5f, 1.0f, 0.0181818176f};
+    enum { NFD = 6 };
+    // The mask: keep fraction of rng_keep over many samples, and the fp32 scale.
+    for (size_t ri = 0; ri < sizeof rates / sizeof rates[0]; ri++) {
+        float keep = 1.0f - rates[ri];
+        size_t kept = 0, N = 200000;
+        for (size_t b = 0; b < N; b++) kept += rng_keep(99, 4, 0x64700003u, b, keep);
+        double frac = (double)kept / N, sigma = sqrt(keep * (1.0 - keep) / N);
+        CHECK(fabs(frac - keep) <= 5 * sigma + 1e-12, "drop_path: rng_keep keeps %.5f of samples (expected %.5f)", frac,
+              (double)keep);
+    }
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++)
+        for (size_t ri = 0; ri < sizeof rates / sizeof rates[0]; ri++) {
+            int B = shapes[c].B;
+            size_t n = shapes[c].n, total = (size_t)B * n;
+            float rate = rates[ri];
+            uint64_t seed = 0xfeedull + c;
+            uint32_t step = 7 + (uint32_t)ri, site = 0x64700000u + (uint32_t)c;
+            float *x = randn(total, 170, 1, 0.3), *dy = randn(total, 171, 1, 0);
+            float *want = drop_path_expected(x, B, n, rate, seed, step, site);
+            float *want_b = drop_path_expected(dy, B, n, rate, seed, step, site);
+            // Finite differences of sum(dy * drop_path(x)) in x: the op is its own adjoint.
+            double fd[NFD];
+            size_t idx[NFD];
+            for (int s = 0; s < NFD; s++) {
+                size_t i = idx[s] = sample(s, NFD, total);
+                double h = 1e-3, xp = (double)x[i] + h, xm = (double)x[i] - h;
+                float keep = 1.0f - rate;
+                double m = rng_keep(seed, step, site, i / n, keep) ? (double)(1.0f / keep) : 0.0;
+                fd[s] = dy[i] * (xp * m - xm * m) / (2 * h);
+            }
+            double *gref = to64(want_b, total);
+            char what[80];
+            snprintf(what, sizeof what, "B %d n %zu rate %g", B, n, rate);
+            float *first = NULL;
+            for (Target *t = targets; t < targets + ntargets; t++) {
+                if (!runs(t, K_OP)) continue;
+                enter(t);
+                float *dx = dput(x, total, 1), *o = dnan(total), *g = dput(dy, total, 0);
+                OP(drop_path)(BE, o, dx, B, n, rate, seed, step, site);
+                OP(drop_path)(BE, g, g, B, n, rate, seed, step, site);  // the backward pass, in place
+                float *ho = dget(o, total), *hg = dget(g, total);
+                size_t bf = bits_differ(ho, want, total), bb = bits_differ(hg, want_b, total);
+                CHECK(bf == 0, "drop_path on %s: %s: %zu elements differ from rng_keep's samples x 1/(1-rate)",
+                      t->label, what, bf);
+                CHECK(bb == 0, "drop_path on %s: %s (in place): %zu elements differ", t->label, what, bb);
+                expect_fd("drop_path", what, hg, fd, idx, NFD, gref, total, 0, TOL_ACT_GRAD);
+                if (!first) {
+                    first = dupf(ho, total);
+                } else {
+                    size_t d = bits_differ(ho, first, total);
+                    CHECK(d == 0, "drop_path on %s: %s: %zu elements differ from %s", t->label, what, d,
+                          targets[0].label);
+                }
+                free(ho), free(hg);
+                dfree();
+            }
+            free(x), free(dy), free(want), free(want_b), free(gref), free(first);
+        }
+}
+
+// Sample b's image-space rule (backend.h), on patches (b, g, e) of S x S x C images.
+static void mix_expected(float *out, const float *in, const float *w, const int *box, int B, int S, int C, int P) {
+    int G = S / P, len = P * P * C;
+    size_t per = (size_t)G * G * len;
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < G * G; g++)
+            for (int e = 0; e < len; e++) {
+                int y = g / G * P + e / (P * C), x = g % G * P + e / C % P;
+                size_t i = b * per + (size_t)g * len + e, j = (size_t)(B - 1 - b) * per + (size_t)g * len + e;
+                const int *bx = box + 4 * b;
+                float own = w[2 * b] * in[i], other = w[2 * b + 1] * in[j];
+                out[i] = y >= bx[0] && y < bx[1] && x >= bx[2] && x < bx[3] ? in[j] : own + other;
+            }
+}
+
+static void case_mix_images(void) {
+    static const int shapes[][4] = {{2, 8, 3, 4}, {3, 8, 1, 2}, {6, 12, 3, 4}, {1, 5, 1, 5}, {4, 32, 3, 8}, {8, 16, 2, 16}};
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        int B = shapes[c][0], S = shapes[c][1], C = shapes[c][2], P = shapes[c][3];
+        size_t n = (size_t)B * S * S * C;
+        float *x = randn(n, 180, 0.5, 0), *want = xmalloc(n * sizeof(float)), *w = xmalloc(2 * B * sizeof(float));
+        int *box = xmalloc(4 * B * sizeof(int));
+        // Per sample: a blend, a partial box, a box over the whole image, an empty box, (1, 0).
+        for (int b = 0; b < B; b++) {
+            double u = rng_uniform(6, 181, (uint64_t)b + 10 * c);
+            float lam = (float)rng_uniform(6, 182, (uint64_t)b + 10 * c);
+            int kind = b % 5, *bx = box + 4 * b;
+            w[2 * b] = kind == 4 ? 1.0f : lam, w[2 * b + 1] = kind == 4 ? 0.0f : (float)(1.0 - lam);
+            int y0 = (int)(u * S), x0 = (int)(rng_uniform(6, 183, (uint64_t)b) * S);
+            int y1 = y0 + 1 + (int)(rng_uniform(6, 184, (uint64_t)b) * (S - y0)), x1 = x0 + 1 + (S - x0) / 2;
+            bx[0] = bx[1] = bx[2] = bx[3] = 0;
+            if (kind == 1) bx[0] = y0, bx[1] = y1, bx[2] = x0, bx[3] = x1 > S ? S : x1;
+            if (kind == 2) bx[0] = 0, bx[1] = S, bx[2] = 0, bx[3] = S;
+            if (kind == 3) bx[0] = bx[1] = y0, bx[2] = 0, bx[3] = S;
+        }
+        // x is the image (b, y, x, c); the op sees it patchified.
+        int G = S / P, len = P * P * C;
+        float *xp = xmalloc(n * sizeof(float)), *hp = xmalloc(n * sizeof(float));
+        for (int b = 0; b < B; b++)
+            for (int y = 0; y < S; y++)
+                for (int xx = 0; xx < S; xx++)
+                    for (int ch = 0; ch < C; ch++)
+                        xp[(size_t)b * G * G * len + (size_t)(y / P * G + xx / P) * len + (y % P * P + xx % P) * C + ch] =
+                            x[(((size_t)b * S + y) * S + xx) * C + ch];
+        mix_expected(want, xp, w, box, B, S, C, P);
+        size_t boxed = 0;
+        for (size_t i = 0; i < n; i++) boxed += want[i] != xp[i];
+        CHECK(boxed > 0, "mix_images: B %d S %d: the case changes nothing", B, S);
+        for (Target *t = targets; t < targets + ntargets; t++) {
+            if (!runs(t, K_OP)) continue;
+            enter(t);
+            float *dp = dput(xp, n, 1), *dw = dput(w, 2 * (size_t)B, 0);
+            int *db = dputb(box, 4 * B * sizeof(int));
+            OP(mix_images)(BE, dp, dw, db, B, S, C, P);
+            OP(download)(BE, hp, dp, n * sizeof(float));
+            size_t bad = bits_differ(hp, want, n);
+            CHECK(bad == 0, "mix_images on %s: B %d S %d C %d P %d: %zu values differ from the pixel rule", t->label, B,
+                  S, C, P, bad);
+            dfree();
+        }
+        free(x), free(want), free(w), free(box), free(xp), free(hp);
+    }
+}
+
+// One sample's loss against the fp32 soft target t (fp64 sums); probabilities into p.
+static double xent_soft_row(const double *z, const float *t, int K, double *p) {
+    double mx = -INFINITY, sum = 0, loss = 0;
+    for (int k = 0; k < K; k++) mx = fmax(mx, z[k]);
+    for (int k = 0; k < K; k++) sum += exp(z[k] - mx);
+    double lse = mx + log(sum);
+    for (int k = 0; k < K; k++) {
+        if (p) p[k] = exp(z[k] - lse);
+        loss -= t[k] * (z[k] - lse);
+    }
+    return loss;
+}
+
+static void case_xent_mix(void) {
+    static const int shapes[][2] = {{1, 1}, {2, 3}, {5, 9}, {6, 10}, {64, 1000}, {3, 21843}};
+    enum { NFD = 8 };
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++)
+        for (int si = 0; si < 2; si++) {
+            int B = shapes[c][0], K = shapes[c][1];
+            size_t n = (size_t)B * K;
+            float sm = si ? 0.1f : 0.0f, scale = si ? 0.125f : 1.0f;
+            float *z = randn(n, 190, 3, 0), *w = xmalloc(2 * B * sizeof(float)), *t = xmalloc(n * sizeof(float));
+            int *lab = xmalloc(B * sizeof(int));
+            for (int b = 0; b < B; b++) {
+                lab[b] = (int)(rng_uniform(5, 191, (uint64_t)b + 7 * c) * K);
+                float lam = b % 3 == 2 ? 1.0f : (float)rng_uniform(5, 192, (uint64_t)b + 7 * c);
+                w[2 * b] = lam, w[2 * b + 1] = (float)(1.0 - lam);
+            }
+            // The targets as backend.h states them: timm's one_hot values in fp32, two roundings.
+            double off = (double)sm / K;
+            float offf = (float)off, onf = (float)(1.0 - (double)sm + off);
+            for (int b = 0; b < B; b++)
+                for (int k = 0; k < K; k++) {
+                    float a = w[2 * b] * (k == lab[b] ? onf : offf), o = w[2 * b + 1] * (k == lab[B - 1 - b] ? onf : offf);
+                    t[(size_t)b * K + k] = a + o;
+                }
+            double *z64 = to64(z, n), *p = xmalloc(n * sizeof(double)), *loss = xmalloc(B * sizeof(double));
+            for (int b = 0; b < B; b++) loss[b] = xent_soft_row(z64 + (size_t)b * K, t + (size_t)b * K, K, p + (size_t)b * K);
+            double *gz = xmalloc(n * sizeof(double)), fd[NFD];
+            size_t idx[NFD];
+            for (size_t i = 0; i < n; i++) gz[i] = scale * (p[i] - t[i]);
+            for (int s = 0; s < NFD; s++) {
+                size_t i = idx[s] = sample(s, NFD, n);
+                int b = (int)(i / K);
+                double keep = z64[i], h = 1e-5;
+                z64[i] = keep + h;
+                double lp = xent_soft_row(z64 + (size_t)b * K, t + (size_t)b * K, K, NULL);
+                z64[i] = keep - h;
+                double lm = xent_soft_row(z64 + (size_t)b * K, t + (size_t)b * K, K, NULL);
+                z64[i] = keep;
+                fd[s] = scale * (lp - lm) / (2 * h);
+            }
+            char what[64];
+            snprintf(what, sizeof what, "%d x %d smoothing %g scale %g", B, K, sm, scale);
+            // Targets whose weights sum to 1 sum to 1, so the gradient is p - t (checked here).
+            expect_ref_fd("xent_mix_backward", what, gz, n, fd, idx, NFD);
+            float *base[3] = {NULL, NULL, NULL};
+            for (Target *tg = targets; tg < targets + ntargets; tg++) {
+                if (!runs(tg, K_OP)) continue;
+                enter(tg);
+                float *dz = dput(z, n, 0), *dp = dnan(n), *dl = dnan(B), *dg = dnan(n), *dt = dnan(n);
+                float *dw = dput(w, 2 * (size_t)B, 1), *zero = dnan(n);
+                int *dlab = dputb(lab, B * sizeof(int));
+                OP(zero)(BE, zero, n * sizeof(float));
+                OP(xent_mix_forward)(BE, dp, dl, dz, dlab, dw, B, K, sm);
+                OP(xent_mix_backward)(BE, dg, dp, dlab, dw, B, K, sm, scale);
+                OP(xent_mix_backward)(BE, dt, zero, dlab, dw, B, K, sm, -1.0f);  // -(0 - t): the targets
+                float *hp = dget(dp, n), *hl = dget(dl, B), *hg = dget(dg, n), *ht = dget(dt, n);
+                size_t tb = 0;  // by value: -1 * (0 - 0) is -0
+                for (size_t i = 0; i < n; i++) tb += ht[i] != t[i];
+                CHECK(tb == 0, "xent_mix_backward on %s: %s: %zu targets differ from the fp32 rule", tg->label, what, tb);
+                expect("xent_mix_forward", what, err_elem(hp, p, n), TOL_XENT);
+                expect("xent_mix_forward", what, err_elem(hl, loss, B), TOL_XENT);
+                expect("xent_mix_backward", what, err_elem(hg, gz, n), TOL_XENT);
+                expect_fd("xent_mix_backward", what, hg, fd, idx, NFD, gz, n, 0, TOL_XENT);
+                versus_cpu("xent_mix_forward", what, &base[0], hp, n, TOL_XENT);
+                versus_cpu("xent_mix_forward", what, &base[1], hl, B, TOL_XENT);
+                versus_cpu("xent_mix_backward", what, &base[2], hg, n, TOL_XENT);
+                free(hp), free(hl), free(hg), free(ht);
+                dfree();
+            }
+            free(z), free(w), free(t), free(lab), free(z64), free(p), free(loss), free(gz);
+            free(base[0]), free(base[1]), free(base[2]);
+        }
+}
+
+// ============================================================================================
 // to_bf16, from_bf16 (optional, both or neither)
 // ============================================================================================
 static void case_bf16(void) {
@@ -1599,11 +1830,12 @@ static void case_optimizer_segments(void) {
     enum { NS = 8 };
     const size_t sizes[NS] = {1, 8191, 8192, 8193, 0, 3, 100003, 17};
     const int decays[NS] = {1, 0, 1, 0, 1, 1, 0, 1};
+    const float scales[NS] = {1.0f, 0.75f, 0.31640625f, 1.0f, 0.5f, 0.1f, 0.5625f, 1.0f};  // layer-wise lr scales
     OptimSegment segs[NS];
     size_t np = 0, ns = 7;
     for (int i = 0; i < NS; i++) {
         np += 4;  // a gap before each segment
-        segs[i] = (OptimSegment){np, 0, sizes[i], decays[i]};
+        segs[i] = (OptimSegment){np, 0, sizes[i], decays[i], scales[i]};
         np += sizes[i];
     }
     np += 4;
@@ -1621,10 +1853,13 @@ static void case_optimizer_segments(void) {
         for (int t = 1; t <= 3; t++) {
             OptimStep s = make_step(kind, t, 0.05f, 0.5f + 0.2f * t);
             const OptimSegment *sg = t == 2 ? other : segs;
-            for (int i = 0; i < (t == 2 ? 3 : NS); i++)
+            for (int i = 0; i < (t == 2 ? 3 : NS); i++) {
+                OptimStep si = s;
+                si.lr = s.lr * sg[i].lr_scale;  // the segment's rate, and with it its weight decay
                 for (size_t e = 0; e < sg[i].n; e++)
                     optim_ref(&rp[sg[i].param + e], g[t - 1][sg[i].param + e], &rm[sg[i].slot + e], &rv[sg[i].slot + e],
-                              &s, sg[i].decay ? s.weight_decay : 0.0);
+                              &si, sg[i].decay ? s.weight_decay : 0.0);
+            }
         }
         float *base[3] = {NULL, NULL, NULL};
         for (Target *tg = targets; tg < targets + ntargets; tg++) {
@@ -1644,6 +1879,7 @@ static void case_optimizer_segments(void) {
                         for (int i = 0; i < nsg; i++) {
                             OptimStep si = s;
                             if (!sg[i].decay) si.weight_decay = 0.0f;
+                            si.lr = s.lr * sg[i].lr_scale;
                             OP(optimizer_update)(BE, dp + sg[i].param, dg + sg[i].param, um ? dm + sg[i].slot : NULL,
                                                  uv ? dv + sg[i].slot : NULL, sg[i].n, &si);
                         }
@@ -1691,6 +1927,47 @@ static void case_optimizer_segments(void) {
     }
 }
 
+// The weights' moving average: lerp in PyTorch's two-sided form against fp64 (elementwise),
+// weight 1 an exact copy, weight 0 no change, devices bit for bit against the CPU.
+static void case_ema(void) {
+    const size_t sizes[] = {1, 17, 100003};
+    const float weights[] = {0.0f, 2e-4f, 0.01f, 0.3f, 0.5f, 0.7f, 1.0f};
+    enum { NW = sizeof weights / sizeof weights[0] };
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        size_t n = sizes[si];
+        float *e = randn(n, 160, 1, 0), *p = randn(n, 161, 1, 0.2);
+        float *base[NW] = {NULL};
+        for (Target *tg = targets; tg < targets + ntargets; tg++) {
+            if (!runs(tg, K_OP)) continue;
+            enter(tg);
+            for (int k = 0; k < NW; k++) {
+                float w = weights[k];
+                double *ref = xmalloc(n * sizeof(double));
+                for (size_t i = 0; i < n; i++) ref[i] = e[i] + (double)w * ((double)p[i] - e[i]);
+                float *de = dput(e, n, 1), *dp = dput(p, n, 0);
+                OP(ema_update)(BE, de, dp, n, w);
+                float *he = dget(de, n);
+                char what[48];
+                snprintf(what, sizeof what, "n %zu, weight %g", n, w);
+                expect("ema_update", what, err_elem(he, ref, n), TOL_EMA);
+                if (w == 1.0f) CHECK(same(he, p, n * 4), "ema_update on %s: %s: not an exact copy", tg->label, what);
+                if (w == 0.0f) CHECK(same(he, e, n * 4), "ema_update on %s: %s: changed the average", tg->label, what);
+                if (is_base(tg)) {
+                    free(base[k]);
+                    base[k] = dupf(he, n);
+                } else if (tg->device && base[k]) {
+                    CHECK(same(he, base[k], n * 4), "ema_update on %s: %s: not bit-identical to the CPU backend",
+                          tg->label, what);
+                }
+                free(he), free(ref);
+                dfree();
+            }
+        }
+        for (int k = 0; k < NW; k++) free(base[k]);
+        free(e), free(p);
+    }
+}
+
 // ============================================================================================
 // The op list and the coverage check
 // ============================================================================================
@@ -1717,9 +1994,13 @@ static const Case cases[] = {
     {"cls", case_cls},
     {"attention", case_attention},
     {"xent", case_xent},
+    {"drop_path", case_drop_path},
+    {"mix_images", case_mix_images},
+    {"xent_mix", case_xent_mix},
     {"bf16", case_bf16},
     {"optimizer", case_optimizer},
     {"optimizer_segments", case_optimizer_segments},
+    {"ema", case_ema},
 };
 enum { NCASES = sizeof cases / sizeof cases[0] };
 
@@ -1771,10 +2052,15 @@ static const Member members[] = {
     MEMBER(attention_backward, 0, "attention"),
     MEMBER(xent_forward, 0, "xent"),
     MEMBER(xent_backward, 0, "xent"),
+    MEMBER(drop_path, 0, "drop_path"),
+    MEMBER(mix_images, 0, "mix_images"),
+    MEMBER(xent_mix_forward, 0, "xent_mix"),
+    MEMBER(xent_mix_backward, 0, "xent_mix"),
     MEMBER(to_bf16, 1, "bf16"),
     MEMBER(from_bf16, 1, "bf16"),
     MEMBER(optimizer_update, 0, "optimizer"),
     MEMBER(optimizer_update_segments, 0, "optimizer_segments"),
+    MEMBER(ema_update, 0, "ema"),
     MEMBER(destroy, 0, "memory"),
 };
 enum { NMEMBERS = sizeof members / sizeof members[0] };

@@ -13,6 +13,15 @@
 // the GPU (a check of this harness on machines without one).
 // Built with NCCL: a one-rank communicator sums a bucket and a backward pass's buckets as the
 // identity, bit for bit (test_nccl).
+// The opt-in paths (docs/gpu.md; environment variables read at backend creation, set here per
+// backend): every VIT_CUDA_ATTENTION choice (simt, wmma, mma, cudnn) against the CPU's fp32
+// attention, normwise within 2e-2 (the bf16 bound of test_backend_ops), each checked to have
+// run the kernels it names where they apply, and the 50-step run with mma and cudnn too; the
+// VIT_CUDA_EPILOGUES=1 products against the same products with the switch off (the plain ops)
+// on the same device, 1e-5 normwise, except bf16 bias gradients 1e-2 (they sum bf16-rounded
+// terms), with at least one product fused in bf16; and inference logits with the fused
+// gemm_bias_gelu against the CPU's, 1e-4, for erf and tanh GELU. A build without cuDNN
+// prints a note instead of the cudnn cases.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +37,50 @@
 #endif
 
 static Backend *cpu, *gpu, *gpu_bf16;
+static int on_cpu;  // VIT_TEST_CUDA_ON_CPU=1: CPU backends stand in for the GPU's
+
+// A CUDA backend created with VIT_CUDA_ATTENTION / VIT_CUDA_EPILOGUES set to att / epi (NULL:
+// unset), the caller's environment restored afterwards. NULL with vit_error() on failure.
+static Backend *create_with(const char *att, const char *epi, CudaPrecision prec) {
+    const char *names[2] = {"VIT_CUDA_ATTENTION", "VIT_CUDA_EPILOGUES"}, *want[2] = {att, epi};
+    char *saved[2];
+    for (int i = 0; i < 2; i++) {
+        const char *v = getenv(names[i]);
+        saved[i] = v ? strdup(v) : NULL;
+        if (want[i]) setenv(names[i], want[i], 1);
+        else unsetenv(names[i]);
+    }
+    Backend *be = backend_cuda_create(0, prec);
+    for (int i = 0; i < 2; i++) {
+        if (saved[i]) setenv(names[i], saved[i], 1);
+        else unsetenv(names[i]);
+        free(saved[i]);
+    }
+    return be;
+}
+
+static float *randn(size_t n, uint32_t stream, float s) {
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = (float)(s * rng_normal(7, stream, i));
+    return x;
+}
+
+// A device copy of n host floats (n + pad allocated, the data at offset pad: misaligned on purpose).
+static float *up(Backend *be, const float *h, size_t n, size_t pad) {
+    float *d = be->alloc(be, (n + pad) * sizeof(float));
+    if (!d) {
+        fprintf(stderr, "alloc failed: %s\n", vit_error());
+        exit(1);
+    }
+    be->upload(be, d + pad, h, n * sizeof(float));
+    return d + pad;
+}
+
+static float *down(Backend *be, const float *d, size_t n) {
+    float *h = malloc(n * sizeof(float) + 1);
+    be->download(be, h, d, n * sizeof(float));
+    return h;
+}
 
 // ---- whole model ------------------------------------------------------------------------------
 static ViTConfig small_config(int representation, int gelu_tanh) {
@@ -205,7 +258,220 @@ static void test_training_run(void) {
            lc[0], lc[STEPS - 1], lg[0], lg[STEPS - 1], lb[0], lb[STEPS - 1], worst32, at32, worst16, at16);
     CHECK(worst32 <= 1e-3, "50-step run: fp32 GPU loss at step %d is %.6f, CPU %.6f", at32, lg[at32], lc[at32]);
     CHECK(worst16 <= 0.1, "50-step run: bf16 GPU loss at step %d is %.6f, CPU %.6f", at16, lb[at16], lc[at16]);
+    // The same bf16 run with the opt-in attention kernels (cudnn: cuDNN's forward, and its
+    // backward where cuDNN has an engine, else this backend's kernels from cuDNN's statistics).
+    static const char *paths[] = {"mma", "cudnn"};
+    for (int p = 0; p < 2 && !on_cpu; p++) {
+        Backend *be = create_with(paths[p], NULL, CUDA_BF16);
+        if (!be && strstr(vit_error(), "no cuDNN")) {
+            printf("50-step run with VIT_CUDA_ATTENTION=%s: skipped (%s)\n", paths[p], vit_error());
+            continue;
+        }
+        CHECK(be != NULL, "backend with VIT_CUDA_ATTENTION=%s: %s", paths[p], be ? "" : vit_error());
+        if (!be) continue;
+        int e = train_run(be, &c, init, STEPS, lb);
+        CHECK(e == 0, "50-step run with VIT_CUDA_ATTENTION=%s: %s", paths[p], e ? vit_error() : "");
+        double worst = 0;
+        int at = 0;
+        for (int s = 0; s < STEPS; s++) {
+            double d = fabs(lb[s] - lc[s]) / (fabs(lc[s]) > 1 ? fabs(lc[s]) : 1);
+            if (!(d <= worst)) worst = d, at = s;
+        }
+        printf("50-step run, bf16, VIT_CUDA_ATTENTION=%s (last pass: %s): loss %.4f -> %.4f; worst difference %.2g "
+               "(step %d)\n", paths[p], backend_cuda_attention_last(be), lb[0], lb[STEPS - 1], worst, at);
+        CHECK(worst <= 0.1, "50-step run with VIT_CUDA_ATTENTION=%s: loss at step %d is %.6f, CPU %.6f", paths[p], at,
+              lb[at], lc[at]);
+        be->destroy(be);
+    }
     free(init);
+}
+
+// ---- opt-in attention kernels ------------------------------------------------------------------
+static double attention_run(Backend *be, const int *sh, float *const *in, float *const *ref, const char **ran_fwd,
+                            const char **ran_bwd, double *err) {
+    int B = sh[0], T = sh[1], H = sh[2], hd = sh[3];
+    size_t n = (size_t)B * T * H * hd, ns = be->attention_state_floats(be, B, T, H, hd);
+    size_t nw = be->attention_scratch_floats(be, B, T, H, hd);
+    // Outputs start as NaN: an element never written fails the comparison.
+    float *nan = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) nan[i] = NAN;
+    float *d[4], *o = up(be, nan, n, 0), *g[3];
+    for (int i = 0; i < 4; i++) d[i] = up(be, in[i], n, 0);
+    for (int i = 0; i < 3; i++) g[i] = up(be, nan, n, 0);
+    free(nan);
+    float *st = be->alloc(be, (ns + 1) * sizeof(float)), *sc = be->alloc(be, (nw + 1) * sizeof(float));
+    int rc = be->attention_forward(be, o, st, sc, d[0], d[1], d[2], B, T, H, hd);
+    *ran_fwd = backend_cuda_attention_last(be);
+    if (rc == 0) rc = be->attention_backward(be, g[0], g[1], g[2], d[3], o, st, sc, d[0], d[1], d[2], B, T, H, hd);
+    *ran_bwd = backend_cuda_attention_last(be);
+    float *res[4] = {down(be, o, n), down(be, g[0], n), down(be, g[1], n), down(be, g[2], n)};
+    double worst = 0;
+    for (int i = 0; i < 4; i++) {
+        err[i] = rc ? INFINITY : check_rel_diff(res[i], ref[i], n);
+        if (!(err[i] <= worst)) worst = err[i];
+        free(res[i]);
+    }
+    if (rc) fprintf(stderr, "  attention: %s\n", vit_error());
+    for (int i = 0; i < 4; i++) be->release(be, d[i]);
+    for (int i = 0; i < 3; i++) be->release(be, g[i]);
+    be->release(be, o), be->release(be, st), be->release(be, sc);
+    return worst;
+}
+
+// Every VIT_CUDA_ATTENTION path against the CPU's fp32 attention, and that it ran what it names.
+static void test_attention_paths(void) {
+    static const char *paths[] = {"simt", "wmma", "mma", "cudnn"};
+    static const int shapes[][4] = {{2, 197, 3, 64}, {2, 50, 4, 32}, {1, 65, 2, 128}, {2, 17, 2, 40}, {1, 9, 2, 20}};
+    Backend *bes[4];
+    for (int p = 0; p < 4; p++) {
+        bes[p] = create_with(paths[p], NULL, CUDA_BF16);
+        if (!bes[p] && p == 3 && strstr(vit_error(), "no cuDNN")) printf("attention cudnn: skipped (%s)\n", vit_error());
+        else CHECK(bes[p] != NULL, "backend with VIT_CUDA_ATTENTION=%s: %s", paths[p], bes[p] ? "" : vit_error());
+    }
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int *sh = shapes[c];
+        int B = sh[0], T = sh[1], H = sh[2], hd = sh[3];
+        size_t n = (size_t)B * T * H * hd;
+        float *in[4], *ref[4];
+        for (int i = 0; i < 4; i++) in[i] = randn(n, 300 + 4 * (uint32_t)c + i, 1.0f);
+        // The reference: the CPU backend in fp32 (host pointers).
+        float *o = malloc(n * sizeof(float)), *g[3];
+        for (int i = 0; i < 3; i++) g[i] = malloc(n * sizeof(float));
+        float *st = malloc((cpu->attention_state_floats(cpu, B, T, H, hd) + 1) * sizeof(float));
+        float *sc = malloc((cpu->attention_scratch_floats(cpu, B, T, H, hd) + 1) * sizeof(float));
+        int rc = cpu->attention_forward(cpu, o, st, sc, in[0], in[1], in[2], B, T, H, hd);
+        if (rc == 0) rc = cpu->attention_backward(cpu, g[0], g[1], g[2], in[3], o, st, sc, in[0], in[1], in[2], B, T, H, hd);
+        CHECK(rc == 0, "CPU attention B %d T %d H %d hd %d: %s", B, T, H, hd, rc ? vit_error() : "");
+        ref[0] = o, ref[1] = g[0], ref[2] = g[1], ref[3] = g[2];
+        for (int p = 0; p < 4 && rc == 0; p++) {
+            if (!bes[p]) continue;
+            const char *f = "", *b = "";
+            double err[4], worst = attention_run(bes[p], sh, in, ref, &f, &b, err);
+            printf("attention %-5s B %d T %3d H %d hd %3d: ran %s / %s; out %.2g dq %.2g dk %.2g dv %.2g\n", paths[p], B,
+                   T, H, hd, f, b, err[0], err[1], err[2], err[3]);
+            CHECK(worst <= 2e-2, "attention VIT_CUDA_ATTENTION=%s B %d T %d H %d hd %d: rel diff %.3g from the CPU",
+                  paths[p], B, T, H, hd, worst);
+            // What each choice must run where it applies (else the default kernels take over).
+            const char *want = p == 0                                ? "simt"
+                               : p == 3 && hd % 8 == 0               ? "cudnn"
+                               : p == 2 && (hd == 32 || hd == 64)    ? "mma"
+                               : hd == 32 || hd == 64 || hd == 128   ? "wmma"
+                                                                     : "simt";
+            CHECK(!strcmp(f, want), "attention VIT_CUDA_ATTENTION=%s hd %d: the forward pass ran %s, not %s", paths[p],
+                  hd, f, want);
+        }
+        for (int i = 0; i < 4; i++) free(in[i]), free(ref[i]);
+        free(st), free(sc);
+    }
+    for (int p = 0; p < 4; p++)
+        if (bes[p]) bes[p]->destroy(bes[p]);
+}
+
+// ---- opt-in cuBLASLt epilogue products ------------------------------------------------------------
+// One product on the fused and the plain backend from the same inputs; returns the worst
+// normwise difference of its outputs (outs[i] of sizes ns[i]), bias gradients (is_bias) apart.
+typedef struct {
+    int rows, in, out;
+} EShape;
+
+static void epi_compare(const char *what, Backend *fb, Backend *pb, float *const *fo, float *const *po, const size_t *ns,
+                        const int *is_bias, int nout, int bf16, int rc1, int rc2) {
+    CHECK(rc1 == 0 && rc2 == 0, "%s: rc %d / %d (%s)", what, rc1, rc2, rc1 || rc2 ? vit_error() : "");
+    for (int i = 0; i < nout; i++) {
+        float *a = down(fb, fo[i], ns[i]), *b = down(pb, po[i], ns[i]);
+        double d = check_rel_diff(a, b, ns[i]), tol = is_bias[i] && bf16 ? 1e-2 : 1e-5;
+        CHECK(d <= tol, "%s output %d: fused vs plain rel diff %.3g (bound %g)", what, i, d, tol);
+        free(a), free(b);
+    }
+}
+
+static void epi_shape(Backend *fb, Backend *pb, const EShape *e, int tanh_approx, int bf16) {
+    int R = e->rows, I = e->in, O = e->out;
+    size_t nx = (size_t)R * I, nw = (size_t)I * O, ny = (size_t)R * O;
+    float *x = randn(nx, 400, 1.0f), *w = randn(nw, 401, 0.1f), *dy = randn(ny, 402, 1.0f);
+    float *bo = randn(O, 403, 0.5f), *bi = randn(I, 404, 0.5f), *pre = randn(nx, 405, 1.0f);
+    Backend *be[2] = {fb, pb};
+    float *dW[2], *db[2], *pr[2], *y[2], *dx[2], *dbi[2];
+    int rc[3][2];
+    char what[128];
+    for (int k = 0; k < 2; k++) {
+        float *dX = up(be[k], x, nx, 0), *dWt = up(be[k], w, nw, 0), *dDy = up(be[k], dy, ny, 0);
+        float *dBo = up(be[k], bo, O, 0), *dPre = up(be[k], pre, nx, 0);
+        dW[k] = up(be[k], w, nw, 0), db[k] = up(be[k], bo, O, 0);  // += targets start non-zero
+        rc[0][k] = backend_cuda_gemm_wgrad_bgrad(be[k], R, I, O, dX, dDy, dW[k], db[k]);
+        pr[k] = up(be[k], dy, ny, 0), y[k] = up(be[k], dy, ny, 0);
+        rc[1][k] = backend_cuda_gemm_bias_gelu_aux(be[k], R, I, O, dX, dWt, dBo, pr[k], y[k], tanh_approx);
+        dx[k] = up(be[k], x, nx, 0), dbi[k] = up(be[k], bi, I, 0);
+        rc[2][k] = backend_cuda_gemm_dgelu_bgrad(be[k], R, I, O, dDy, dWt, dPre, dx[k], dbi[k], tanh_approx);
+    }
+    const char *prec = bf16 ? "bf16" : "fp32", *g = tanh_approx ? "tanh" : "erf";
+    size_t n0[2] = {nw, (size_t)O}, n1[2] = {ny, ny}, n2[2] = {nx, (size_t)I};
+    int b0[2] = {0, 1}, b1[2] = {0, 0}, b2[2] = {0, 1};
+    snprintf(what, sizeof what, "wgrad_bgrad %s %dx%dx%d", prec, R, I, O);
+    epi_compare(what, fb, pb, (float *[]){dW[0], db[0]}, (float *[]){dW[1], db[1]}, n0, b0, 2, bf16, rc[0][0], rc[0][1]);
+    snprintf(what, sizeof what, "bias_gelu_aux %s %s %dx%dx%d", prec, g, R, I, O);
+    epi_compare(what, fb, pb, (float *[]){pr[0], y[0]}, (float *[]){pr[1], y[1]}, n1, b1, 2, bf16, rc[1][0], rc[1][1]);
+    snprintf(what, sizeof what, "dgelu_bgrad %s %s %dx%dx%d", prec, g, R, I, O);
+    epi_compare(what, fb, pb, (float *[]){dx[0], dbi[0]}, (float *[]){dx[1], dbi[1]}, n2, b2, 2, bf16, rc[2][0],
+                rc[2][1]);
+    free(x), free(w), free(dy), free(bo), free(bi), free(pre);
+    // Device buffers go with the backends (arena).
+}
+
+// Inference logits through the model with the fused gemm_bias_gelu against the CPU's.
+static void epi_inference(Backend *fb, int gelu_tanh) {
+    enum { B = 4 };
+    ViTConfig c = small_config(0, gelu_tanh);
+    float *init = initial_params(&c);
+    float logits[2][B * 10];
+    Backend *be[2] = {cpu, fb};
+    uint8_t *img = malloc((size_t)B * c.image * c.image * c.channels);
+    int lab[B];
+    make_batch(img, lab, B, &c, 7);
+    for (int k = 0; k < 2; k++) {
+        ViT m;
+        int rc = vit_create(&m, &c, be[k], B, 0);
+        if (rc == VIT_OK) {
+            be[k]->upload(be[k], m.params, init, m.table.total * sizeof(float));
+            rc = vit_forward(&m, img, NULL, B, 0, 0.0f, 0, 0);
+            if (rc == VIT_OK) memcpy(logits[k], m.host_logits, sizeof logits[k]);
+            vit_destroy(&m);
+        }
+        CHECK(rc == VIT_OK, "inference on %s: %s", k ? "the GPU with epilogues" : "the CPU", rc ? vit_error() : "");
+    }
+    double d = check_rel_diff(logits[1], logits[0], B * 10);
+    CHECK(d <= 1e-4, "inference logits with the fused gemm_bias_gelu (%s GELU): rel diff %.3g from the CPU",
+          gelu_tanh ? "tanh" : "erf", d);
+    free(img), free(init);
+}
+
+static void test_epilogues(void) {
+    static const EShape shapes[] = {{394, 192, 768}, {37, 29, 50}, {197, 64, 256}};
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        CudaPrecision prec = bf16 ? CUDA_BF16 : CUDA_FP32;
+        Backend *fb = create_with(NULL, "1", prec), *pb = create_with(NULL, "0", prec);
+        CHECK(fb && pb, "backends with VIT_CUDA_EPILOGUES=1 / 0: %s", fb && pb ? "" : vit_error());
+        if (!fb || !pb) {
+            if (fb) fb->destroy(fb);
+            if (pb) pb->destroy(pb);
+            continue;
+        }
+        CHECK(fb->gemm_bias_gelu != NULL && pb->gemm_bias_gelu == NULL,
+              "gemm_bias_gelu is installed with VIT_CUDA_EPILOGUES=1 only");
+        for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++)
+            for (int th = 0; th < 2; th++) epi_shape(fb, pb, &shapes[c], th, bf16);
+        if (!bf16)
+            for (int th = 0; th < 2; th++) epi_inference(fb, th);
+        long fused, unfused, pf, pu;
+        backend_cuda_epilogue_counts(fb, &fused, &unfused);
+        backend_cuda_epilogue_counts(pb, &pf, &pu);
+        printf("epilogues (%s): %ld products fused, %ld as plain ops (switch off: %ld fused)\n", bf16 ? "bf16" : "fp32",
+               fused, unfused, pf);
+        CHECK(pf == 0, "VIT_CUDA_EPILOGUES=0 fused %ld products", pf);
+        if (bf16) CHECK(fused > 0, "VIT_CUDA_EPILOGUES=1: no product ran fused in bf16 (cuBLASLt offered no algorithm)");
+        fb->destroy(fb);
+        pb->destroy(pb);
+    }
 }
 
 // ---- errors -----------------------------------------------------------------------------------
@@ -223,6 +489,13 @@ static void test_errors(void) {
     int rc = gpu->attention_forward(gpu, NULL, NULL, NULL, NULL, NULL, NULL, 1, 4, 1, 129);
     CHECK(rc != 0 && strstr(vit_error(), "head dimension"), "hd 129: rc %d, '%s'", rc, vit_error());
     CHECK(!strcmp(gpu->name, "cuda") || getenv("VIT_TEST_CUDA_ON_CPU"), "backend name '%s'", gpu->name);
+    // Nonsense in the opt-in switches is refused at creation with a message naming the variable.
+    Backend *bad = create_with("bogus", NULL, CUDA_BF16);
+    CHECK(!bad && strstr(vit_error(), "VIT_CUDA_ATTENTION"), "VIT_CUDA_ATTENTION=bogus: '%s'", vit_error());
+    Backend *bad2 = create_with(NULL, "yes", CUDA_BF16);
+    CHECK(!bad2 && strstr(vit_error(), "VIT_CUDA_EPILOGUES"), "VIT_CUDA_EPILOGUES=yes: '%s'", vit_error());
+    if (bad) bad->destroy(bad);
+    if (bad2) bad2->destroy(bad2);
 }
 
 #ifdef VIT_NCCL
@@ -231,29 +504,6 @@ static void test_errors(void) {
 // all-reduced in place is unchanged, and the bucketed sync driven by a backward pass (small
 // buckets, so many start while the pass runs) leaves every gradient bit-identical to a pass
 // without it. Ordering between the streams only shows with several ranks (tests/cli_gpu_dist.sh).
-static float *randn(size_t n, uint32_t stream, float s) {
-    float *x = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = (float)(s * rng_normal(7, stream, i));
-    return x;
-}
-
-// A device copy of n host floats (n + pad allocated, the data at offset pad: misaligned on purpose).
-static float *up(Backend *be, const float *h, size_t n, size_t pad) {
-    float *d = be->alloc(be, (n + pad) * sizeof(float));
-    if (!d) {
-        fprintf(stderr, "alloc failed: %s\n", vit_error());
-        exit(1);
-    }
-    be->upload(be, d + pad, h, n * sizeof(float));
-    return d + pad;
-}
-
-static float *down(Backend *be, const float *d, size_t n) {
-    float *h = malloc(n * sizeof(float) + 1);
-    be->download(be, h, d, n * sizeof(float));
-    return h;
-}
-
 static void on_ready(void *ctx, size_t offset, size_t count) { gradsync_ready(ctx, offset, count); }
 
 static void test_nccl(void) {
@@ -320,7 +570,7 @@ static void test_nccl(void) {
 #endif
 
 int main(void) {
-    int on_cpu = getenv("VIT_TEST_CUDA_ON_CPU") && !strcmp(getenv("VIT_TEST_CUDA_ON_CPU"), "1");
+    on_cpu = getenv("VIT_TEST_CUDA_ON_CPU") && !strcmp(getenv("VIT_TEST_CUDA_ON_CPU"), "1");
     if (!on_cpu && backend_cuda_device_count() == 0) {
         printf("test_cuda: skipped (no CUDA device)\n");
         return 0;
@@ -339,6 +589,8 @@ int main(void) {
     test_whole_step();
     test_training_run();
     if (!on_cpu) test_errors();
+    if (!on_cpu) test_attention_paths();
+    if (!on_cpu) test_epilogues();
 #ifdef VIT_NCCL
     if (!on_cpu) test_nccl();
 #endif

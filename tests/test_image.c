@@ -1,7 +1,8 @@
-// Image decoding and the evaluation crop. Every input is encoded here with libjpeg/libpng
-// into memory from known pixels, so the test needs no fixture files: decoded PNGs must match
-// exactly, JPEGs within a small tolerance; damaged inputs must come back as errors naming
-// the input, and random corruption must never crash (this runs under ASan too).
+// Image decoding, the evaluation crop and PNG writing. Inputs are mostly encoded here with
+// libjpeg/libpng into memory from known pixels: decoded PNGs must match exactly, JPEGs within
+// a small tolerance; damaged inputs must come back as errors naming the input, and random
+// corruption must never crash (this runs under ASan too). The evaluation crop is also checked
+// against PIL and against TensorFlow's pipeline (fixtures from tools/).
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -499,19 +500,12 @@ static void test_file(void) {
 
 // ---------------------------------------------------------------- eval crop
 
-// The definition, spelled out in doubles over the whole resized image, then cropped.
+// The definition, spelled out in doubles over the whole resized image, then cropped. The new
+// sides are the recipe's: float32 scale by the short side, rint (ties to even).
 static void ref_crop(const Image *img, int size, int channels, double *out) {
     int w = img->width, h = img->height;
-    long rw, rh;
-    if (w <= h) {
-        rw = size;
-        rh = lround((double)h * size / w);
-        if (rh < size) rh = size;
-    } else {
-        rh = size;
-        rw = lround((double)w * size / h);
-        if (rw < size) rw = size;
-    }
+    float scale = h > w ? (float)size / (float)w : (float)size / (float)h;
+    long rw = lrintf((float)w * scale), rh = lrintf((float)h * scale);
     long ox = (rw - size) / 2, oy = (rh - size) / 2;
     for (long Y = oy; Y < oy + size; Y++)
         for (long X = ox; X < ox + size; X++) {
@@ -577,6 +571,8 @@ static void test_crop(void) {
     test_crop_vs_ref(7, 5, 1, 3);      // tiny output
     test_crop_vs_ref(1, 1, 9, 1);      // one input pixel
     test_crop_vs_ref(2, 40, 3, 3);     // extreme aspect
+    test_crop_vs_ref(97, 64, 32, 3);   // long side 48.5: ties to even, 48
+    test_crop_vs_ref(64, 97, 32, 3);
     test_crop_centered(60, 20, 20);
     test_crop_centered(20, 60, 20);
     test_crop_centered(61, 20, 20);
@@ -631,6 +627,76 @@ static void test_eval_crop_pil(void) {
     fclose(f);
 }
 
+// max |a - b| over n bytes.
+static int max_abs_diff(const uint8_t *a, const uint8_t *b, size_t n) {
+    int md = 0;
+    for (size_t i = 0; i < n; i++) md = abs(a[i] - b[i]) > md ? abs(a[i] - b[i]) : md;
+    return md;
+}
+
+// The whole evaluation path (full-size decode, resize, central crop) against the recipe's
+// TensorFlow pipeline on the images of tools/make_evalcrop_tf_fixture.py: within 1 level (TF
+// keeps floats where we round to 8 bits once). The DCT-scaled decode, by contrast, must move
+// some pixel further on the images it would scale, which shows what the fixture guards.
+static void test_eval_crop_tf(void) {
+    const char *dir = "tests/fixtures/evalcrop_tf";
+    char path[512], in_name[128], want_name[128];
+    snprintf(path, sizeof path, "%s/cases.txt", dir);
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "fixture %s", path);
+    if (!f) return;
+    int size, cases = 0, fast_moved = 0;
+    while (fscanf(f, "%127s %127s %d", in_name, want_name, &size) == 3 && size > 0 && size <= 256) {
+        Image src = {0}, want = {0}, small = {0};
+        size_t n = (size_t)size * size * 3;
+        uint8_t *got = malloc(n), *fast = malloc(n);
+        snprintf(path, sizeof path, "%s/%s", dir, in_name);
+        int rc = image_decode_file_tf(&src, path);
+        snprintf(path, sizeof path, "%s/%s", dir, want_name);
+        if (rc == VIT_OK) rc = image_decode_file(&want, path, 0);
+        CHECK(rc == VIT_OK && want.width == size && want.height == size, "%s: %s", in_name, vit_error());
+        if (rc == VIT_OK && image_eval_crop(&src, size, 3, got) == VIT_OK) {
+            int md = max_abs_diff(got, want.pixels, n);
+            CHECK(md <= 1, "%s -> %d vs TensorFlow: max diff %d levels", in_name, size, md);
+        }
+        snprintf(path, sizeof path, "%s/%s", dir, in_name);
+        if (rc == VIT_OK && image_decode_file(&small, path, size) == VIT_OK && small.width < src.width &&
+            image_eval_crop(&small, size, 3, fast) == VIT_OK)
+            fast_moved += max_abs_diff(fast, want.pixels, n) > 1;
+        image_free(&src), image_free(&want), image_free(&small);
+        free(got), free(fast);
+        cases++;
+    }
+    fclose(f);
+    CHECK(cases == 7, "%d TensorFlow cases read (7 expected)", cases);
+    CHECK(fast_moved >= 3, "DCT-scaled decode differs from TensorFlow on %d cases (3 or more expected)", fast_moved);
+}
+
+// image_write_png round-trips through the decoder, RGB and gray; a bad path is an error.
+static void test_write_png(void) {
+    char dir[] = "/tmp/vitc_test_image_XXXXXX", path[128];
+    CHECK(mkdtemp(dir) != NULL, "temp folder");
+    uint8_t *rgb = fill_rgb(13, 7, expect_grad), gray[21];
+    for (int i = 0; i < 21; i++) gray[i] = (uint8_t)(i * 12);
+    snprintf(path, sizeof path, "%s/rgb.png", dir);
+    Image back = {0};
+    CHECK(image_write_png(path, rgb, 13, 7, 3) == VIT_OK && image_decode_file(&back, path, 0) == VIT_OK &&
+              back.width == 13 && back.height == 7 && !memcmp(back.pixels, rgb, 13 * 7 * 3),
+          "RGB PNG round trip: %s", vit_error());
+    image_free(&back);
+    snprintf(path, sizeof path, "%s/gray.png", dir);
+    int same = image_write_png(path, gray, 3, 7, 1) == VIT_OK && image_decode_file(&back, path, 0) == VIT_OK &&
+               back.width == 3 && back.height == 7;
+    for (int i = 0; same && i < 21; i++) same &= back.pixels[3 * i] == gray[i] && back.pixels[3 * i + 2] == gray[i];
+    CHECK(same, "gray PNG round trip");
+    image_free(&back);
+    snprintf(path, sizeof path, "%s/missing/x.png", dir);
+    CHECK(image_write_png(path, gray, 3, 7, 1) == VIT_ERR && has(vit_error(), path), "bad path: %s", vit_error());
+    CHECK(image_write_png(path, gray, 3, 7, 2) == VIT_ERR, "2 channels refused");
+    free(rgb);
+    testdir_remove(dir);
+}
+
 int main(void) {
     test_jpeg_rgb();
     test_jpeg_gray();
@@ -643,5 +709,7 @@ int main(void) {
     test_file();
     test_crop();
     test_eval_crop_pil();
+    test_eval_crop_tf();
+    test_write_png();
     return check_report("image");
 }

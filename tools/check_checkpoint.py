@@ -8,7 +8,9 @@ Expected: metadata `format` = `vitc-checkpoint-1`; `model.name`; `model.hidden`,
 are ignored. Tensors: every parameter under its official name with the official shape
 (the rule of tools/vit_ref.param_shapes) as F32, the optimizer slots
 `optimizer/m/<name>` (sgd, adam, adamw) and `optimizer/v/<name>` (rmsprop, adam, adamw)
-with the same shapes as F32, nothing else; all values finite, v slots non-negative.
+with the same shapes as F32, and when metadata `train.model_ema` = `1` (a run with
+--model_ema) the moving average `ema/<name>` with the same shapes as F32; nothing else; all
+values finite, v slots non-negative.
 
 Prints one line per failed check, then `checkpoint_check: N passed, M failed`.
 Exit status: 0 all passed, 1 a check failed, 2 a file could not be read (or bad usage).
@@ -111,6 +113,10 @@ def check_file(path, t):
             for name, shape in shapes.items():
                 expect(f"optimizer/{slot}/{name}", shape, f"optimizer slot ({opt})")
                 allowed.add(f"optimizer/{slot}/{name}")
+        if meta.get("train.model_ema") == "1":
+            for name, shape in shapes.items():
+                expect(f"ema/{name}", shape, "moving average (train.model_ema)")
+                allowed.add(f"ema/{name}")
         # With an unknown optimizer its slots cannot be judged; the rest still can.
         extra = sorted(k for k in info if k not in allowed
                        and (slots is not None or not k.startswith("optimizer/")))

@@ -1,5 +1,6 @@
-"""Compares two vitc checkpoints tensor by tensor, bit for bit (parameters and optimizer
-slots), and their training position. Used by tests/cli_train.sh for the exact-resume check.
+"""Compares two vitc checkpoints tensor by tensor, bit for bit (parameters, optimizer slots
+and, from runs with --model_ema, the weights' moving average "ema/<name>"), and their
+training position (and whether they hold an average). Used by tests/cli_train.sh for the exact-resume check.
 
 usage: python3 tools/compare_checkpoints.py A.safetensors B.safetensors [--rtol R [--atol A] [--slot_rtol S]]
 With --rtol, a tensor passes when ||a - b|| <= R * ||b|| (2-norms; for runs whose
@@ -43,7 +44,7 @@ def main():
                 failed += 1
                 print(f"FAIL {k}: max |diff| {np.max(np.abs(x.astype(np.float64) - y)):.3g}")
         ma, mb = a.metadata(), b.metadata()
-        for k in ("train.update", "train.epoch", "train.step_in_epoch", "train.micro", "train.seed"):
+        for k in ("train.update", "train.epoch", "train.step_in_epoch", "train.micro", "train.seed", "train.model_ema"):
             if ma.get(k) == mb.get(k):
                 passed += 1
             else:

@@ -21,9 +21,9 @@
 //    well as dscale and dbias), gelu_dropout_backward's dbias, tokens_backward's dcls and dpos.
 //  - Aliasing: only where a comment allows it (gelu/tanh/dropout/gelu_dropout backward: dinp
 //    may be dout; dropout_forward: out may be inp; add: out may be a or b; residual
-//    layernorm: sum may be x or y; scale works in place). Everywhere else outputs must not
-//    overlap inputs or each other (gemm: C is neither A nor B; gelu_dropout_forward's out is
-//    never inp).
+//    layernorm: sum may be x or y; scale and mix_images work in place; drop_path: out may be
+//    inp). Everywhere else outputs must not overlap inputs or each other (gemm: C is neither
+//    A nor B; gelu_dropout_forward's out is never inp).
 //  - Dropout masks are the pure function rng_keep(seed, step, site, i) on every backend and
 //    instruction set, kept elements scaled by 1/(1 - rate) in fp32: devices agree bit for bit.
 //    The CPU backend gives the same bits whatever its thread count (tests/test_ops.c).
@@ -177,6 +177,31 @@ struct Backend {
     void (*xent_backward)(Backend *be, float *dlogits, const float *probs, const int *labels, int B, int K,
                           float smoothing, float scale);
 
+    // Regularisation of the training step, as timm defines it (drop path; Mixup and CutMix,
+    // whose per-sample arguments src/data/mixup.h draws). Every mixing op pairs sample b with
+    // sample B-1-b (timm's x.flip(0)).
+    //
+    // Stochastic depth: out[b, j] = inp[b, j] * m_b for B samples of n floats each, m_b =
+    // 1/(1 - rate) in fp32 where rng_keep(seed, step, site, b, 1 - rate) keeps sample b and +0
+    // where it drops it (rate 1 drops every sample). Linear and diagonal, so the backward pass
+    // is the same call on the gradient. out may alias inp.
+    void (*drop_path)(Backend *be, float *out, const float *inp, int B, size_t n, float rate, uint64_t seed,
+                      uint32_t step, uint32_t site);
+    // Mixup/CutMix of B patchified images (B, G*G, P*P*C) of S x S pixels, in place (both
+    // samples of a pair are read before either is written): pixel (y, x) of sample b inside
+    // box[4b..4b+3] = yl, yh, xl, xh (half-open, pixel coordinates) takes sample B-1-b's value;
+    // elsewhere fp32(fp32(w[2b] * own) + fp32(w[2b+1] * partner's)). w, box: device memory.
+    void (*mix_images)(Backend *be, float *patches, const float *w, const int *box, int B, int S, int C, int P);
+    // Softmax cross-entropy against soft targets t[b,k] = fp32(fp32(w[2b] a_k) + fp32(w[2b+1] c_k)),
+    // a and c the smoothed one-hots of labels[b] and labels[B-1-b] (timm's one_hot: off =
+    // smoothing/K, on = 1 - smoothing + off, in double, then fp32): probs (B,K), per-sample
+    // losses -sum_k t_k log p_k (B). w: device memory, two floats per sample.
+    void (*xent_mix_forward)(Backend *be, float *probs, float *losses, const float *logits, const int *labels,
+                             const float *w, int B, int K, float smoothing);
+    // dlogits = scale * (probs - t), t as xent_mix_forward's.
+    void (*xent_mix_backward)(Backend *be, float *dlogits, const float *probs, const int *labels, const float *w,
+                              int B, int K, float smoothing, float scale);
+
     // bf16 storage of the activations the backward pass reads (-d bf16): dst = src rounded to
     // the nearest bf16 (ties to even, NaN kept) as raw bf16 bits, and back. A backend may
     // leave both NULL; the model then keeps those activations in fp32.
@@ -188,9 +213,16 @@ struct Backend {
                              const OptimStep *s);
     // The same update over many parameter ranges in one call (one kernel launch on a GPU, one
     // parallel region on the CPU): segment i updates params/grads [param, param + n) with slots
-    // m/v [slot, slot + n), and applies s->weight_decay only where `decay` is set.
+    // m/v [slot, slot + n), and applies s->weight_decay only where `decay` is set, each segment
+    // with learning rate fp32(s->lr * lr_scale): bit for bit one optimizer_update per segment
+    // with that lr (and weight_decay 0 where `decay` is not set).
     void (*optimizer_update_segments)(Backend *be, float *params, const float *grads, float *m, float *v,
                                       const OptimSegment *segs, int nsegs, const OptimStep *s);
+    // The moving average of the weights (--model_ema): ema = lerp(ema, params, weight) over n
+    // floats in PyTorch's form (timm's ModelEmaV3): ema + weight * (params - ema) when |weight|
+    // < 0.5, else params - (params - ema) * (1 - weight), each operation rounded in fp32, so
+    // weight 1 (timm's first update) copies params exactly. ema must not overlap params.
+    void (*ema_update)(Backend *be, float *ema, const float *params, size_t n, float weight);
 
     void (*destroy)(Backend *be);
 };

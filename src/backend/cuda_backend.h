@@ -30,6 +30,32 @@ Backend *backend_cuda_create(int device, CudaPrecision precision);
 int backend_cuda_device(Backend *be);
 void *backend_cuda_stream(Backend *be);
 
+// Opt-in switches, read from the environment by backend_cuda_create (docs/gpu.md; never run on
+// a GPU yet): VIT_CUDA_ATTENTION=simt|wmma|mma|cudnn picks the bf16 attention kernels (cudnn:
+// cuDNN's fused SDPA), VIT_CUDA_EPILOGUES=1 turns on cuBLASLt epilogue products (and the op
+// table's gemm_bias_gelu). Other values make backend_cuda_create fail with a message.
+//
+// Epilogue products the op table has no place for yet (the proposed optional ops are in
+// docs/gpu.md). Each computes exactly the composition of table ops named, as one cuBLASLt call
+// where VIT_CUDA_EPILOGUES=1 and an algorithm exists, else by those ops; VIT_ERR with a
+// message on failure. All matrices row-major; rows = tokens.
+//   wgrad_bgrad: dW (in x out) += x^T dy, dbias (out) += column sums of dy: linear_backward's
+//     weight and bias gradients (gemm + bias_backward; epilogue BGRADA).
+//   bias_gelu_aux: pre = x W + bias, y = GELU(pre) (gemm + gelu_forward; GELU_AUX_BIAS, tanh only).
+//   dgelu_bgrad: dx = (dy W^T) * GELU'(pre), dbias (in) += column sums of dx (gemm +
+//     gelu_dropout_backward at rate 0; DGELU_BGRAD, tanh only).
+int backend_cuda_gemm_wgrad_bgrad(Backend *be, int rows, int in, int out, const float *x, const float *dy, float *dW,
+                                  float *dbias);
+int backend_cuda_gemm_bias_gelu_aux(Backend *be, int rows, int in, int out, const float *x, const float *W,
+                                    const float *bias, float *pre, float *y, int tanh_approx);
+int backend_cuda_gemm_dgelu_bgrad(Backend *be, int rows, int in, int out, const float *dy, const float *W,
+                                  const float *pre, float *dx, float *dbias, int tanh_approx);
+// How many epilogue products (the three above and gemm_bias_gelu) ran fused and how many ran
+// as the plain ops, since creation (0, 0 for a backend that is not CUDA's).
+void backend_cuda_epilogue_counts(Backend *be, long *fused, long *unfused);
+// The kernels the last attention call ran: "cudnn", "mma", "wmma", "simt" or "none".
+const char *backend_cuda_attention_last(Backend *be);
+
 #ifdef __cplusplus
 }
 #endif

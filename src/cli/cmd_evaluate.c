@@ -46,8 +46,8 @@ int cmd_evaluate(int argc, char **argv) {
     EvalResult r;
     if (evaluate(&m, &val, o->batch_size, o->validation_steps, o->data_workers, &r)) goto fail;
     const char *what = *o->checkpoint ? o->checkpoint : *o->pretrained ? o->pretrained : o->model;
-    fprintf(out, "%s: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%ld images, %.1f img/s)\n", what, r.loss, 100 * r.top1,
-            100 * r.top5, r.images, r.images_per_sec);
+    fprintf(out, "%s%s: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%ld images, %.1f img/s)\n", what,
+            o->ema ? " (moving average, --ema)" : "", r.loss, 100 * r.top1, 100 * r.top5, r.images, r.images_per_sec);
     if (r.skipped) fprintf(out, "%ld unreadable images were skipped\n", r.skipped);
     if (o->json)
         printf("{\"loss\": %.17g, \"top1\": %.6f, \"top5\": %.6f, \"images\": %ld, \"images_per_sec\": %.3f}\n", r.loss,

@@ -108,8 +108,8 @@ int cmd_export(int argc, char **argv) {
     case EXPORT_ONNX: rc = onnx_export(o->out, &m.cfg, &m.table, host); break;
     }
     if (rc == VIT_OK)
-        printf("wrote %s: %s, %zu parameters (%s, %d classes, %dx%d input)\n", o->out, what[fmt], m.table.total,
-               m.cfg.name, m.cfg.classes, m.cfg.image, m.cfg.image);
+        printf("wrote %s: %s, %zu parameters (%s, %d classes, %dx%d input)%s\n", o->out, what[fmt], m.table.total,
+               m.cfg.name, m.cfg.classes, m.cfg.image, m.cfg.image, o->ema ? ", the moving average (--ema)" : "");
 done:
     if (rc != VIT_OK) fprintf(stderr, "vit export: %s\n", vit_error());
     free(host);

@@ -1,10 +1,13 @@
 // `vit predict`: top-5 classes with probabilities for image files, with the evaluation
-// preprocessing (short side resized to the model's size, center crop).
+// preprocessing (full-size decode, short side resized to the model's size, central crop);
+// --save_inputs writes what the model was given as PNGs.
+#include <errno.h>
 #include <libgen.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "backend/backend.h"
 #include "commands.h"
@@ -38,11 +41,83 @@ static void default_labels(const ViTConfig *c, char *out, size_t n) {
         out[0] = 0;
 }
 
+// --save_inputs DIR: an existing folder, or one made now.
+static int check_save_dir(const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) == 0) return S_ISDIR(st.st_mode) ? VIT_OK : vit_fail("--save_inputs %s: not a folder", dir);
+    if (mkdir(dir, 0777) != 0) return vit_fail("--save_inputs %s: cannot create it: %s", dir, strerror(errno));
+    return VIT_OK;
+}
+
+// DIR/<file name without its extension>.png; "-<argument number>" is added when an earlier
+// argument has the same name (photos from two folders).
+static void input_png_path(const char *dir, char **images, int i, char *out, size_t n) {
+    const char *base = strrchr(images[i], '/') ? strrchr(images[i], '/') + 1 : images[i];
+    const char *dot = strrchr(base, '.');
+    int stem = dot && dot != base ? (int)(dot - base) : (int)strlen(base), clash = 0;
+    for (int k = 0; k < i && !clash; k++) {
+        const char *b = strrchr(images[k], '/') ? strrchr(images[k], '/') + 1 : images[k];
+        const char *d = strrchr(b, '.');
+        int len = d && d != b ? (int)(d - b) : (int)strlen(b);
+        clash = len == stem && !strncmp(b, base, (size_t)stem);
+    }
+    if (clash)
+        snprintf(out, n, "%s/%.*s-%d.png", dir, stem, base, i + 1);
+    else
+        snprintf(out, n, "%s/%.*s.png", dir, stem, base);
+}
+
+// The model input for image i, made as evaluation makes it: full-size decode (or DCT-scaled
+// with --eval_fast_decode), resize, central crop. With --save_inputs, also written as a PNG.
+static int prepare_input(const Options *o, const ViTConfig *c, char **images, int i, uint8_t *out) {
+    Image img = {0};
+    int rc = o->eval_fast_decode ? image_decode_file(&img, images[i], c->image) : image_decode_file_tf(&img, images[i]);
+    if (rc == VIT_OK) rc = image_eval_crop(&img, c->image, c->channels, out);
+    image_free(&img);
+    if (rc == VIT_OK && *o->save_inputs) {
+        char png[2200];
+        input_png_path(o->save_inputs, images, i, png, sizeof png);
+        rc = image_write_png(png, out, c->image, c->image, c->channels);
+    }
+    return rc;
+}
+
+// Softmax of the logits and the five most probable classes, as text or one JSON line.
+static void print_top5(const Options *o, const ViTConfig *c, char **names, const char *path, const float *z,
+                       float *prob) {
+    float mx = z[0];
+    for (int k = 1; k < c->classes; k++) mx = z[k] > mx ? z[k] : mx;
+    double sum = 0;
+    for (int k = 0; k < c->classes; k++) sum += prob[k] = expf(z[k] - mx);
+    int top[5], n_top = c->classes < 5 ? c->classes : 5;
+    for (int t = 0; t < n_top; t++) {  // selection of the five largest, ties to the lower index
+        top[t] = -1;
+        for (int k = 0; k < c->classes; k++) {
+            int taken = 0;
+            for (int u = 0; u < t; u++) taken |= top[u] == k;
+            if (!taken && (top[t] < 0 || prob[k] > prob[top[t]])) top[t] = k;
+        }
+    }
+    if (o->json) {
+        printf("{\"image\": \"%s\", \"top5\": [", path);
+        for (int t = 0; t < n_top; t++)
+            printf("%s{\"class\": %d, \"name\": \"%s\", \"probability\": %.6f}", t ? ", " : "", top[t],
+                   names && names[top[t]] ? names[top[t]] : "", prob[top[t]] / sum);
+        printf("]}\n");
+    } else {
+        printf("%s\n", path);
+        for (int t = 0; t < n_top; t++)
+            printf("  %d. %6.2f%%  %s (%d)\n", t + 1, 100 * prob[top[t]] / sum,
+                   names && names[top[t]] ? names[top[t]] : "class", top[t]);
+    }
+}
+
 int cmd_predict(int argc, char **argv) {
     for (int i = 0; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             flags_print_help("predict IMAGE...", "Top-5 classes of each JPEG/PNG image for --checkpoint FILE or "
-                                                 "--pretrained FILE;\n--labels FILE names the classes.");
+                                                 "--pretrained FILE;\n--labels FILE names the classes; --save_inputs "
+                                                 "DIR writes each model input as a PNG.");
             return 0;
         }
     ParsedOptions p;
@@ -57,6 +132,7 @@ int cmd_predict(int argc, char **argv) {
         vit_fail("predict needs image files (JPEG or PNG)");
         goto fail;
     }
+    if (*o->save_inputs && check_save_dir(o->save_inputs)) goto fail;
     be = cli_create_backend(&p, o->threads);
     if (!be || cli_load_model(&p, NULL, be, 1, &m, stderr)) goto fail;
     const ViTConfig *c = &m.cfg;
@@ -79,46 +155,17 @@ int cmd_predict(int argc, char **argv) {
     }
     rc = 0;
     for (int i = 0; i < p.n_positional; i++) {
-        const char *path = p.positional[i];
-        Image img = {0};
-        if (image_decode_file(&img, path, c->image) || image_eval_crop(&img, c->image, c->channels, batch)) {
-            if (img.pixels) image_free(&img);
+        if (prepare_input(o, c, p.positional, i, batch)) {
             fprintf(stderr, "vit predict: %s\n", vit_error());
             rc = 2;
             continue;
         }
-        image_free(&img);
         if (vit_forward(&m, batch, NULL, 1, 0, 0.0f, 0, 0)) {
             fprintf(stderr, "vit predict: %s\n", vit_error());
             rc = 2;
             break;
         }
-        const float *z = m.host_logits;
-        float mx = z[0];
-        for (int k = 1; k < c->classes; k++) mx = z[k] > mx ? z[k] : mx;
-        double sum = 0;
-        for (int k = 0; k < c->classes; k++) sum += prob[k] = expf(z[k] - mx);
-        int top[5], n_top = c->classes < 5 ? c->classes : 5;
-        for (int t = 0; t < n_top; t++) {  // selection of the five largest, ties to the lower index
-            top[t] = -1;
-            for (int k = 0; k < c->classes; k++) {
-                int taken = 0;
-                for (int u = 0; u < t; u++) taken |= top[u] == k;
-                if (!taken && (top[t] < 0 || prob[k] > prob[top[t]])) top[t] = k;
-            }
-        }
-        if (o->json) {
-            printf("{\"image\": \"%s\", \"top5\": [", path);
-            for (int t = 0; t < n_top; t++)
-                printf("%s{\"class\": %d, \"name\": \"%s\", \"probability\": %.6f}", t ? ", " : "", top[t],
-                       names && names[top[t]] ? names[top[t]] : "", prob[top[t]] / sum);
-            printf("]}\n");
-        } else {
-            printf("%s\n", path);
-            for (int t = 0; t < n_top; t++)
-                printf("  %d. %6.2f%%  %s (%d)\n", t + 1, 100 * prob[top[t]] / sum,
-                       names && names[top[t]] ? names[top[t]] : "class", top[t]);
-        }
+        print_top5(o, c, names, p.positional[i], m.host_logits, prob);
     }
     free(prob);
     goto done;

@@ -13,9 +13,10 @@ int cmd_prep(int argc, char **argv) {
             flags_print_help("prep",
                              "Writes --output_dir/train/train-NNNNN-of-NNNNN and validation/validation-NNNNN-of-NNNNN\n"
                              "from --raw_data_dir: train/<synset>/*.JPEG with validation/*.JPEG and\n"
-                             "imagenet_2012_validation_synset_labels.txt (or --val_labels), or train/<class>/ and\n"
-                             "val/<class>/ image folders. Uses --train_shards, --val_shards, --data_workers,\n"
-                             "--skip_corrupt.");
+                             "imagenet_2012_validation_synset_labels.txt or synset_labels.txt (or --val_labels),\n"
+                             "or train/<class>/ and val/<class>/ image folders. Uses --train_shards, --val_shards,\n"
+                             "--data_workers, --skip_corrupt. --local_scratch_dir is the recipe's name for\n"
+                             "--output_dir.");
             return 0;
         }
     ParsedOptions p;

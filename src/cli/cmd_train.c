@@ -1,6 +1,7 @@
 // `vit train`: flags -> data, model (official weights, a checkpoint to resume, or random
 // initialisation), optimizer, schedule -> the training loop -> report.
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,8 +23,21 @@
 #include "model_source.h"
 #include "util/status.h"
 
+// --drop_path and the Mixup/CutMix flags (timm's train.py), checked before any data is read;
+// the model checks the batch and the image size again when it takes them.
+static int regularization_from_flags(const Options *o, MixupConfig *mix) {
+    if (!(o->drop_path >= 0 && o->drop_path <= 1)) return vit_fail("--drop_path %g: must be in [0, 1]", o->drop_path);
+    *mix = (MixupConfig){.mixup_alpha = o->mixup, .cutmix_alpha = o->cutmix, .prob = o->mixup_prob,
+                         .switch_prob = o->mixup_switch_prob};
+    if (mixup_parse_mode(o->mixup_mode, &mix->mode) || mixup_parse_minmax(o->cutmix_minmax, mix->minmax))
+        return VIT_ERR;
+    return mixup_validate(mix, o->batch_size / (dist_size() > 0 ? dist_size() : 1), 0);
+}
+
 static int check_ranges(const ParsedOptions *p) {
     const Options *o = &p->o;
+    MixupConfig mix;
+    if (regularization_from_flags(o, &mix)) return VIT_ERR;
     if (o->batch_size < 1) return vit_fail("--batch_size %d: must be positive", o->batch_size);
     if (o->grad_accum_steps < 1) return vit_fail("--grad_accum_steps %d: must be positive", o->grad_accum_steps);
     if (o->epochs < 1) return vit_fail("--epochs %d: must be positive", o->epochs);
@@ -46,6 +60,9 @@ static int check_ranges(const ParsedOptions *p) {
     if (o->data_workers < 0) return vit_fail("--data_workers %d: must be >= 0", o->data_workers);
     if (o->prefetch_batches < 1) return vit_fail("--prefetch_batches %d: must be >= 1", o->prefetch_batches);
     if (o->rotate_deg < 0 || o->rotate_deg > 180) return vit_fail("--rotate_deg %g: must be in [0, 180]", o->rotate_deg);
+    AugmentConfig aug;  // --aa, --reprob, --remode, --recount
+    augment_defaults(&aug);
+    if (augment_set_timm(&aug, o->aa, o->reprob, o->remode, o->recount)) return VIT_ERR;
     if (o->zero != 0 && o->zero != 1)
         return vit_fail("--zero %d: expected 0 (off) or 1 (shard the optimizer state across the ranks)", o->zero);
     if (o->zero && !o->distributed)
@@ -72,6 +89,34 @@ static int optimizer_from_flags(const ParsedOptions *p, OptimConfig *oc) {
         *ov[i].field = v;
     }
     oc->clip_norm = o->clip_norm;
+    return VIT_OK;
+}
+
+// A decimal number of a flag given as text (kept as the double timm would use).
+static int flag_double(const char *flag, const char *text, double *x) {
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (!*text || *end || errno || !isfinite(v)) return vit_fail("--%s '%s': expected a number", flag, text);
+    *x = v;
+    return VIT_OK;
+}
+
+// --model_ema[_decay, _warmup] and --layer_decay, checked as timm would accept them.
+static int ema_from_flags(const ParsedOptions *p, OptimConfig *oc, EmaConfig *ema) {
+    const Options *o = &p->o;
+    if (flags_given(p, "ema"))
+        return vit_fail("--ema selects a checkpoint's average for evaluate, predict and export; training keeps one "
+                        "with --model_ema");
+    *ema = (EmaConfig){o->model_ema, 0.9998, o->model_ema_warmup};
+    if (flag_double("model_ema_decay", o->model_ema_decay, &ema->decay)) return VIT_ERR;
+    if (!(ema->decay > 0 && ema->decay < 1))
+        return vit_fail("--model_ema_decay %s: must be in (0, 1)", o->model_ema_decay);
+    oc->layer_decay = 0;
+    if (!flags_given(p, "layer_decay")) return VIT_OK;
+    if (flag_double("layer_decay", o->layer_decay, &oc->layer_decay)) return VIT_ERR;
+    if (!(oc->layer_decay > 0 && oc->layer_decay <= 1))
+        return vit_fail("--layer_decay %s: must be in (0, 1] (1 scales nothing)", o->layer_decay);
     return VIT_OK;
 }
 
@@ -268,6 +313,9 @@ static void print_json(const TrainResult *r) {
                r->val.top1, r->val.top5, r->val.images);
     else
         printf("\"val_loss\": null, \"val_top1\": null, \"val_top5\": null, \"val_images\": 0, ");
+    if (r->val_ema.images)  // --model_ema: the average's validation
+        printf("\"val_ema_loss\": %.17g, \"val_ema_top1\": %.6f, \"val_ema_top5\": %.6f, ", r->val_ema.loss,
+               r->val_ema.top1, r->val_ema.top5);
     printf("\"images_per_sec\": %.3f, \"steps\": %ld, \"skipped_updates\": %ld, \"stopped_by_signal\": %s, "
            "\"seconds\": %.3f, \"data_wait_seconds\": %.3f, \"allreduce_wait_seconds\": %.3f, \"ranks\": %d, \"optimizer_state_mib\": %.6f, "
            "\"peak_rss_mib\": %.1f, \"checkpoint\": \"%s\"}\n",
@@ -301,6 +349,8 @@ typedef struct {
     char resume_file[4096];
     TrainState rstate;
     float *slot_m, *slot_v;
+    EmaConfig ema;             // --model_ema
+    float *ema_host;           // the checkpoint's average to continue (every rank), or NULL
     MetaPair *meta;
     char (*meta_text)[1100];
 } TrainCmd;
@@ -338,7 +388,7 @@ static int evaluate_handover(int argc, char **argv, const char *path) {
 // Optimizer, schedule and preset from the flags: a bad --model is reported before any data is read.
 static int settings(TrainCmd *t) {
     const Options *o = t->o;
-    if (optimizer_from_flags(&t->p, &t->oc)) return VIT_ERR;
+    if (optimizer_from_flags(&t->p, &t->oc) || ema_from_flags(&t->p, &t->oc, &t->ema)) return VIT_ERR;
     if (schedule_parse(o->lr_sched, &t->sched.kind))
         return vit_fail("--lr_sched %s: expected linear, exp, steps, constant or WarmupCosine", o->lr_sched);
     t->sched.initial_lr = o->initial_lr;
@@ -410,8 +460,30 @@ static int create_model(TrainCmd *t) {
         t->be = t->inner;
     }
     if (!t->be) return VIT_ERR;
-    return vit_create_ex(&t->model, &t->c, t->be, o->batch_size / dist_size(), 1,
-                         (o->recompute ? VIT_RECOMPUTE : 0) | (cli_is_bf16(&t->p) ? VIT_STORE_BF16 : 0));
+    MixupConfig mix;
+    if (vit_create_ex(&t->model, &t->c, t->be, o->batch_size / dist_size(), 1,
+                      (o->recompute ? VIT_RECOMPUTE : 0) | (cli_is_bf16(&t->p) ? VIT_STORE_BF16 : 0)) ||
+        regularization_from_flags(o, &mix))
+        return VIT_ERR;
+    return vit_set_regularization(&t->model, o->drop_path, &mix);
+}
+
+// --model_ema resuming a checkpoint with an average: every rank continues it (rank 0 reads it).
+// Without one in the file the average starts from the resumed weights.
+static int restore_ema(TrainCmd *t) {
+    size_t n = t->model.table.total;
+    int has = t->rank == 0 && t->src.ck.has_ema;
+    if (!t->ema.on) return VIT_OK;
+    if (dist_bcast(&has, sizeof has, 0)) return VIT_ERR;
+    if (!has) {  // (only rank 0 knows the path; the others print to /dev/null)
+        fprintf(t->out, "note: %s holds no moving average: --model_ema starts from its weights\n",
+                t->rank == 0 ? t->resume : "the checkpoint");
+        return VIT_OK;
+    }
+    if (!(t->ema_host = malloc(n * sizeof(float))))
+        return vit_fail("out of memory for the checkpoint's moving average (%.1f MiB)", n * 4 / 1048576.0);
+    if (t->rank == 0 && checkpoint_copy_ema(&t->src.ck, t->resume, &t->model.table, t->ema_host)) return VIT_ERR;
+    return dist_bcast(t->ema_host, n * sizeof(float), 0);
 }
 
 // The checkpoint's parameters (rank 0) and optimizer slots (every rank that holds them whole).
@@ -430,6 +502,7 @@ static int restore_checkpoint(TrainCmd *t) {
     if (!sharded && ((t->slot_m && dist_bcast(t->slot_m, n * sizeof(float), 0)) ||
                      (t->slot_v && dist_bcast(t->slot_v, n * sizeof(float), 0))))
         return VIT_ERR;
+    if (restore_ema(t)) return VIT_ERR;
     fprintf(t->out, "resuming %s: epoch %d, step %ld, update %ld\n", t->resume, t->rstate.epoch + 1,
             t->rstate.step_in_epoch, t->rstate.update);
     return VIT_OK;
@@ -454,7 +527,7 @@ static int load_parameters(TrainCmd *t) {
         t->nccl_transport = nccl_sync_transport(t->nccl);
     }
     if (t->rank == 0 && *o->save_dir) {
-        size_t slots = (size_t)optim_uses_m(t->oc.kind) + (size_t)optim_uses_v(t->oc.kind);
+        size_t slots = (size_t)optim_uses_m(t->oc.kind) + (size_t)optim_uses_v(t->oc.kind) + (t->ema.on != 0);
         if (check_save_space(o->save_dir, t->model.table.total * sizeof(float) * (1 + slots) + (1 << 20)))
             return VIT_ERR;
     }
@@ -476,6 +549,13 @@ static void print_header(const TrainCmd *t) {
             (unsigned long long)t->seed, t->be->name, cli_precision_name(&t->p),
             t->model.store_bf16 ? "bf16-saved " : "", t->model.activation_bytes / 1048576.0,
             o->recompute ? " (--recompute)" : "");
+    if (t->ema.on || t->oc.layer_decay > 0) {
+        if (t->ema.on) fprintf(t->out, "model EMA: decay %g%s", t->ema.decay, t->ema.warmup ? " with warm-up" : "");
+        if (t->oc.layer_decay > 0)
+            fprintf(t->out, "%slayer-wise lr decay %g over %d layers", t->ema.on ? ";  " : "", t->oc.layer_decay,
+                    c->layers + 2);
+        fprintf(t->out, "\n");
+    }
 }
 
 // Every flag goes into each checkpoint's metadata.
@@ -519,6 +599,9 @@ static void report(const TrainCmd *t, const TrainResult *r) {
     if (r->val.images)
         fprintf(out, "final validation accuracy: top1 %.2f%%  top5 %.2f%%  (%ld images)\n", 100 * r->val.top1,
                 100 * r->val.top5, r->val.images);
+    if (r->val_ema.images)
+        fprintf(out, "final validation accuracy (EMA): top1 %.2f%%  top5 %.2f%%  (%ld images)\n",
+                100 * r->val_ema.top1, 100 * r->val_ema.top5, r->val_ema.images);
     fprintf(out, "trained %ld updates in %.1f s, %.1f img/s, peak host memory %.0f MiB%s%s\n", r->updates, r->seconds,
             r->images_per_sec, peak_rss_mib(), *r->last_checkpoint ? "; checkpoint " : "", r->last_checkpoint);
     if (r->skipped_updates) fprintf(out, "skipped %ld updates with a non-finite loss or gradient\n", r->skipped_updates);
@@ -541,6 +624,7 @@ static int run_training(TrainCmd *t) {
                      .workers = o->data_workers, .prefetch = o->prefetch_batches,
                      .smoothing = o->label_smoothing, .seed = t->seed, .out = t->out,
                      .resume = t->have_ck ? &t->rstate : NULL, .resume_m = t->slot_m, .resume_v = t->slot_v,
+                     .ema = t->ema, .resume_ema = t->ema_host,
                      .start_epoch = t->have_ck ? 0 : o->resume_from_epoch,
                      .save_dir = *o->save_dir ? o->save_dir : NULL, .checkpoint_every = o->checkpoint_every_steps,
                      .keep = o->keep_checkpoints, .meta = t->meta, .n_meta = g_flag_count,
@@ -570,7 +654,7 @@ static void cleanup(TrainCmd *t) {
     model_source_close(&t->src);
     dataset_free(&t->train);
     dataset_free(&t->val);
-    free(t->slot_m), free(t->slot_v), free(t->meta), free(t->meta_text);
+    free(t->slot_m), free(t->slot_v), free(t->ema_host), free(t->meta), free(t->meta_text);
     flags_free(&t->p);
     if (t->devnull) fclose(t->devnull);
     dist_finalize();

@@ -213,9 +213,14 @@ void cli_data_output(const ParsedOptions *p, const ViTConfig *c, Dataset *train,
     AugmentConfig aug;
     augment_defaults(&aug);
     aug.rotate_deg = p->o.rotate_deg;
+    // Checked by `vit train` before any work (cmd_train.c's check_ranges), so it cannot fail here.
+    if (augment_set_timm(&aug, p->o.aa, p->o.reprob, p->o.remode, p->o.recount)) randaug_defaults(&aug.ra);
     // --deterministic: no augmentation, so the same seed gives the same batches.
     if (train) dataset_set_output(train, c->image, c->channels, !p->o.deterministic, &aug);
     if (val) dataset_set_output(val, c->image, c->channels, 0, NULL);
+    // Training decodes DCT-scaled even with --deterministic; evaluation full size unless asked.
+    if (train) train->fast_decode = 1;
+    if (val) val->fast_decode = p->o.eval_fast_decode;
     Dataset *sets[2] = {train, val};
     for (int i = 0; i < 2; i++)
         if (sets[i] && sets[i]->kind == DATA_TFRECORD) sets[i]->classes = c->classes;  // labels checked against it

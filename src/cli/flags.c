@@ -32,17 +32,25 @@ const Flag g_flags[] = {
      0, CMD_TRAIN},
     {"skip_corrupt", NULL, FLAG_BOOL, F(skip_corrupt), "0",
      "skip unreadable images (counted, reported per epoch) instead of stopping", 0, DATA | CMD_PREP},
+    {"aa", NULL, FLAG_STRING, F(aa), "", "training: timm's RandAugment policy, e.g. rand-m9-mstd0.5-inc1 ('' = off)",
+     0, CMD_TRAIN},
+    {"reprob", NULL, FLAG_FLOAT, F(reprob), "0", "training: timm's random erasing probability", 0, CMD_TRAIN},
+    {"remode", NULL, FLAG_STRING, F(remode), "pixel", "random erasing fill: pixel | const | rand", 0, CMD_TRAIN},
+    {"recount", NULL, FLAG_INT, F(recount), "1", "random erasing: up to N boxes per image", 0, CMD_TRAIN},
     {"rotate_deg", NULL, FLAG_FLOAT, F(rotate_deg), "0", "training augmentation: random rotation up to +-N degrees",
      0, CMD_TRAIN},
     {"cache_dir", NULL, FLAG_STRING, F(cache_dir), "", "where the TFRecord offset index is cached "
      "(default: next to the shards)", 0, DATA},
+    {"eval_fast_decode", NULL, FLAG_BOOL, F(eval_fast_decode), "0",
+     "evaluation and predict: decode large JPEGs at a reduced DCT scale (faster; the recipe decodes full size)",
+     0, RUN},
     // prep
     {"raw_data_dir", NULL, FLAG_STRING, F(raw_data_dir), "", "prep: raw ImageNet (train/, validation/) or "
      "train/ and val/ class folders", 0, CMD_PREP},
     {"output_dir", "--local_scratch_dir", FLAG_STRING, F(output_dir), "", "prep: where train/ and validation/ "
      "shards go", 0, CMD_PREP},
     {"val_labels", NULL, FLAG_STRING, F(val_labels), "", "prep: validation synsets, one per line in file-name "
-     "order (default <raw_data_dir>/imagenet_2012_validation_synset_labels.txt)", 0, CMD_PREP},
+     "order (default <raw_data_dir>/imagenet_2012_validation_synset_labels.txt or synset_labels.txt)", 0, CMD_PREP},
     {"train_shards", NULL, FLAG_INT, F(train_shards), "1024", "prep: training shards", 0, CMD_PREP},
     {"val_shards", NULL, FLAG_INT, F(val_shards), "128", "prep: validation shards", 0, CMD_PREP},
     // model
@@ -75,6 +83,22 @@ const Flag g_flags[] = {
      "decoupled decay on kernels (adamw default 0.01, others 0)", 0, CMD_TRAIN},
     {"clip_norm", NULL, FLAG_FLOAT, F(clip_norm), "1.0", "global-norm gradient clipping, 0 = off", 0, CMD_TRAIN},
     {"label_smoothing", NULL, FLAG_FLOAT, F(label_smoothing), "0", "label smoothing of the loss", 0, CMD_TRAIN},
+    {"drop_path", NULL, FLAG_FLOAT, F(drop_path), "0",
+     "stochastic depth: the last block's per-image drop rate of its residual branches, linear from 0 at the "
+     "first block (timm's --drop-path)", 0, CMD_TRAIN},
+    {"mixup", NULL, FLAG_FLOAT, F(mixup), "0", "mixup alpha: images and targets mixed with weights ~ Beta(a, a); "
+     "0 = off (timm's --mixup)", 0, CMD_TRAIN},
+    {"cutmix", NULL, FLAG_FLOAT, F(cutmix), "0", "CutMix alpha: a box of another image pasted, weights ~ Beta(a, a); "
+     "0 = off (timm's --cutmix)", 0, CMD_TRAIN},
+    {"cutmix_minmax", NULL, FLAG_STRING, F(cutmix_minmax), "",
+     "LO,HI: CutMix box sides drawn as fractions of the image in [LO, HI) instead of from alpha (timm's "
+     "--cutmix-minmax)", 0, CMD_TRAIN},
+    {"mixup_prob", NULL, FLAG_FLOAT, F(mixup_prob), "1.0", "probability of mixing a batch, pair or image",
+     0, CMD_TRAIN},
+    {"mixup_switch_prob", NULL, FLAG_FLOAT, F(mixup_switch_prob), "0.5",
+     "probability of CutMix instead of mixup when both are on", 0, CMD_TRAIN},
+    {"mixup_mode", NULL, FLAG_STRING, F(mixup_mode), "batch",
+     "batch | pair | elem: one mixing draw per batch, per pair (b, B-1-b) or per image", 0, CMD_TRAIN},
     {"dtype", "-d", FLAG_STRING, F(dtype), "fp32", "fp32 | bf16", 0, RUN},
     {"batch_size", NULL, FLAG_INT, F(batch_size), "32", "global batch of one micro-step", 0, DATA},
     {"grad_accum_steps", NULL, FLAG_INT, F(grad_accum_steps), "8", "micro-batches per optimizer update",
@@ -122,6 +146,8 @@ const Flag g_flags[] = {
     {"format", NULL, FLAG_STRING, F(format), "",
      "export: npz | timm | hf | onnx (default from --out: .npz, .safetensors timm, .onnx)", 0, CMD_EXPORT},
     {"labels", NULL, FLAG_STRING, F(labels), "", "predict: class names, one per line", 0, CMD_PREDICT},
+    {"save_inputs", NULL, FLAG_STRING, F(save_inputs), "",
+     "predict: write each image's model input (after preprocessing) as DIR/<name>.png", 0, CMD_PREDICT},
     {"log_dir", NULL, FLAG_STRING, F(log_dir), "logs", "TensorBoard folder", 0, CMD_TRAIN},
     {"save_summary_steps", NULL, FLAG_INT, F(save_summary_steps), "100",
      "TensorBoard training scalars every N optimizer updates (0 = per epoch only); --log_dir '' = no logs",
@@ -139,6 +165,19 @@ const Flag g_flags[] = {
      "(~4.6x less activation memory, ~23% more step time)", 0, CMD_TRAIN},
     {"skip_nonfinite", NULL, FLAG_BOOL, F(skip_nonfinite), "0",
      "skip updates with a non-finite loss or gradient norm (counted) instead of stopping", 0, CMD_TRAIN},
+    {"model_ema", NULL, FLAG_BOOL, F(model_ema), "0",
+     "keep an exponential moving average of the weights (timm's ModelEmaV3), validated each epoch and saved in "
+     "every checkpoint", 0, CMD_TRAIN},
+    {"model_ema_decay", NULL, FLAG_STRING, F(model_ema_decay), "0.9998",
+     "decay of --model_ema, in (0, 1): ema = decay * ema + (1 - decay) * weights after each update", 0, CMD_TRAIN},
+    {"model_ema_warmup", NULL, FLAG_BOOL, F(model_ema_warmup), "0",
+     "--model_ema warm-up: decay min(D, 1 - (1 + n)^(-2/3)) at update n + 1 (timm's)", 0, CMD_TRAIN},
+    {"layer_decay", NULL, FLAG_STRING, F(layer_decay), "",
+     "layer-wise learning-rate decay F in (0, 1]: a layer's rate times F^(L + 1 - layer) (timm's; default off)",
+     0, CMD_TRAIN},
+    {"ema", NULL, FLAG_BOOL, F(ema), "0",
+     "evaluate/predict/export the checkpoint's moving average of the weights (a run with --model_ema)",
+     0, CMD_EVALUATE | CMD_PREDICT | CMD_EXPORT},
     {"base_tf_server_port", NULL, FLAG_INT, F(base_tf_server_port), "7850", "TensorFlow-only; ignored",
      1, CMD_TRAIN},
     {"recipe_cache", NULL, FLAG_STRING, F(recipe_cache), "", "Habana-only; ignored", 1, CMD_TRAIN},

@@ -63,11 +63,16 @@ int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkp
     s->head_glorot = !strcasecmp(o->head_init, "glorot");
     int given = checkpoint && *checkpoint;
     if (!given) checkpoint = o->checkpoint;
+    s->ema = !given && o->ema;
+    if (s->ema && !*o->checkpoint)
+        return vit_fail("--ema needs --checkpoint FILE (a checkpoint of a run with --model_ema)");
     if (*checkpoint && (!given || is_checkpoint_file(checkpoint))) {
         s->kind = SOURCE_CHECKPOINT;
         cli_expand_home(checkpoint, s->path, sizeof s->path);
         if (checkpoint_open(&s->ck, s->path)) return VIT_ERR;
         if (!s->ck.has_checksums) fprintf(stderr, "note: %s has no checksums: loaded unverified\n", s->path);
+        if (s->ema && !s->ck.has_ema)
+            return vit_fail("--ema: %s holds no moving average of the weights (its run had no --model_ema)", s->path);
         s->cfg = s->ck.cfg;
         return VIT_OK;
     }
@@ -91,7 +96,8 @@ int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkp
 static int load_checkpoint(ModelSource *s, ViT *m, float *slot_m, float *slot_v) {
     float *host = malloc(m->table.total * sizeof(float));
     if (!host) return vit_fail("out of memory loading %s", s->path);
-    int rc = checkpoint_copy(&s->ck, s->path, &m->table, host, slot_m, slot_v);
+    int rc = s->ema ? checkpoint_copy_ema(&s->ck, s->path, &m->table, host)
+                    : checkpoint_copy(&s->ck, s->path, &m->table, host, slot_m, slot_v);
     if (rc == VIT_OK) m->be->upload(m->be, m->params, host, m->table.total * sizeof(float));
     free(host);
     return rc;

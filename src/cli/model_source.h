@@ -20,6 +20,7 @@ typedef struct {
     NpzFile weights;    // SOURCE_WEIGHTS: tensors under the official names
     const char *naming; // SOURCE_WEIGHTS from .safetensors: "timm" or "Hugging Face transformers"
     int head_glorot;    // --head_init glorot: a new head is glorot-uniform, else zeros
+    int ema;            // --ema: the checkpoint's moving average ("ema/<name>") instead of its weights
 } ModelSource;
 
 // Opens the source the flags name: `checkpoint` when non-empty (train's resume file: a
@@ -30,7 +31,8 @@ typedef struct {
 // supplies image size, channels and classes as cli_model_config does.
 int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkpoint, const Dataset *data);
 
-// Fills m->params (uploaded to m's backend): the checkpoint's parameters (and its optimizer
+// Fills m->params (uploaded to m's backend): the checkpoint's parameters (with --ema its moving
+// average of them, for evaluate, predict and export) (and its optimizer
 // slots into slot_m/slot_v when given), the weights adapted to the model, or the random
 // initialisation from `seed`. Unused tensors and head changes are reported on `report`.
 int model_source_load(ModelSource *s, ViT *m, uint64_t seed, float *slot_m, float *slot_v, FILE *report);

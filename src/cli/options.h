@@ -9,7 +9,13 @@ typedef struct {
     int synthetic_data;
     int data_workers, prefetch_batches, skip_corrupt;
     float rotate_deg;
+    char aa[128];                // timm RandAugment policy ("" = off)
+    float reprob;                // random erasing probability
+    char remode[16];
+    int recount;
     char cache_dir[1024];
+    int eval_fast_decode;
+    char save_inputs[1024];
     // prep
     char raw_data_dir[1024], output_dir[1024], val_labels[1024];
     int train_shards, val_shards;
@@ -23,6 +29,9 @@ typedef struct {
     // training
     char optimizer[16];
     float momentum, beta1, beta2, epsilon, weight_decay, clip_norm, label_smoothing;
+    // regularisation, as timm's train.py: stochastic depth, Mixup/CutMix
+    float drop_path, mixup, cutmix, mixup_prob, mixup_switch_prob;
+    char mixup_mode[16], cutmix_minmax[64];
     char dtype[16];
     int batch_size, grad_accum_steps, epochs, steps_per_epoch, validation_steps;
     char lr_sched[32];
@@ -46,6 +55,9 @@ typedef struct {
     int distributed;
     int zero;
     int skip_nonfinite;
+    // timm's weight EMA and layer-wise lr decay (the numbers as text: parsed to doubles, as timm's)
+    int model_ema, model_ema_warmup, ema;
+    char model_ema_decay[32], layer_decay[32];
     int allow_tf32;
     int recompute;
     int base_tf_server_port;

@@ -36,6 +36,27 @@ void augment_defaults(AugmentConfig *a) {
     a->saturation_hi = 1.5f;
     a->rotate_deg = 0.0f;
     a->flip = 1;
+    randaug_defaults(&a->ra);
+    erase_defaults(&a->erase);
+}
+
+int augment_set_timm(AugmentConfig *a, const char *aa, float reprob, const char *remode, int recount) {
+    if (randaug_parse(&a->ra, aa ? aa : "", "--aa")) return VIT_ERR;
+    if (!(reprob >= 0.0f && reprob <= 1.0f)) return vit_fail("--reprob %g: must be in [0, 1]", reprob);
+    if (recount < 1 || recount > ERASE_MAX_COUNT)
+        return vit_fail("--recount %d: must be in [1, %d]", recount, ERASE_MAX_COUNT);
+    if (erase_parse_mode(remode ? remode : "pixel", &a->erase.mode, "--remode")) return VIT_ERR;
+    a->erase.prob = reprob;
+    a->erase.max_count = recount;
+    return VIT_OK;
+}
+
+int augment_extra(uint8_t *px, int size, int channels, const AugmentConfig *a, uint64_t seed, uint32_t epoch,
+                  uint64_t index) {
+    if (!a || !px) return VIT_OK;
+    if (randaug_apply(&a->ra, px, size, size, channels, seed, epoch, index)) return VIT_ERR;
+    random_erase(&a->erase, px, size, size, channels, seed, epoch, index);
+    return VIT_OK;
 }
 
 static Philox4 draw(uint64_t seed, uint32_t epoch, uint64_t index, uint32_t tag) {
@@ -324,8 +345,16 @@ int augment_train(const Image *img, int size, int channels, const AugmentConfig 
     // resized image (planar), which the rotation samples from.
     const size_t plane = (size_t)size * size;
     const size_t floats = 3 * (size_t)size + 3 * (size_t)size + resizer_floats(cw, size) + (rotate ? 3 * plane : 0);
+    // RandAugment works on the RGB bytes of the crop (timm's PIL image); a 1-channel model
+    // then gets their luma, so the crop goes to a separate RGB buffer first.
+    const int ra = a->ra.enabled && a->ra.num_ops > 0, sch = ra ? 3 : channels;
+    uint8_t *rgb = ra && channels == 1 ? malloc(plane * 3) : NULL, *dst = rgb ? rgb : out;
     float *mem = malloc(floats * sizeof *mem);
-    if (!mem) return vit_fail("augment: out of memory for a %dx%d image", size, size);
+    if (!mem || (ra && channels == 1 && !rgb)) {
+        free(mem);
+        free(rgb);
+        return vit_fail("augment: out of memory for a %dx%d image", size, size);
+    }
     float *R = mem, *G = R + size, *B = G + size, *full = B + size;
     Resizer rs;
     resizer_init(&rs, img->pixels, img->width, x0, y0, cw, ch, size, size, flip, full + (rotate ? 3 * plane : 0));
@@ -339,15 +368,25 @@ int augment_train(const Image *img, int size, int channels, const AugmentConfig 
         for (int y = 0; y < size; y++) {
             rotate_row(full, size, y, cs, sn, R, G, B);
             color_row(R, G, B, size, delta, sat);
-            store_row(R, G, B, size, channels, out + (size_t)y * size * channels);
+            store_row(R, G, B, size, sch, dst + (size_t)y * size * sch);
         }
     } else {
         for (int y = 0; y < size; y++) {
             resize_row(&rs, y, R, G, B);
             color_row(R, G, B, size, delta, sat);
-            store_row(R, G, B, size, channels, out + (size_t)y * size * channels);
+            store_row(R, G, B, size, sch, dst + (size_t)y * size * sch);
         }
     }
     free(mem);
-    return VIT_OK;
+    int rc = ra ? randaug_apply(&a->ra, dst, size, size, 3, seed, epoch, index) : VIT_OK;
+    if (rgb) {
+        for (size_t i = 0; i < plane; i++) {
+            const uint8_t *p = rgb + 3 * i;
+            float l = 0.299f * p[0] + 0.587f * p[1] + 0.114f * p[2] + 0.5f;  // store_row's luma
+            out[i] = (uint8_t)(l < 255.0f ? l : 255.0f);
+        }
+        free(rgb);
+    }
+    if (rc == VIT_OK) random_erase(&a->erase, out, size, size, channels, seed, epoch, index);
+    return rc;
 }

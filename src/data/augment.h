@@ -6,6 +6,8 @@
 #pragma once
 #include <stdint.h>
 #include "image.h"
+#include "randaugment.h"
+#include "random_erasing.h"
 
 typedef struct {
     float min_object_covered;  // 0.6
@@ -16,15 +18,30 @@ typedef struct {
     float saturation_lo, saturation_hi;  // 0.5, 1.5
     float rotate_deg;          // 0: none; else angle uniform in [-r, r]
     int flip;                  // 1: random left-right flip
+    // timm's augmentations on top of the recipe's (off by default): RandAugment on the
+    // finished RGB crop, then random erasing on the output bytes.
+    RandAugConfig ra;          // --aa
+    EraseConfig erase;         // --reprob, --remode, --recount
 } AugmentConfig;
 
 void augment_defaults(AugmentConfig *a);
+
+// Sets RandAugment (`aa`, timm's policy string, "" = off) and random erasing (probability,
+// mode pixel | const | rand, maximum count) from the flags; errors are one line naming the flag.
+int augment_set_timm(AugmentConfig *a, const char *aa, float reprob, const char *remode, int recount);
+
+// RandAugment (RGB as PIL's "RGB", 1 channel as PIL's "L") then random erasing, in place on a
+// size x size image: the training path of images that get no crop (IDX). No-op when both are off.
+int augment_extra(uint8_t *px, int size, int channels, const AugmentConfig *a, uint64_t seed, uint32_t epoch,
+                  uint64_t index);
 
 // The crop window chosen for this sample (x, y, w, h in pixels of img): exposed for tests.
 void augment_crop_window(int width, int height, const AugmentConfig *a, uint64_t seed, uint32_t epoch,
                          uint64_t index, int *x, int *y, int *w, int *h);
 
-// Writes size * size * channels bytes (channels 3: RGB; 1: luma) of the augmented image.
+// Writes size * size * channels bytes (channels 3: RGB; 1: luma) of the augmented image. With
+// RandAugment on, it runs on the RGB bytes of the crop (after flip and colour), before luma;
+// random erasing runs last, on the output bytes.
 int augment_train(const Image *img, int size, int channels, const AugmentConfig *a, uint64_t seed, uint32_t epoch,
                   uint64_t index, uint8_t *out);
 

@@ -93,9 +93,14 @@ static int read_file(const char *path, SampleScratch *s, size_t *len) {
 static int pixels_from_encoded(const Dataset *d, const uint8_t *data, size_t len, const char *where, int index,
                                uint32_t epoch, uint8_t *out) {
     Image img = {0};
-    // A JPEG much larger than needed is decoded at a reduced DCT scale. Training crops keep
+    // Training decodes a JPEG much larger than needed at a reduced DCT scale: its crops keep
     // at least ~2/3 of each side, so keeping twice the output size loses no resolution.
-    if (image_decode(&img, data, len, where, d->train ? 2 * d->size : d->size)) return VIT_ERR;
+    // Evaluation decodes as the recipe's tf.io.decode_jpeg, full size: DCT scaling is a box
+    // filter ahead of the bilinear resize and moves the probabilities; fast_decode opts in.
+    int decoded = d->train         ? image_decode(&img, data, len, where, 2 * d->size)
+                  : d->fast_decode ? image_decode(&img, data, len, where, d->size)
+                                   : image_decode_tf(&img, data, len, where);
+    if (decoded != VIT_OK) return VIT_ERR;
     int rc = d->train ? augment_train(&img, d->size, d->channels, &d->aug, d->seed, epoch, (uint64_t)index, out)
                       : image_eval_crop(&img, d->size, d->channels, out);
     image_free(&img);
@@ -108,7 +113,8 @@ static int load_one(const Dataset *d, int k, uint32_t epoch, uint8_t *out, int *
     case DATA_IDX:
         memcpy(out, d->idx.images + (size_t)k * bytes, bytes);
         *label = d->idx.labels[k];
-        return VIT_OK;
+        // IDX images get none of the recipe's steps; --aa and --reprob apply when given.
+        return d->train ? augment_extra(out, d->size, d->channels, &d->aug, d->seed, epoch, (uint64_t)k) : VIT_OK;
     case DATA_SYNTHETIC:
         // 16 bytes per Philox call, keyed by the sample index.
         for (size_t j = 0; j < bytes; j += 16) {

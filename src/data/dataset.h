@@ -32,6 +32,7 @@ typedef struct {
     int *labels;
     // how encoded samples become pixels
     int train;            // 1: training augmentation; 0: evaluation crop
+    int fast_decode;      // evaluation crop: decode large JPEGs at a reduced DCT scale (training always does)
     AugmentConfig aug;
     int skip_corrupt;     // substitute unreadable samples (counted) instead of failing
 } Dataset;

@@ -94,7 +94,7 @@ static void cmyk_to_rgb(uint8_t *rgb, const uint8_t *cmyk, unsigned n, int inver
 }
 
 static int decode_jpeg(Image *img, const uint8_t *data, size_t size, const char *name,
-                       int min_side) {
+                       int min_side, int fast_idct) {
     struct jpeg_decompress_struct cinfo;
     JpegError err;
     struct jpeg_progress_mgr progress = {.progress_monitor = jpeg_on_progress};
@@ -123,6 +123,9 @@ static int decode_jpeg(Image *img, const uint8_t *data, size_t size, const char 
     cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
     cinfo.scale_num = 1;
     cinfo.scale_denom = 1;
+    // TensorFlow's decode_jpeg defaults to the fast integer IDCT; its pixels differ from the
+    // accurate one's by up to ~8 levels, so the recipe's evaluation needs it.
+    if (fast_idct) cinfo.dct_method = JDCT_IFAST;
     if (min_side > 0) {
         // Largest reduction keeping both sides >= min_side: the IDCT does it nearly for free.
         static const unsigned denoms[] = {8, 4, 2};
@@ -257,21 +260,29 @@ static int decode_png(Image *img, const uint8_t *data, size_t size, const char *
 
 // ---------------------------------------------------------------- entry points
 
-int image_decode(Image *img, const uint8_t *data, size_t size, const char *name, int min_side) {
+static int decode_any(Image *img, const uint8_t *data, size_t size, const char *name, int min_side,
+                      int fast_idct) {
     img->pixels = NULL;
     img->width = img->height = 0;
     if (!name) name = "(image)";
     if (size == 0 || !data) return vit_fail("%s: empty, not a JPEG or PNG image", name);
     if (size >= sizeof JPEG_MAGIC && memcmp(data, JPEG_MAGIC, sizeof JPEG_MAGIC) == 0)
-        return decode_jpeg(img, data, size, name, min_side);
+        return decode_jpeg(img, data, size, name, min_side, fast_idct);
     if (size >= sizeof PNG_MAGIC && memcmp(data, PNG_MAGIC, sizeof PNG_MAGIC) == 0)
         return decode_png(img, data, size, name);
     return vit_fail("%s: not a JPEG or PNG image", name);
 }
 
-int image_decode_file(Image *img, const char *path, int min_side) {
-    img->pixels = NULL;
-    img->width = img->height = 0;
+int image_decode(Image *img, const uint8_t *data, size_t size, const char *name, int min_side) {
+    return decode_any(img, data, size, name, min_side, 0);
+}
+
+int image_decode_tf(Image *img, const uint8_t *data, size_t size, const char *name) {
+    return decode_any(img, data, size, name, 0, 1);
+}
+
+// The whole file into a malloc'd buffer.
+static int read_whole_file(const char *path, uint8_t **out, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return vit_fail("%s: %s", path, strerror(errno));
     // Read in growing chunks rather than trusting a size from stat: works for pipes too.
@@ -300,29 +311,43 @@ int image_decode_file(Image *img, const char *path, int min_side) {
         return vit_fail("%s: read error: %s", path, strerror(e));
     }
     fclose(f);
-    int rc = image_decode(img, buf, n, path, min_side);
+    *out = buf;
+    *len = n;
+    return VIT_OK;
+}
+
+static int decode_file(Image *img, const char *path, int min_side, int fast_idct) {
+    img->pixels = NULL;
+    img->width = img->height = 0;
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    if (read_whole_file(path, &buf, &n)) return VIT_ERR;
+    int rc = decode_any(img, buf, n, path, min_side, fast_idct);
     free(buf);
     return rc;
 }
 
-// Source sampling positions along one axis for half-pixel-centered bilinear resizing:
-// output pixel i of `out_len` maps to (i + 0.5) * in_len / out_len - 0.5, clamped to the
-// image, so the two neighbours at the border coincide.
+int image_decode_file(Image *img, const char *path, int min_side) { return decode_file(img, path, min_side, 0); }
+
+int image_decode_file_tf(Image *img, const char *path) { return decode_file(img, path, 0, 1); }
+
+// Source sampling positions along one axis, as TensorFlow's resize_bilinear with half-pixel
+// centers computes them, in float32 so that they agree with it bit for bit: output pixel i of
+// `out_len` samples (i + 0.5) * (in_len / out_len) - 0.5, its neighbours floor and ceil of
+// that clamped to the image (so both coincide past either edge).
 typedef struct {
     int i0, i1;
     float t;
 } Tap;
 
 static void make_taps(Tap *taps, int n, long long offset, int in_len, long long out_len) {
-    double scale = (double)in_len / (double)out_len;
+    float scale = (float)in_len / (float)out_len;
     for (int i = 0; i < n; i++) {
-        double s = ((double)(i + offset) + 0.5) * scale - 0.5;
-        if (s < 0) s = 0;
-        if (s > in_len - 1) s = in_len - 1;
-        int i0 = (int)s;
-        taps[i].i0 = i0;
-        taps[i].i1 = i0 + 1 < in_len ? i0 + 1 : in_len - 1;
-        taps[i].t = (float)(s - i0);
+        float s = ((float)(i + offset) + 0.5f) * scale - 0.5f, f = floorf(s);
+        long long lo = (long long)f, hi = (long long)ceilf(s);
+        taps[i].i0 = (int)(lo < 0 ? 0 : lo > in_len - 1 ? in_len - 1 : lo);
+        taps[i].i1 = (int)(hi < 0 ? 0 : hi > in_len - 1 ? in_len - 1 : hi);
+        taps[i].t = s - f;
     }
 }
 
@@ -337,17 +362,13 @@ int image_eval_crop(const Image *img, int size, int channels, uint8_t *out) {
         return vit_fail("eval crop: channels must be 1 or 3 (got %d)", channels);
     if (!img || !img->pixels || img->width < 1 || img->height < 1)
         return vit_fail("eval crop: empty image");
-    long long w = img->width, h = img->height, rw, rh;
-    // Short side to `size`, long side scaled in proportion and rounded to nearest.
-    if (w <= h) {
-        rw = size;
-        rh = (2 * h * size + w) / (2 * w);
-        if (rh < size) rh = size;
-    } else {
-        rh = size;
-        rw = (2 * w * size + h) / (2 * h);
-        if (rw < size) rw = size;
-    }
+    // The recipe's _smallest_size_at_least, in its float32 arithmetic: rint rounds ties to
+    // even (97 x 64 at 32 becomes 48 x 32, not 49 x 32).
+    float fw = (float)img->width, fh = (float)img->height;
+    float scale = fh > fw ? (float)size / fw : (float)size / fh;
+    long long rw = (long long)rintf(fw * scale), rh = (long long)rintf(fh * scale);
+    if (rw < size) rw = size;  // float rounding can never take it below; kept as a guard
+    if (rh < size) rh = size;
     // Only the crop window of the resized image is ever computed.
     Tap *xs = malloc((size_t)size * sizeof *xs), *ys = malloc((size_t)size * sizeof *ys);
     if (!xs || !ys) {
@@ -380,5 +401,49 @@ int image_eval_crop(const Image *img, int size, int channels, uint8_t *out) {
     }
     free(xs);
     free(ys);
+    return VIT_OK;
+}
+
+// ---------------------------------------------------------------- PNG writing
+
+typedef struct {
+    char message[256];
+} PngWriteError;
+
+static void png_write_on_error(png_structp png, png_const_charp msg) {
+    PngWriteError *e = png_get_error_ptr(png);
+    snprintf(e->message, sizeof e->message, "%s", msg ? msg : "unknown error");
+    png_longjmp(png, 1);
+}
+
+int image_write_png(const char *path, const uint8_t *pixels, int width, int height, int channels) {
+    if (width < 1 || height < 1 || (channels != 1 && channels != 3) || !pixels)
+        return vit_fail("%s: cannot write a %dx%d image with %d channels as PNG", path, width, height, channels);
+    FILE *volatile f = fopen(path, "wb");
+    if (!f) return vit_fail("%s: %s", path, strerror(errno));
+    PngWriteError err = {{0}};
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, png_write_on_error, png_on_warning);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    if (!info) {
+        png_destroy_write_struct(&png, NULL);
+        fclose(f);
+        return vit_fail("%s: out of memory", path);
+    }
+    if (setjmp(png_jmpbuf(png))) {
+        png_destroy_write_struct(&png, &info);
+        fclose(f);
+        return vit_fail("%s: cannot write PNG: %s", path, err.message);
+    }
+    png_init_io(png, f);
+    png_set_IHDR(png, info, (png_uint_32)width, (png_uint_32)height, 8,
+                 channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    for (int y = 0; y < height; y++) png_write_row(png, pixels + (size_t)y * width * channels);
+    png_write_end(png, NULL);
+    png_destroy_write_struct(&png, &info);
+    // A full disk shows up at the flush; the file is then incomplete.
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) return vit_fail("%s: write error: %s", path, strerror(errno));
     return VIT_OK;
 }

@@ -21,7 +21,9 @@
 #include "util/rng.h"
 #include "util/status.h"
 
-#define LABELS_FILE "imagenet_2012_validation_synset_labels.txt"
+// The validation labels' file in raw_dir: the name the ImageNet 2012 tools use, then the name
+// the recipe's README downloads it under (wget -O synset_labels.txt).
+static const char *const LABELS_FILES[] = {"imagenet_2012_validation_synset_labels.txt", "synset_labels.txt"};
 #define JPEG_QUALITY 95
 #define SHUFFLE_SEED 0
 // No photo is this large; refuse rather than read a stray disk image into memory.
@@ -269,10 +271,20 @@ static int has_subfolders(const char *dir) {
 }
 
 static int list_val(const PrepOptions *o, Listing *l) {
-    char *labels = o->val_labels && *o->val_labels ? strdup(o->val_labels) : join(o->raw_dir, LABELS_FILE);
+    int given = o->val_labels && *o->val_labels;
+    char *labels = given ? strdup(o->val_labels) : join(o->raw_dir, LABELS_FILES[0]);
+    if (labels && !given && !is_file(labels)) {
+        char *other = join(o->raw_dir, LABELS_FILES[1]);
+        if (other && is_file(other)) {
+            free(labels);
+            labels = other;
+        } else {
+            free(other);
+        }
+    }
     if (!labels) return vit_fail("out of memory");
     int rc;
-    if ((o->val_labels && *o->val_labels) || is_file(labels)) {
+    if (given || is_file(labels)) {
         rc = list_val_labelled(o->raw_dir, labels, l);
     } else {
         char *val = join(o->raw_dir, "val"), *validation = join(o->raw_dir, "validation");
@@ -284,7 +296,7 @@ static int list_val(const PrepOptions *o, Listing *l) {
             rc = list_val_folders(validation, l);
         else
             rc = vit_fail("%s: no validation images: expected val/<class>/ folders, or validation/ (or val/) images "
-                          "with %s or --val_labels", o->raw_dir, LABELS_FILE);
+                          "with %s, %s or --val_labels", o->raw_dir, LABELS_FILES[0], LABELS_FILES[1]);
         free(val);
         free(validation);
     }

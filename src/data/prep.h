@@ -7,7 +7,8 @@
 typedef struct {
     const char *raw_dir;     // holds train/<class>/* and the validation images
     const char *out_dir;     // gets train/ and validation/
-    const char *val_labels;  // "" or NULL: <raw_dir>/imagenet_2012_validation_synset_labels.txt if present
+    const char *val_labels;  // "" or NULL: <raw_dir>/imagenet_2012_validation_synset_labels.txt, else
+                             // <raw_dir>/synset_labels.txt (the recipe README's name), if present
     int train_shards, val_shards;
     int workers;             // 0: the cores
     int skip_corrupt;        // undecodable images are skipped (and counted) instead of failing

@@ -10,6 +10,17 @@
 // Dropout sites: three per block (attention output, GELU output, MLP output).
 static uint32_t site(int layer, int k) { return (uint32_t)(layer * 3 + k); }
 
+// Drop-path sites: two per block, far from the dropout sites.
+uint32_t vit_drop_path_site(int l, int branch) { return 0x64700000u + (uint32_t)(2 * l + branch); }
+
+// torch's linspace in fp32: start + step i for the first half, end - step (L - 1 - i) (one
+// rounding, as its kernel's fma) for the rest.
+float vit_drop_path_rate(float R, int l, int L) {
+    if (L < 2 || !(R > 0)) return 0.0f;
+    float step = R / (float)(L - 1);
+    return l < L / 2 ? step * (float)l : fmaf(-step, (float)(L - 1 - l), R);
+}
+
 typedef struct {
     Backend *be;
     size_t bytes;
@@ -111,6 +122,8 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
     m->losses = PLAN_F(B);
     m->att_scratch = PLAN_F(be->attention_scratch_floats(be, (int)B, (int)T, (int)H, (int)hd));
     if (training) {
+        m->mix_w = PLAN_F(4 * B);
+        m->mix_box = plan(&pl, 4 * B * sizeof(int));
         m->s_nd1 = PLAN_F(N * D);
         m->s_nd2 = PLAN_F(N * D);
         m->dq = PLAN_F(N * D);
@@ -129,6 +142,13 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
     m->host_logits = malloc(B * K * sizeof(float));
     m->host_losses = malloc(B * sizeof(float));
     if (!m->host_logits || !m->host_losses) return vit_fail("out of memory");
+    if (training) {
+        m->mix_draws = malloc(B * sizeof *m->mix_draws);
+        m->mix_plan = malloc(B * sizeof *m->mix_plan);
+        m->mix_host_w = calloc(4 * B, sizeof(float));  // uploaded whole, also past a smaller batch
+        m->mix_host_box = malloc(4 * B * sizeof(int));
+        if (!m->mix_draws || !m->mix_plan || !m->mix_host_w || !m->mix_host_box) return vit_fail("out of memory");
+    }
     return VIT_OK;
 }
 
@@ -139,8 +159,9 @@ void vit_destroy(ViT *m) {
     float **ptrs[] = {&m->params, &m->grads, &m->patches, &m->emb, &m->cls_x, &m->cls_ln, &m->cls_mean,
                       &m->cls_rstd, &m->pre, &m->logits, &m->probs, &m->losses, &m->s_nd1, &m->s_nd2,
                       &m->dq, &m->dk, &m->dv, &m->s_nm, &m->att_scratch, &m->dres, &m->dlogits, &m->dpre,
-                      &m->dcls_ln, &m->dcls_x, &m->demb};
+                      &m->dcls_ln, &m->dcls_x, &m->demb, &m->mix_w};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) be->release(be, *ptrs[i]);
+    be->release(be, m->mix_box);
     for (int k = 0; k < 2; k++) {
         be->release(be, m->image_buf[k]);
         be->release(be, m->label_buf[k]);
@@ -164,6 +185,7 @@ void vit_destroy(ViT *m) {
     free(m->blocks);
     free(m->host_logits);
     free(m->host_losses);
+    free(m->mix_draws), free(m->mix_plan), free(m->mix_host_w), free(m->mix_host_box);
     params_free(&m->table, &m->off);
     memset(m, 0, sizeof *m);
 }
@@ -256,7 +278,9 @@ static int block_forward_inplace(ViT *m, int l, BlockActs *a, int B) {
 // Encoder block l from its input m->x[l] into `a`, writing its output to `out`. With out
 // NULL it stops once `a` holds everything the backward pass reads (the recompute in
 // vit_backward): the MLP's second matrix product, dropout and residual add are not needed.
-// Dropout masks are keyed by (seed, step, site(l, k)), so a re-run reproduces them exactly.
+// Dropout and drop-path masks are keyed by (seed, step, site), so a re-run reproduces them
+// exactly. Drop path scales each branch's output per sample before its dropout (timm applies it
+// after; both are per-element products, so only the rounding of the product can differ).
 static int block_forward(ViT *m, int l, BlockActs *a, int B, int training, uint64_t seed, uint32_t step,
                          float *out) {
     const ViTConfig *c = &m->cfg;
@@ -265,22 +289,62 @@ static int block_forward(ViT *m, int l, BlockActs *a, int B, int training, uint6
     const BlockOffsets *w = &m->off.blocks[l];
     int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T;
     float drop = training ? c->dropout : 0.0f;
+    float dp = training ? vit_drop_path_rate(m->drop_path, l, c->layers) : 0.0f;
     const float *x = m->x[l];
     if (out == x) return block_forward_inplace(m, l, a, B);
-    // resid1 = x + Dropout(MHSA(LN0(x))), and LN2 of it in the same pass
+    // resid1 = x + DropPath(Dropout(MHSA(LN0(x)))), and LN2 of it in the same pass
     if (attention_heads(m, l, a, B, x) ||
         linear_forward(be, m->s_nd1, a->att_out, p + w->out_kernel, p + w->out_bias, N, D, D))
         return VIT_ERR;
+    if (dp > 0) be->drop_path(be, m->s_nd1, m->s_nd1, B, (size_t)T * D, dp, seed, step, vit_drop_path_site(l, 0));
     be->residual_layernorm_forward(be, a->resid1, a->ln2, a->ln2_mean, a->ln2_rstd, x, m->s_nd1, p + w->ln2_scale,
                                    p + w->ln2_bias, N, D, ln_eps(m), drop, seed, step, site(l, 0));
-    // out = resid1 + Dropout(Dense_1(Dropout(GELU(Dense_0(LN2)))))
+    // out = resid1 + DropPath(Dropout(Dense_1(Dropout(GELU(Dense_0(LN2))))))
     if (linear_forward(be, a->fc1, a->ln2, p + w->fc1_kernel, p + w->fc1_bias, N, D, Mlp)) return VIT_ERR;
     be->gelu_dropout_forward(be, a->gelu, a->fc1, (size_t)N * Mlp, c->gelu_tanh, drop, seed, step, site(l, 1));
     if (!out) return VIT_OK;
     if (linear_forward(be, m->s_nd1, a->gelu, p + w->fc2_kernel, p + w->fc2_bias, N, Mlp, D)) return VIT_ERR;
+    if (dp > 0) be->drop_path(be, m->s_nd1, m->s_nd1, B, (size_t)T * D, dp, seed, step, vit_drop_path_site(l, 1));
     be->residual_layernorm_forward(be, out, NULL, NULL, NULL, a->resid1, m->s_nd1, NULL, NULL, N, D, 0.0f, drop, seed,
                                    step, site(l, 2));
     return VIT_OK;
+}
+
+int vit_set_regularization(ViT *m, float drop_path, const MixupConfig *mix) {
+    if (!(drop_path >= 0 && drop_path <= 1)) return vit_fail("--drop_path %g: must be in [0, 1]", drop_path);
+    MixupConfig off = {0};
+    if (!mix) mix = &off;
+    if (mixup_validate(mix, m->batch, m->cfg.image)) return VIT_ERR;
+    if ((drop_path > 0 || mixup_enabled(mix)) && !m->training)
+        return vit_fail("drop path and mixup are for training: the model is inference-only");
+    m->drop_path = drop_path;
+    m->mix = *mix;
+    return VIT_OK;
+}
+
+// Mixup/CutMix of the current batch (patchified) as drawn for (seed, step): the image weights
+// and boxes go to the device for mix_images, the target weights for the mixed loss.
+static void mix_batch(ViT *m, int B, uint64_t seed, uint32_t step) {
+    const ViTConfig *c = &m->cfg;
+    Backend *be = m->be;
+    int S = c->image;
+    mixup_draw(&m->mix, seed, step, mixup_slots(&m->mix, B), S, S, m->mix_draws);
+    int changed = mixup_plan(&m->mix, m->mix_draws, B, S, S, m->mix_plan);
+    float *w = m->mix_host_w, *tw = m->mix_host_w + 2 * m->batch;
+    for (int b = 0; b < B; b++) {
+        const MixSample *x = &m->mix_plan[b];
+        w[2 * b] = x->img_w[0], w[2 * b + 1] = x->img_w[1];
+        tw[2 * b] = x->tgt_w[0], tw[2 * b + 1] = x->tgt_w[1];
+        // Element by element: GCC 12 -O3 vectorises a memcpy of the box with an aligned load here
+        // (16-byte vmovdqa at 8 mod 16) and faults.
+        for (int k = 0; k < 4; k++) m->mix_host_box[4 * b + k] = x->box[k];
+    }
+    be->upload(be, m->mix_w, m->mix_host_w, 4 * (size_t)m->batch * sizeof(float));
+    if (changed) {
+        be->upload(be, m->mix_box, m->mix_host_box, 4 * (size_t)B * sizeof(int));
+        be->mix_images(be, m->patches, m->mix_w, m->mix_box, B, S, c->channels, c->patch);
+    }
+    m->mixed = 1;
 }
 
 int vit_stage(ViT *m, const uint8_t *images, const int *labels, int B) {
@@ -318,6 +382,8 @@ int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int tra
 
     // Patch embedding as a matrix product over extracted patches, then class token + position.
     be->patchify(be, m->patches, m->images, B, c->image, c->channels, c->patch);
+    m->mixed = 0;
+    if (training && has_labels && mixup_enabled(&m->mix)) mix_batch(m, B, seed, step);
     if (linear_forward(be, m->emb, m->patches, p + o->embed_kernel, p + o->embed_bias, B * G2, pin, D)) return VIT_ERR;
     be->tokens_forward(be, m->x[0], m->emb, p + o->cls, p + o->pos, B, T, D);
 
@@ -339,10 +405,34 @@ int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int tra
     if (linear_forward(be, m->logits, head_in, p + o->head_kernel, p + o->head_bias, B, R ? R : D, K)) return VIT_ERR;
     be->download(be, m->host_logits, m->logits, (size_t)B * K * sizeof(float));
     if (has_labels) {
-        be->xent_forward(be, m->probs, m->losses, m->logits, m->labels, B, K, smoothing);
+        if (m->mixed)
+            be->xent_mix_forward(be, m->probs, m->losses, m->logits, m->labels, m->mix_w + 2 * m->batch, B, K,
+                                 smoothing);
+        else
+            be->xent_forward(be, m->probs, m->losses, m->logits, m->labels, B, K, smoothing);
         be->download(be, m->host_losses, m->losses, (size_t)B * sizeof(float));
     }
     return VIT_OK;
+}
+
+// The gradient at a branch's output (the attention branch: dropout site k 0, drop-path
+// branch 0; the MLP: 2 and 1), from d(loss)/d(sum) in dres: back through the branch's dropout
+// and drop path into s_nd1, or dres itself when neither is on.
+static const float *branch_grad(ViT *m, int l, int k, int branch, int B, uint64_t seed, uint32_t step) {
+    Backend *be = m->be;
+    const ViTConfig *c = &m->cfg;
+    size_t per = (size_t)config_tokens(c) * c->hidden;
+    float drop = c->dropout, dp = vit_drop_path_rate(m->drop_path, l, c->layers);
+    const float *g = m->dres;
+    if (drop > 0) {
+        be->dropout_backward(be, m->s_nd1, g, per * B, drop, seed, step, site(l, k));
+        g = m->s_nd1;
+    }
+    if (dp > 0) {
+        be->drop_path(be, m->s_nd1, g, B, per, dp, seed, step, vit_drop_path_site(l, branch));
+        g = m->s_nd1;
+    }
+    return g;
 }
 
 int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed, uint32_t step) {
@@ -357,7 +447,11 @@ int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed
     float drop = c->dropout;
 
     // Head, pre_logits, final LayerNorm (class tokens only), back into the residual stream.
-    be->xent_backward(be, m->dlogits, m->probs, m->labels, B, K, smoothing, loss_scale);
+    if (m->mixed)
+        be->xent_mix_backward(be, m->dlogits, m->probs, m->labels, m->mix_w + 2 * m->batch, B, K, smoothing,
+                              loss_scale);
+    else
+        be->xent_backward(be, m->dlogits, m->probs, m->labels, B, K, smoothing, loss_scale);
     if (R) {
         if (linear_backward(be, m->dpre, g + o->head_kernel, g + o->head_bias, m->dlogits, m->pre, p + o->head_kernel,
                             B, R, K, 0))
@@ -387,11 +481,7 @@ int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed
         if (m->recompute && block_forward(m, l, a, B, 1, seed, step, NULL)) return VIT_ERR;
         if (m->store_bf16) pack_block(m, a, B, 1);
         // MLP branch
-        const float *dz = m->dres;
-        if (drop > 0) {
-            be->dropout_backward(be, m->s_nd1, m->dres, (size_t)N * D, drop, seed, step, site(l, 2));
-            dz = m->s_nd1;
-        }
+        const float *dz = branch_grad(m, l, 2, 1, B, seed, step);
         if (linear_backward(be, m->s_nm, g + w->fc2_kernel, g + w->fc2_bias, dz, a->gelu, p + w->fc2_kernel, N, Mlp,
                             D, 0))
             return VIT_ERR;
@@ -402,11 +492,7 @@ int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed
         be->layernorm_backward(be, m->dres, g + w->ln2_scale, g + w->ln2_bias, m->s_nd2, a->resid1,
                                p + w->ln2_scale, a->ln2_mean, a->ln2_rstd, N, D);
         // Attention branch
-        const float *datt = m->dres;
-        if (drop > 0) {
-            be->dropout_backward(be, m->s_nd1, m->dres, (size_t)N * D, drop, seed, step, site(l, 0));
-            datt = m->s_nd1;
-        }
+        const float *datt = branch_grad(m, l, 0, 0, B, seed, step);
         if (linear_backward(be, m->s_nd2, g + w->out_kernel, g + w->out_bias, datt, a->att_out, p + w->out_kernel, N,
                             D, D, 0) ||
             be->attention_backward(be, m->dq, m->dk, m->dv, m->s_nd2, a->att_out, a->att_state, m->att_scratch, a->q, a->k, a->v,

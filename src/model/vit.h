@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include "backend/backend.h"
 #include "config.h"
+#include "data/mixup.h"
 #include "params.h"
 
 // What one encoder block keeps from its forward pass for the backward pass.
@@ -55,6 +56,20 @@ typedef struct {
 
     size_t activation_bytes;    // device memory planned for activations and scratch
 
+    // Regularisation of training passes (vit_set_regularization; zero: none).
+    float drop_path;            // stochastic depth: block l's two branches drop per sample at
+                                // vit_drop_path_rate(drop_path, l, layers)
+    MixupConfig mix;            // Mixup/CutMix of each training batch (src/data/mixup.h)
+    int mixed;                  // the last training forward pass mixed its targets: the backward
+                                // pass takes the gradient of the mixed loss
+    float *mix_w;               // device: image weights (2 per sample), then target weights at
+                                // mix_w + 2 * batch (2 per sample)
+    int *mix_box;               // device: CutMix boxes, 4 per sample
+    MixDraw *mix_draws;         // host: the current batch's draws and plan (batch each), and the
+    MixSample *mix_plan;        // staging of mix_w and mix_box
+    float *mix_host_w;
+    int *mix_host_box;
+
     // Called by vit_backward when the gradients of params[offset, offset+count) will not
     // change again in this pass, top of the buffer first (data parallelism starts their
     // all-reduce there). NULL: not called. Ops are complete on the host when it is called
@@ -85,7 +100,8 @@ int vit_init_params(ViT *m, uint64_t seed);
 
 // Forward pass over B <= batch images (host uint8 (B, S, S, C)). With labels (host, B
 // ints in 0..classes-1) it also computes per-sample losses. Copies logits (and losses)
-// to m->host_logits / m->host_losses. `training` enables dropout, keyed by (seed, step).
+// to m->host_logits / m->host_losses. `training` enables dropout, drop path and mixing (with
+// labels; vit_set_regularization), all keyed by (seed, step).
 // images NULL: the batch of the last vit_stage (labels ignored; the staged batch's are used).
 int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int training, float smoothing,
                 uint64_t seed, uint32_t step);
@@ -97,3 +113,15 @@ int vit_stage(ViT *m, const uint8_t *images, const int *labels, int B);
 // Backward pass of the last forward pass (which must have had labels): adds
 // loss_scale * d(sum of per-sample losses)/d(params) into m->grads.
 int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed, uint32_t step);
+
+// Regularisation of the training passes, as timm's (timm/layers/drop.py, timm/data/mixup.py):
+// stochastic depth at `drop_path` (0..1) for the last block, and Mixup/CutMix as `mix` says
+// (NULL or all zero: off). Refuses nonsense (the message names the flag), and an odd batch
+// when mixing is on. Off, the passes are exactly those of a model without them.
+int vit_set_regularization(ViT *m, float drop_path, const MixupConfig *mix);
+// Block l of L's drop-path rate for a final rate R: torch.linspace(0, R, L)[l] in fp32, as
+// timm builds its dpr list (0 for L = 1).
+float vit_drop_path_rate(float R, int l, int L);
+// The rng_keep site of block l's drop path on branch 0 (attention) or 1 (MLP): sample b of a
+// training step is kept where rng_keep(seed, step, site, b, 1 - rate) is 1.
+uint32_t vit_drop_path_site(int l, int branch);

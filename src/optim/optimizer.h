@@ -7,6 +7,7 @@ typedef struct {
     OptimizerKind kind;
     float momentum, beta1, beta2, rho, epsilon, weight_decay;
     float clip_norm;  // 0 = off
+    double layer_decay;  // --layer_decay F in (0, 1]: layer-wise lr scales F^(top - layer); 0 = off
 } OptimConfig;
 
 // "sgd" | "adam" | "adamw" | "rmsprop"; fills the recipe's hyperparameters for that kind.

@@ -19,8 +19,12 @@ typedef struct {
     float grad_scale;    // gradients are multiplied by this first (global-norm clipping)
 } OptimStep;
 
-// One parameter range of a multi-tensor optimizer update (offsets in floats).
+// One parameter range of a multi-tensor optimizer update (offsets in floats). lr_scale
+// multiplies the step's learning rate for this range (layer-wise decay, --layer_decay; 1 =
+// the step's rate), and with it the decoupled weight decay, as timm's per-group "lr_scale"
+// does: the range is updated exactly as by an OptimStep whose lr is fp32(lr * lr_scale).
 typedef struct {
     size_t param, slot, n;
     int decay;
+    float lr_scale;
 } OptimSegment;

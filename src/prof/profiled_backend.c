@@ -308,6 +308,41 @@ static void w_xent_backward(Backend *be, float *dlogits, const float *probs, con
     if (t0) span_end(w, t0, &(ProfOpSpan){"xent_backward", "B,K", {B, K}, 0, F4 * (2.0 * B * K + B)});
 }
 
+// Regularisation ops. drop_path: B*n floats read and written (the masks are generated).
+static void w_drop_path(Backend *be, float *out, const float *inp, int B, size_t n, float rate, uint64_t seed,
+                        uint32_t step, uint32_t site) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->drop_path(w->inner, out, inp, B, n, rate, seed, step, site);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"drop_path", "B,n,site", {B, I64(n), site}, 0, F4 * 2.0 * B * n});
+}
+
+// The patches read and written in place (B*S*S*C), weights and boxes (6 per sample).
+static void w_mix_images(Backend *be, float *patches, const float *wt, const int *box, int B, int S, int C, int P) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->mix_images(w->inner, patches, wt, box, B, S, C, P);
+    if (t0)
+        span_end(w, t0, &(ProfOpSpan){"mix_images", "B,S,C,P", {B, S, C, P}, 0, F4 * (2.0 * B * S * S * C + 6.0 * B)});
+}
+
+// As xent_forward/xent_backward, plus two weights per sample.
+static void w_xent_mix_forward(Backend *be, float *probs, float *losses, const float *logits, const int *labels,
+                               const float *wt, int B, int K, float smoothing) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->xent_mix_forward(w->inner, probs, losses, logits, labels, wt, B, K, smoothing);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"xent_mix_forward", "B,K", {B, K}, 0, F4 * (2.0 * B * K + 4.0 * B)});
+}
+
+static void w_xent_mix_backward(Backend *be, float *dlogits, const float *probs, const int *labels, const float *wt,
+                                int B, int K, float smoothing, float scale) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->xent_mix_backward(w->inner, dlogits, probs, labels, wt, B, K, smoothing, scale);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"xent_mix_backward", "B,K", {B, K}, 0, F4 * (2.0 * B * K + 3.0 * B)});
+}
+
 // ---- attention --------------------------------------------------------------------------------
 
 static size_t w_attention_state_floats(Backend *be, int B, int T, int H, int hd) {
@@ -419,15 +454,23 @@ static void w_optimizer_update(Backend *be, float *params, const float *grads, f
     }
 }
 
+// The average and the parameters read, the average written.
+static void w_ema_update(Backend *be, float *ema, const float *params, size_t n, float weight) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->ema_update(w->inner, ema, params, n, weight);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"ema_update", "n", {I64(n)}, 0, F4 * 3.0 * n});
+}
+
 // Frees the wrapper only; inner belongs to the caller.
 static void w_destroy(Backend *be) {
     free(be->impl);
     free(be);
 }
 
-// name, details, impl and 43 function pointers. When backend.h gains an op this stops the build, so the
+// name, details, impl and 48 function pointers. When backend.h gains an op this stops the build, so the
 // new op cannot stay NULL here (a crash) or be copied unwrapped (called with the wrong impl).
-_Static_assert(sizeof(Backend) == 3 * sizeof(void *) + 43 * sizeof(void (*)(void)),
+_Static_assert(sizeof(Backend) == 3 * sizeof(void *) + 48 * sizeof(void (*)(void)),
                "backend.h changed: wrap the new op in profiled_backend.c, then update this count");
 
 Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
@@ -492,10 +535,15 @@ Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
     WRAP(attention_backward);
     WRAP(xent_forward);
     WRAP(xent_backward);
+    WRAP(drop_path);
+    WRAP(mix_images);
+    WRAP(xent_mix_forward);
+    WRAP(xent_mix_backward);
     WRAP(to_bf16);
     WRAP(from_bf16);
     WRAP(optimizer_update);
     WRAP(optimizer_update_segments);
+    WRAP(ema_update);
 #undef WRAP
     return be;
 }

@@ -8,6 +8,8 @@
 #include "util/status.h"
 
 #define FORMAT "vitc-checkpoint-1"
+#define EMA_PREFIX "ema/"         // the moving average's tensors: "ema/<official name>"
+#define EMA_META "train.model_ema"  // "1" when the file holds them
 
 // ---------------------------------------------------------------------------------------
 // Checksums (the design is in checkpoint.h)
@@ -146,15 +148,16 @@ typedef struct {
     const float *data;
 } SaveTensor;
 
-// Parameters, then (when given) the m and v slots, each with its checksum entry.
+// Parameters, then (when given) the m and v slots and the weights' moving average, each with
+// its checksum entry.
 static int collect_tensors(SaveTensor *st, const ParamTable *t, const float *params, const float *m,
-                           const float *v) {
+                           const float *v, const float *ema) {
     int n = 0;
     for (int i = 0; i < t->count; i++) {
         const ParamEntry *e = &t->entries[i];
-        const float *src[3] = {params, m, v};
-        const char *prefix[3] = {"", "optimizer/m/", "optimizer/v/"};
-        for (int k = 0; k < 3; k++) {
+        const float *src[4] = {params, m, v, ema};
+        const char *prefix[4] = {"", "optimizer/m/", "optimizer/v/", EMA_PREFIX};
+        for (int k = 0; k < 4; k++) {
             if (!src[k]) continue;
             SaveTensor *s = &st[n++];
             snprintf(s->name, sizeof s->name, "%s%s", prefix[k], e->name);
@@ -234,7 +237,13 @@ static int write_file(const char *path, SaveTensor *st, int n_t, MetaPair *meta,
 int checkpoint_save(const char *path, const ViTConfig *c, const ParamTable *t, const float *params,
                     const float *m, const float *v, OptimizerKind opt, const TrainState *s, const MetaPair *extra,
                     int n_extra) {
-    int max_t = t->count * 3, max_meta = 24 + n_extra + max_t;
+    return checkpoint_save_ema(path, c, t, params, m, v, NULL, opt, s, extra, n_extra);
+}
+
+int checkpoint_save_ema(const char *path, const ViTConfig *c, const ParamTable *t, const float *params,
+                        const float *m, const float *v, const float *ema, OptimizerKind opt, const TrainState *s,
+                        const MetaPair *extra, int n_extra) {
+    int max_t = t->count * 4, max_meta = 25 + n_extra + max_t;
     SaveTensor *st = malloc((size_t)(max_t ? max_t : 1) * sizeof *st);
     MetaPair *meta = malloc((size_t)max_meta * sizeof *meta);
     if (!st || !meta) {
@@ -244,7 +253,8 @@ int checkpoint_save(const char *path, const ViTConfig *c, const ParamTable *t, c
     char buf[21][64];
     int n_meta = config_meta(meta, buf, c, opt, s);
     for (int i = 0; i < n_extra; i++) meta_put(meta, &n_meta, extra[i].key, extra[i].value);
-    int n_t = collect_tensors(st, t, params, m, v);
+    if (ema) meta_put(meta, &n_meta, EMA_META, "1");
+    int n_t = collect_tensors(st, t, params, m, v, ema);
     for (int i = 0; i < n_t; i++) meta_put(meta, &n_meta, st[i].crc_key, st[i].crc);
     int rc = VIT_OK;
     for (int i = 0; i < n_meta && rc == VIT_OK; i++)  // the header checksum is computed, never passed in
@@ -332,6 +342,8 @@ int checkpoint_open(Checkpoint *ck, const char *path) {
     const char *opt = st_meta(&ck->st, "optimizer");
     ck->has_optimizer = opt && optim_config_default(&oc, opt) == VIT_OK;
     if (ck->has_optimizer) ck->opt = oc.kind;
+    const char *ema = st_meta(&ck->st, EMA_META);
+    ck->has_ema = ema && !strcmp(ema, "1");
     return VIT_OK;
 fail:
     st_free(&ck->st);
@@ -357,6 +369,18 @@ int checkpoint_copy(const Checkpoint *ck, const char *path, const ParamTable *t,
         if (m && copy_tensor(ck, path, e, name, m + e->offset)) return VIT_ERR;
         snprintf(name, sizeof name, "optimizer/v/%s", e->name);
         if (v && copy_tensor(ck, path, e, name, v + e->offset)) return VIT_ERR;
+    }
+    return VIT_OK;
+}
+
+int checkpoint_copy_ema(const Checkpoint *ck, const char *path, const ParamTable *t, float *ema) {
+    if (!ck->has_ema)
+        return vit_fail("%s: holds no moving average of the weights (its run had no --model_ema)", path);
+    char name[160];
+    for (int i = 0; i < t->count; i++) {
+        const ParamEntry *e = &t->entries[i];
+        snprintf(name, sizeof name, "%s%s", EMA_PREFIX, e->name);
+        if (copy_tensor(ck, path, e, name, ema + e->offset)) return VIT_ERR;
     }
     return VIT_OK;
 }

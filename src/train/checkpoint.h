@@ -1,7 +1,9 @@
 // Full-state checkpoints: one safetensors file holding the parameters under their official
-// names, the optimizer slots under "optimizer/m/<name>" and "optimizer/v/<name>", and in the
-// metadata the model config, the training position (update, epoch, step, dropout counter,
-// seed, the epoch's running metrics) and the run's flags. Written atomically.
+// names, the optimizer slots under "optimizer/m/<name>" and "optimizer/v/<name>", with
+// --model_ema the moving average of the weights under "ema/<name>" (metadata
+// "train.model_ema" = "1"), and in the metadata the model config, the training position
+// (update, epoch, step, dropout counter, seed, the epoch's running metrics) and the run's
+// flags. Written atomically.
 //
 // Checksums (CRC-32C, the Castagnoli CRC of TFRecord framing, as 8 lowercase hex digits in
 // the metadata, so the Python `safetensors` package still reads the file):
@@ -42,12 +44,17 @@ typedef struct {
 int checkpoint_save(const char *path, const ViTConfig *c, const ParamTable *t, const float *params,
                     const float *m, const float *v, OptimizerKind opt, const TrainState *s, const MetaPair *extra,
                     int n_extra);
+// The same with the weights' moving average (NULL: none) as "ema/<name>" tensors.
+int checkpoint_save_ema(const char *path, const ViTConfig *c, const ParamTable *t, const float *params,
+                        const float *m, const float *v, const float *ema, OptimizerKind opt, const TrainState *s,
+                        const MetaPair *extra, int n_extra);
 
 typedef struct {
     StFile st;
     ViTConfig cfg;
     int has_optimizer;
     int has_checksums;  // 0: the file carries none, so its data went unverified
+    int has_ema;        // the file holds "ema/<name>" tensors (a run with --model_ema)
     OptimizerKind opt;
     TrainState state;
 } Checkpoint;
@@ -64,4 +71,6 @@ int checkpoint_open(Checkpoint *ck, const char *path);
 // Copies the parameters (and, when m/v are given, the optimizer slots) named by the table;
 // a missing tensor or shape mismatch is an error naming the file and tensor.
 int checkpoint_copy(const Checkpoint *ck, const char *path, const ParamTable *t, float *params, float *m, float *v);
+// Copies the moving average ("ema/<name>") into ema; an error when the file has none.
+int checkpoint_copy_ema(const Checkpoint *ck, const char *path, const ParamTable *t, float *ema);
 void checkpoint_close(Checkpoint *ck);

@@ -25,22 +25,34 @@ int run_check_replicas(Run *run) {
     return VIT_OK;
 }
 
-// Validation on this rank's share of each batch; its time is not training time.
+static void print_validation(Run *run, const char *what, const EvalResult *v) {
+    if (!run->out) return;
+    fprintf(run->out, "epoch %d/%d  %s: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%ld images, %.0f img/s)\n",
+            run->epoch + 1, run->s->epochs, what, v->loss, 100 * v->top1, 100 * v->top5, v->images, v->images_per_sec);
+    fflush(run->out);
+}
+
+// Validation on this rank's share of each batch; its time is not training time. With
+// --model_ema the average is validated too, by pointing the model at it for the pass (the
+// forward pass reads m->params only; every rank holds the whole average).
 static int validate(Run *run) {
     TrainSetup *s = run->s;
     TrainResult *r = run->r;
+    ViT *m = run->m;
     double t0 = clock_seconds();
     prof_begin(s->prof, "validation", "phase");
-    int rc = evaluate(run->m, s->val, run->Bl, s->validation_steps, s->workers, &r->val);
+    int rc = evaluate(m, s->val, run->Bl, s->validation_steps, s->workers, &r->val);
+    if (rc == VIT_OK && run->ema) {
+        float *live = m->params;
+        m->params = run->ema;
+        rc = evaluate(m, s->val, run->Bl, s->validation_steps, s->workers, &r->val_ema);
+        m->params = live;
+    }
     prof_end(s->prof);
     if (rc != VIT_OK) return rc;
     run->t_after_first += clock_seconds() - t0;
-    if (run->out) {
-        fprintf(run->out, "epoch %d/%d  validation: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%ld images, %.0f img/s)\n",
-                run->epoch + 1, s->epochs, r->val.loss, 100 * r->val.top1, 100 * r->val.top5, r->val.images,
-                r->val.images_per_sec);
-        fflush(run->out);
-    }
+    print_validation(run, "validation", &r->val);
+    if (run->ema) print_validation(run, "validation (EMA)", &r->val_ema);
     return VIT_OK;
 }
 
@@ -56,6 +68,11 @@ static void epoch_scalars(Run *run) {
         (events_scalar(s->eval_events, "epoch_loss", e, r->val.loss) ||
          events_scalar(s->eval_events, "epoch_accuracy", e, r->val.top1) ||
          events_scalar(s->eval_events, "epoch_top5_accuracy", e, r->val.top5) || events_flush(s->eval_events)))
+        run_log_failed(run);
+    if (s->eval_events && r->val_ema.images &&
+        (events_scalar(s->eval_events, "epoch_ema_loss", e, r->val_ema.loss) ||
+         events_scalar(s->eval_events, "epoch_ema_accuracy", e, r->val_ema.top1) ||
+         events_scalar(s->eval_events, "epoch_ema_top5_accuracy", e, r->val_ema.top5) || events_flush(s->eval_events)))
         run_log_failed(run);
 }
 

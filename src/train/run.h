@@ -21,7 +21,7 @@ typedef struct {
 
 // Host copies for checkpoints, allocated at the first save.
 typedef struct {
-    float *params, *m, *v;
+    float *params, *m, *v, *ema;
     char (*written)[1100];  // paths of epoch/step checkpoints, oldest first (for --keep_checkpoints)
     int n_written;
 } SaveState;
@@ -38,6 +38,7 @@ typedef struct {
     int *order, *seq;          // the epoch's global order; this rank's part of it
     ZeroSlots slots;
     int slots_ready;
+    float *ema;                // the weights' moving average (device, every rank whole; NULL: off)
     GradSync *sync;            // NULL: one rank, no transport
     SaveState save;
     TrainState start;          // where the run began (a resume point, or zeros)

@@ -21,9 +21,10 @@ static int alloc_host_copies(Run *run, size_t n) {
     ss->params = malloc(n * sizeof(float));
     ss->m = run->slots.m ? malloc(n * sizeof(float)) : NULL;
     ss->v = run->slots.v ? malloc(n * sizeof(float)) : NULL;
+    ss->ema = run->ema ? malloc(n * sizeof(float)) : NULL;
     ss->written = calloc((size_t)(keep > 0 ? keep + 1 : 1), sizeof *ss->written);
-    if (!ss->params || (run->slots.m && !ss->m) || (run->slots.v && !ss->v) || !ss->written)
-        return vit_fail("out of memory for a checkpoint copy (%.1f MiB)", 3.0 * n * 4 / 1048576);
+    if (!ss->params || (run->slots.m && !ss->m) || (run->slots.v && !ss->v) || (run->ema && !ss->ema) || !ss->written)
+        return vit_fail("out of memory for a checkpoint copy (%.1f MiB)", 4.0 * n * 4 / 1048576);
     return VIT_OK;
 }
 
@@ -52,11 +53,12 @@ int run_save(Run *run, int epoch, long step_in_epoch, const char *tag, int count
     if (zero_slots_gather(&run->slots, run->be, run->save.m, run->save.v)) return VIT_ERR;
     if (!root) return VIT_OK;
     run->be->download(run->be, run->save.params, m->params, n * sizeof(float));
+    if (run->ema) run->be->download(run->be, run->save.ema, run->ema, n * sizeof(float));
     char path[1100];
     snprintf(path, sizeof path, "%s/%s-ckpt-%s.safetensors", s->save_dir, m->cfg.name, tag);
     TrainState st = run_state(run, epoch, step_in_epoch);
-    if (checkpoint_save(path, &m->cfg, &m->table, run->save.params, run->save.m, run->save.v, s->opt.kind, &st,
-                        s->meta, s->n_meta))
+    if (checkpoint_save_ema(path, &m->cfg, &m->table, run->save.params, run->save.m, run->save.v, run->save.ema,
+                            s->opt.kind, &st, s->meta, s->n_meta))
         return VIT_ERR;
     snprintf(run->r->last_checkpoint, sizeof run->r->last_checkpoint, "%s", path);
     if (counted && s->keep > 0) keep_newest(run, path);

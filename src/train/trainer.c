@@ -79,6 +79,26 @@ static int starting_point(Run *run) {
     return VIT_OK;
 }
 
+// The weights' moving average on the device: the resumed one, or (as timm's ModelEmaV3, a
+// copy of the model when it is made) the weights the run starts from.
+static int ema_open(Run *run) {
+    TrainSetup *s = run->s;
+    Backend *be = run->be;
+    size_t bytes = run->m->table.total * sizeof(float);
+    if (!s->ema.on) return VIT_OK;
+    if (!(run->ema = be->alloc(be, bytes))) return VIT_ERR;
+    if (s->resume_ema) {
+        be->upload(be, run->ema, s->resume_ema, bytes);
+        return VIT_OK;
+    }
+    float *host = malloc(bytes);
+    if (!host) return vit_fail("out of memory for the moving average of the weights (%.1f MiB)", bytes / 1048576.0);
+    be->download(be, host, run->m->params, bytes);
+    be->upload(be, run->ema, host, bytes);
+    free(host);
+    return VIT_OK;
+}
+
 // Memory, loader, optimizer slots and gradient sums for the run.
 static int run_open(Run *run) {
     TrainSetup *s = run->s;
@@ -103,6 +123,7 @@ static int run_open(Run *run) {
     run->r->optimizer_state_bytes = (double)zero_slots_bytes(&run->slots);
     report_distributed(run);
     if (s->resume && zero_slots_restore(&run->slots, be, s->resume_m, s->resume_v)) return VIT_ERR;
+    if (ema_open(run)) return VIT_ERR;
     return starting_point(run);
 }
 
@@ -112,7 +133,8 @@ static void run_close(Run *run) {
     loader_destroy(run->ld);
     free(run->order), free(run->seq);
     if (run->slots_ready) zero_slots_destroy(&run->slots, run->be);
-    free(run->save.params), free(run->save.m), free(run->save.v), free(run->save.written);
+    if (run->ema) run->be->release(run->be, run->ema);
+    free(run->save.params), free(run->save.m), free(run->save.v), free(run->save.ema), free(run->save.written);
 }
 
 // The epoch's global order, continued into the next permutation when steps * B exceeds the

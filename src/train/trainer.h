@@ -10,6 +10,7 @@
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #include "io/events.h"
+#include "optim/ema.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
 #include "prof/profile.h"
@@ -18,7 +19,9 @@
 typedef struct {
     ViT *model;                  // planned for `batch` / ranks with training = 1
     const Dataset *train, *val;  // val may be NULL
-    OptimConfig opt;
+    OptimConfig opt;             // opt.layer_decay: layer-wise learning-rate decay (0 = off)
+    EmaConfig ema;               // --model_ema: a moving average of the weights, kept on the device,
+                                 // validated beside them and saved in every checkpoint
     int zero;                    // 1: each rank keeps the optimizer slots of its 1/N of the parameters (--zero)
     const GradTransport *grad_transport;  // how gradient buckets are summed (NCCL on GPUs); NULL: MPI
                                           // on host memory. Given, it is used even with one rank.
@@ -35,6 +38,7 @@ typedef struct {
     const TrainState *resume;    // continue from here (NULL: from the start)
     const float *resume_m, *resume_v;  // full host optimizer slots to restore (NULL: zeros); with
                                        // sharded slots only rank 0's are read (others may pass NULL)
+    const float *resume_ema;     // the average to continue (every rank; NULL: start from the weights)
     int start_epoch;             // without `resume`: first epoch (--resume_from_epoch, weights only)
 
     const char *save_dir;        // NULL: no checkpoints
@@ -56,6 +60,7 @@ typedef struct {
 typedef struct {
     double train_loss, train_top1;  // mean over the last epoch
     EvalResult val;                 // last validation (images = 0 when none ran)
+    EvalResult val_ema;             // the same for the weights' moving average (--model_ema)
     double images_per_sec;          // training throughput after the first update
     long updates;
     double seconds;

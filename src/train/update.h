@@ -1,9 +1,11 @@
 // One full optimizer update over the parameter table: global-norm clipping of the (already
 // averaged) gradient, then the backend's update over the tensor ranges with and without
-// weight decay.
+// weight decay, each at its layer's learning-rate scale (--layer_decay); and the moving
+// average of the weights that follows an update (--model_ema).
 #pragma once
 #include "backend/backend.h"
 #include "model/params.h"
+#include "optim/ema.h"
 #include "optim/optimizer.h"
 
 // Clips and applies one update with learning rate lr; t is the 1-based update count.
@@ -18,3 +20,16 @@ int optim_step(Backend *be, const ParamTable *table, float *params, float *grads
 // bit-identically to one optim_step.
 int optim_step_range(Backend *be, const ParamTable *table, float *params, float *grads, float *m, float *v,
                      size_t lo, size_t hi, const OptimConfig *o, float lr, int t, double *norm);
+
+// Layer-wise learning-rate decay as timm's param_groups_layer_decay groups a ViT (its
+// group_matcher): the patch embedding, class token and position embedding are layer 0, block
+// i is layer i + 1, the final LayerNorm joins the last block's layer (timm's MATCH_PREV_GROUP),
+// and the head (and pre_logits) is layer L + 1, L the number of blocks. A tensor's learning
+// rate is scaled by decay^(L + 1 - layer); weight decay keeps its own rule (the entry's flag).
+int layer_decay_blocks(const ParamTable *t);            // L: the blocks named in the table
+int layer_decay_id(const char *name, int layers);       // the layer of an official name
+double layer_decay_scale(double decay, int id, int layers);
+
+// The average after optimizer update number `step` (1-based, counting this one): ema =
+// lerp(ema, params, 1 - decay(step)) over n floats on the backend, decay as timm's ModelEmaV3.
+void ema_apply(Backend *be, float *ema, const float *params, size_t n, const EmaConfig *e, long step);

@@ -43,6 +43,8 @@ int cpu_failed(Backend *be);
 void cpu_fill_nan(float *x, size_t n);
 
 void cpu_install_ops(Backend *be);
+// drop_path, mix_images, xent_mix_forward/backward (cpu_regularize.c).
+void cpu_install_regularize(Backend *be);
 void cpu_install_attention(Backend *be);
 // Attention products through dnnl_sgemm instead of the AVX2/FMA kernel (for tests; CPUs
 // without AVX2/FMA always take it). Process-wide; 0 restores the default.

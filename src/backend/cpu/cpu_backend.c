@@ -71,6 +71,7 @@ Backend *backend_cpu_create(int threads) {
     be->gemm_bias_gelu = cpu_gemm_bias_gelu;
     be->destroy = cpu_destroy;
     cpu_install_ops(be);
+    cpu_install_regularize(be);
     cpu_install_attention(be);
     cpu_install_optimizer(be);
     return be;

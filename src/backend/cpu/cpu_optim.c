@@ -1,4 +1,5 @@
-// Optimizer updates over contiguous ranges of fp32 parameters (formulas in README.md):
+// Optimizer updates over contiguous ranges of fp32 parameters (formulas in README.md), and
+// the weights' moving average (ema_update):
 // sgd and rmsprop as Keras defines them, adam with Keras' epsilon placement (the recipe),
 // adamw as PyTorch's AdamW. Weight decay is decoupled and applied first.
 //
@@ -17,23 +18,34 @@ typedef struct {
     OptimizerKind kind;
     float lr, gs, mom, b1, b2, rho, eps;
     float lr_t, inv_c1, inv_sqrt_c2;  // adam / adamw bias corrections
+    double c1, sqrt_c2;               // kept to derive lr_t of a scaled learning rate
 } StepConsts;
 
 static StepConsts step_consts(const OptimStep *s) {
-    StepConsts c = {s->kind, s->lr, s->grad_scale, s->momentum, s->beta1, s->beta2, s->rho, s->epsilon, 0, 0, 0};
+    StepConsts c = {s->kind, s->lr, s->grad_scale, s->momentum, s->beta1, s->beta2, s->rho, s->epsilon, 0, 0, 0, 1, 1};
     if (s->kind == OPT_ADAM || s->kind == OPT_ADAMW) {
         const double c1 = 1.0 - pow(c.b1, s->t), c2 = 1.0 - pow(c.b2, s->t);
         // Keras: lr_t = lr sqrt(c2)/c1, p -= lr_t m / (sqrt(v) + eps)
         // PyTorch: p -= lr (m/c1) / (sqrt(v/c2) + eps)
-        c.lr_t = (float)(c.lr * sqrt(c2) / c1);
+        c.c1 = c1, c.sqrt_c2 = sqrt(c2);
+        c.lr_t = (float)(c.lr * c.sqrt_c2 / c1);
         c.inv_c1 = (float)(1.0 / c1);
         c.inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
     }
     return c;
 }
 
-// The multiplier of decoupled weight decay for a range with decay wd.
-static inline float decay_factor(const OptimStep *s, float wd) { return 1.0f - s->lr * wd; }
+// The constants of a segment whose learning rate is the step's times lr_scale: exactly what
+// step_consts gives an OptimStep with lr = fp32(lr * lr_scale) (so a scale of 1 changes no bit).
+static StepConsts scaled_consts(const StepConsts *base, float lr_scale) {
+    StepConsts c = *base;
+    c.lr = base->lr * lr_scale;
+    if (c.kind == OPT_ADAM || c.kind == OPT_ADAMW) c.lr_t = (float)(c.lr * c.sqrt_c2 / c.c1);
+    return c;
+}
+
+// The multiplier of decoupled weight decay for a range with learning rate lr and decay wd.
+static inline float decay_factor(float lr, float wd) { return 1.0f - lr * wd; }
 
 static inline void sgd_element(float *p, const float *g, float *m, size_t i, float lr, float gs, float decay,
                                float mom) {
@@ -151,8 +163,7 @@ static void optimizer_update_segments(Backend *be, float *p, const float *g, flo
     for (int i = 0; i < nsegs; i++) total += segs[i].n;
     if (!total) return;
     const StepConsts c = step_consts(s);
-    // Exactly what optimizer_update computes with weight_decay as given, and replaced by 0.
-    const float decay_on = decay_factor(s, s->weight_decay), decay_off = decay_factor(s, 0.0f);
+    const float wd = s->weight_decay;
     void (*range)(float *, const float *, float *, float *, size_t, const StepConsts *, float) =
         cpu_isa() >= CPU_ISA_AVX512 ? update_range_avx512 : update_range;
 #pragma omp parallel
@@ -164,23 +175,41 @@ static void optimizer_update_segments(Backend *be, float *p, const float *g, flo
             const OptimSegment *sg = &segs[i];
             size_t a = lo > base ? lo - base : 0, b = hi - base < sg->n ? hi - base : sg->n;  // within the segment
             if (a < b) {
+                // Exactly what optimizer_update computes with lr scaled and weight_decay as given, or 0.
+                const StepConsts cs = scaled_consts(&c, sg->lr_scale);
                 size_t pi = sg->param + a, si = sg->slot + a;
-                range(p + pi, g + pi, m ? m + si : NULL, v ? v + si : NULL, b - a, &c,
-                      sg->decay ? decay_on : decay_off);
+                range(p + pi, g + pi, m ? m + si : NULL, v ? v + si : NULL, b - a, &cs,
+                      decay_factor(cs.lr, sg->decay ? wd : 0.0f));
             }
             base += sg->n;
         }
     }
 }
 
-// One range is one segment with its decay as given.
+// One range is one segment with its decay and learning rate as given.
 static void optimizer_update(Backend *be, float *p, const float *g, float *m, float *v, size_t n,
                              const OptimStep *s) {
-    const OptimSegment one = {0, 0, n, 1};
+    const OptimSegment one = {0, 0, n, 1, 1.0f};
     optimizer_update_segments(be, p, g, m, v, &one, 1, s);
+}
+
+// ema = lerp(ema, params, weight) as PyTorch's lerp computes it (the form timm's ModelEmaV3
+// applies): ema + weight (params - ema) for |weight| < 0.5, else params - (params - ema)(1 - weight),
+// so weight 1 copies the parameters exactly. Elementwise: no thread count changes a bit.
+static void ema_update(Backend *be, float *ema, const float *params, size_t n, float weight) {
+    const float w = weight, rest = 1.0f - weight;
+    const long long len = (long long)n;
+    if (fabsf(w) < 0.5f) {
+#pragma omp parallel for schedule(static)
+        for (long long i = 0; i < len; i++) ema[i] = ema[i] + w * (params[i] - ema[i]);
+    } else {
+#pragma omp parallel for schedule(static)
+        for (long long i = 0; i < len; i++) ema[i] = params[i] - (params[i] - ema[i]) * rest;
+    }
 }
 
 void cpu_install_optimizer(Backend *be) {
     be->optimizer_update = optimizer_update;
     be->optimizer_update_segments = optimizer_update_segments;
+    be->ema_update = ema_update;
 }

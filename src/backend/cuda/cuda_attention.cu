@@ -18,7 +18,8 @@
 // Limits: hd <= 128 (any value up to that, not only powers of two); any T. fp32, SIMT (no
 // tensor cores). With bf16 precision and hd 32, 64 or 128 the tensor-core kernels of
 // cuda_attention_tc.cu run instead (same state and scratch, so either backward follows
-// either forward).
+// either forward); VIT_CUDA_ATTENTION picks mma.sync (cuda_attention_mma.cu), cuDNN
+// (cuda_attention_cudnn.cu, same state) or these SIMT kernels instead.
 #include <math.h>
 #include "cuda_common.h"
 #include "cuda_reduce.h"
@@ -336,8 +337,18 @@ static int attention_forward(Backend *be, float *out, float *state, float *scrat
     CudaState *s = cuda_state(be);
     if (check_shape(s, B, T, H, hd, "attention_forward")) return VIT_ERR;
     const void *in[] = {q, k, v, out};
-    if (cuda_attention_mma_usable(s, hd, in, 4)) return cuda_attention_mma_forward(s, out, state, q, k, v, B, T, H, hd);
-    if (cuda_attention_tc_usable(s, hd, in, 3)) return cuda_attention_tc_forward(s, out, state, q, k, v, B, T, H, hd);
+    if (cuda_attention_cudnn_usable(s, hd)) {
+        s->attention_last = "cudnn";
+        return cuda_attention_cudnn_forward(s, out, state, q, k, v, B, T, H, hd);
+    }
+    int simt = s->attention == CUDA_ATT_SIMT;
+    s->attention_last = "mma";
+    if (!simt && cuda_attention_mma_usable(s, hd, in, 4))
+        return cuda_attention_mma_forward(s, out, state, q, k, v, B, T, H, hd);
+    s->attention_last = "wmma";
+    if (!simt && cuda_attention_tc_usable(s, hd, in, 3))
+        return cuda_attention_tc_forward(s, out, state, q, k, v, B, T, H, hd);
+    s->attention_last = "simt";
     switch ((hd + 31) / 32) {
     case 1: return forward_nc<1>(s, out, state, q, k, v, B, T, H, hd);
     case 2: return forward_nc<2>(s, out, state, q, k, v, B, T, H, hd);
@@ -352,10 +363,21 @@ static int attention_backward(Backend *be, float *dq, float *dk, float *dv, cons
     CudaState *s = cuda_state(be);
     if (check_shape(s, B, T, H, hd, "attention_backward")) return VIT_ERR;
     const void *in[] = {q, k, v, dout, out, dq, dk, dv};
-    if (cuda_attention_mma_usable(s, hd, in, 8))
+    // Every path keeps the same state (the row log-sum-exp), so where cuDNN has no backward
+    // engine (Hopper, as reported) the kernels below take over from its forward pass.
+    if (cuda_attention_cudnn_usable(s, hd)) {
+        int ran = cuda_attention_cudnn_backward(s, dq, dk, dv, dout, out, state, q, k, v, B, T, H, hd);
+        s->attention_last = "cudnn";
+        if (ran != 0) return ran == 1 ? VIT_OK : VIT_ERR;
+    }
+    int simt = s->attention == CUDA_ATT_SIMT;
+    s->attention_last = "mma";
+    if (!simt && cuda_attention_mma_usable(s, hd, in, 8))
         return cuda_attention_mma_backward(s, dq, dk, dv, dout, out, state, scratch, q, k, v, B, T, H, hd);
-    if (cuda_attention_tc_usable(s, hd, in, 5))
+    s->attention_last = "wmma";
+    if (!simt && cuda_attention_tc_usable(s, hd, in, 5))
         return cuda_attention_tc_backward(s, dq, dk, dv, dout, out, state, scratch, q, k, v, B, T, H, hd);
+    s->attention_last = "simt";
     switch ((hd + 31) / 32) {
     case 1: return backward_nc<1>(s, dq, dk, dv, dout, state, scratch, q, k, v, B, T, H, hd);
     case 2: return backward_nc<2>(s, dq, dk, dv, dout, state, scratch, q, k, v, B, T, H, hd);

@@ -118,6 +118,7 @@ static void cu_destroy(Backend *be) {
     if (s) {
         if (s->stream) cudaStreamSynchronize(s->stream);
         if (s->copy_stream) cudaStreamSynchronize(s->copy_stream);
+        cuda_attention_cudnn_destroy(s);
         cuda_gemm_cache_destroy(s->gemm);
         if (s->lt) cublasLtDestroy(s->lt);
         cuda_arena_destroy(s->arena);
@@ -132,6 +133,8 @@ static void cu_destroy(Backend *be) {
     }
     free(be);
 }
+
+int cuda_is_backend(Backend *be) { return be && be->destroy == cu_destroy; }
 
 int backend_cuda_device(Backend *be) {
     return be && be->destroy == cu_destroy ? cuda_state(be)->device : -1;
@@ -151,6 +154,31 @@ int backend_cuda_device_count(void) {
     }
     if (n <= 0) vit_fail("--device cuda: no CUDA device found (cudaGetDeviceCount: 0 devices)");
     return n > 0 ? n : 0;
+}
+
+// The opt-in switches (docs/gpu.md), read once at creation: VIT_CUDA_ATTENTION picks the bf16
+// attention kernels, VIT_CUDA_EPILOGUES=1 turns on the cuBLASLt epilogue products.
+static int read_switches(CudaState *s) {
+    static const char *names[] = {"", "simt", "wmma", "mma", "cudnn"};
+    const char *att = getenv("VIT_CUDA_ATTENTION"), *epi = getenv("VIT_CUDA_EPILOGUES");
+    s->attention = CUDA_ATT_AUTO;
+    if (att && *att) {
+        int found = 0;
+        for (int i = 1; i < 5 && !found; i++)
+            if (!strcmp(att, names[i])) s->attention = (CudaAttention)i, found = 1;
+        if (!found) return vit_fail("VIT_CUDA_ATTENTION=%s: expected simt, wmma, mma or cudnn", att);
+    }
+    if (s->attention == CUDA_ATT_CUDNN && cuda_attention_cudnn_missing())
+        return vit_fail("VIT_CUDA_ATTENTION=cudnn: %s", cuda_attention_cudnn_missing());
+    s->attention_mma = s->attention == CUDA_ATT_MMA;
+    if (epi && *epi && strcmp(epi, "0") && strcmp(epi, "1"))
+        return vit_fail("VIT_CUDA_EPILOGUES=%s: expected 0 or 1", epi);
+    s->epilogues = epi && !strcmp(epi, "1");
+    const char *prec = s->precision == CUDA_BF16 ? "bf16" : s->precision == CUDA_TF32 ? "tf32" : "fp32";
+    snprintf(s->details, sizeof s->details, "cuBLASLt %s products%s, attention: %s", prec,
+             s->epilogues ? " with epilogues" : "",
+             s->precision != CUDA_BF16 ? "simt" : s->attention == CUDA_ATT_AUTO ? "wmma" : names[s->attention]);
+    return VIT_OK;
 }
 
 // Fails the creation: frees what exists and leaves one message.
@@ -197,8 +225,7 @@ Backend *backend_cuda_create(int device, CudaPrecision precision) {
         return create_failed(be, "%s has compute capability %d.%d; this build needs 8.0 or newer", prop.name,
                              prop.major, prop.minor);
     s->sm_count = prop.multiProcessorCount;
-    const char *att = getenv("VIT_CUDA_ATTENTION");
-    s->attention_mma = att && !strcmp(att, "mma");
+    if (read_switches(s)) return create_failed(be, "%s", vit_error());
     s->smem_optin = prop.sharedMemPerBlockOptin;
     e = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&s->copy_stream, cudaStreamNonBlocking);
@@ -219,6 +246,7 @@ Backend *backend_cuda_create(int device, CudaPrecision precision) {
     s->workspace_bytes = WORKSPACE_BYTES;
 
     be->name = "cuda";
+    be->details = s->details;
     be->alloc = cu_alloc;
     be->release = cu_release;
     be->upload = cu_upload;
@@ -232,7 +260,9 @@ Backend *backend_cuda_create(int device, CudaPrecision precision) {
     be->gemm = cuda_gemm;
     be->destroy = cu_destroy;
     cuda_install_ops(be);
+    cuda_install_regularize(be);
     cuda_install_attention(be);
     cuda_install_optimizer(be);
+    cuda_install_epilogues(be);  // after the ops: its fallbacks call them
     return be;
 }

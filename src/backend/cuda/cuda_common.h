@@ -13,6 +13,11 @@ extern "C" {
 
 typedef struct CudaArena CudaArena;
 typedef struct GemmCache GemmCache;
+typedef struct CudnnAttn CudnnAttn;
+
+// Which attention kernels run with bf16 precision (VIT_CUDA_ATTENTION, read at creation):
+// AUTO and WMMA pick the WMMA kernels where usable; fp32 and tf32 always run the SIMT kernels.
+typedef enum { CUDA_ATT_AUTO = 0, CUDA_ATT_SIMT, CUDA_ATT_WMMA, CUDA_ATT_MMA, CUDA_ATT_CUDNN } CudaAttention;
 
 typedef struct {
     int device;
@@ -42,6 +47,14 @@ typedef struct {
     OptimSegment *optim_segs;
     int optim_nsegs, optim_segs_cap, optim_nchunks;
     int attention_mma;              // VIT_CUDA_ATTENTION=mma: the mma.sync attention kernels
+    CudaAttention attention;        // VIT_CUDA_ATTENTION (attention_mma is attention == CUDA_ATT_MMA)
+    CudnnAttn *cudnn;               // cuDNN handle, plans and buffers, made on first use
+    const char *attention_last;     // the kernels the last attention pass ran (tests, logs)
+    int epilogues;                  // VIT_CUDA_EPILOGUES=1: cuBLASLt epilogue products (cuda_gemm.cu)
+    void *bgrad;                    // a bias-gradient epilogue's output, before it is added (+=)
+    size_t bgrad_bytes;
+    long epi_fused, epi_unfused;    // epilogue products run fused / as the plain ops
+    char details[160];              // Backend.details
     int failed;                     // a CUDA call failed: later ops do nothing, int ops report it
     char error[512];
 } CudaState;
@@ -88,6 +101,8 @@ int cuda_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int t
 void cuda_add_bias(CudaState *s, float *out, const float *bias, size_t rows, int cols);
 
 void cuda_install_ops(Backend *be);
+// drop_path, mix_images, xent_mix_forward/backward (cuda_regularize.cu).
+void cuda_install_regularize(Backend *be);
 void cuda_install_attention(Backend *be);
 // Kernels needing more than the default 48 KiB of dynamic shared memory must say so first.
 template <typename Kernel>
@@ -116,3 +131,24 @@ int cuda_attention_mma_backward(CudaState *s, float *dq, float *dk, float *dv, c
                                 const float *lse, float *Dvec, const float *q, const float *k, const float *v, int B,
                                 int T, int H, int hd);
 void cuda_install_optimizer(Backend *be);
+
+// Whether be was made by backend_cuda_create (cuda_backend.cu).
+int cuda_is_backend(Backend *be);
+// cuBLASLt epilogue products (cuda_gemm.cu): installs gemm_bias_gelu when s->epilogues is set.
+void cuda_install_epilogues(Backend *be);
+
+// cuDNN's fused attention (cuda_attention_cudnn.cu; VIT_CUDA_ATTENTION=cudnn). NULL when this
+// build has cuDNN, else why not (the message for a VIT_CUDA_ATTENTION=cudnn request).
+const char *cuda_attention_cudnn_missing(void);
+// Used for the forward pass when selected, the precision is bf16 and hd is a multiple of 8.
+int cuda_attention_cudnn_usable(const CudaState *s, int hd);
+// Forward through cuDNN's SDPA operation: out, and lse (B*H*T floats, the same row
+// log-sum-exp the other kernels keep). VIT_ERR with a message when cuDNN offers no engine.
+int cuda_attention_cudnn_forward(CudaState *s, float *out, float *lse, const float *q, const float *k,
+                                 const float *v, int B, int T, int H, int hd);
+// Backward through cuDNN's SDPA backward operation: 1 when it ran, 0 when cuDNN has no engine
+// for it (nothing queued: the caller runs its own kernels from the same lse), VIT_ERR on failure.
+int cuda_attention_cudnn_backward(CudaState *s, float *dq, float *dk, float *dv, const float *dout,
+                                  const float *out, const float *lse, const float *q, const float *k,
+                                  const float *v, int B, int T, int H, int hd);
+void cuda_attention_cudnn_destroy(CudaState *s);

@@ -22,9 +22,25 @@ typedef struct {
     cublasLtMatmulAlgo_t algo;
 } GemmEntry;
 
+// A product with a cuBLASLt epilogue beyond the bias (VIT_CUDA_EPILOGUES=1): batch 1, the same
+// layouts as GemmEntry's, one entry per distinct key; `supported` 0 remembers that no algorithm
+// exists (the callers then run the plain ops; never retried).
+typedef struct {
+    int M, N, K, transA, transB, accumulate;
+    uint32_t epilogue;
+    int64_t aux_ld;
+    unsigned align_a, align_b, align_c, align_bias, align_aux;
+    int supported;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+} EpiEntry;
+
 struct GemmCache {
     GemmEntry *entries;
     int count, capacity;
+    EpiEntry *epi;
+    int nepi, epicap;
 };
 
 GemmCache *cuda_gemm_cache_create(void) { return (GemmCache *)calloc(1, sizeof(GemmCache)); }
@@ -37,10 +53,20 @@ static void entry_free(GemmEntry *e) {
     e->op = NULL, e->la = e->lb = e->lc = NULL;
 }
 
+static void epi_free(EpiEntry *e) {
+    if (e->op) cublasLtMatmulDescDestroy(e->op);
+    if (e->la) cublasLtMatrixLayoutDestroy(e->la);
+    if (e->lb) cublasLtMatrixLayoutDestroy(e->lb);
+    if (e->lc) cublasLtMatrixLayoutDestroy(e->lc);
+    e->op = NULL, e->la = e->lb = e->lc = NULL;
+}
+
 void cuda_gemm_cache_destroy(GemmCache *c) {
     if (!c) return;
     for (int i = 0; i < c->count; i++) entry_free(&c->entries[i]);
+    for (int i = 0; i < c->nepi; i++) epi_free(&c->epi[i]);
     free(c->entries);
+    free(c->epi);
     free(c);
 }
 
@@ -74,31 +100,49 @@ static cublasStatus_t layout(cublasLtMatrixLayout_t *l, cudaDataType t, uint64_t
     return st;
 }
 
+// The three layouts of C = op(A) op(B) (our names; M x N row-major C): cuBLASLt's A is our B,
+// its B our A, its C = D our C.
+static cublasStatus_t make_layouts(CudaState *s, int batch, int M, int N, int K, int transA, int transB,
+                                   cublasLtMatrixLayout_t *la, cublasLtMatrixLayout_t *lb, cublasLtMatrixLayout_t *lc) {
+    cudaDataType ab = s->precision == CUDA_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+    // cuBLASLt A = our B: stored K x N row-major (N x K column-major, used as is) or N x K (transposed).
+    cublasStatus_t st = layout(la, ab, transB ? K : N, transB ? N : K, transB ? K : N, batch, (int64_t)K * N);
+    // cuBLASLt B = our A: stored M x K row-major (K x M column-major) or K x M (transposed).
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = layout(lb, ab, transA ? M : K, transA ? K : M, transA ? M : K, batch, (int64_t)M * K);
+    if (st == CUBLAS_STATUS_SUCCESS) st = layout(lc, CUDA_R_32F, N, M, N, batch, (int64_t)M * N);
+    return st;
+}
+
+// The heuristic's constraints: the shared workspace and the operands' alignments (ours: a, b, c).
+static cublasStatus_t make_preference(CudaState *s, cublasLtMatmulPreference_t *pref, uint32_t a, uint32_t b,
+                                      uint32_t c) {
+    cublasStatus_t st = cublasLtMatmulPreferenceCreate(pref);
+    uint64_t ws = s->workspace_bytes;
+    const struct {
+        cublasLtMatmulPreferenceAttributes_t attr;
+        const void *v;
+        size_t n;
+    } set[] = {{CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws},
+               {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &b, sizeof b},  // cuBLASLt's A is our B
+               {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &a, sizeof a},
+               {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &c, sizeof c},
+               {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &c, sizeof c}};
+    for (size_t i = 0; i < sizeof set / sizeof set[0] && st == CUBLAS_STATUS_SUCCESS; i++)
+        st = cublasLtMatmulPreferenceSetAttribute(*pref, set[i].attr, set[i].v, set[i].n);
+    return st;
+}
+
 // Builds descriptors and picks the algorithm; with a bias that no algorithm fuses, falls
 // back to an unfused product (and a separate bias kernel).
 static int entry_create(CudaState *s, GemmEntry *e, const void *bias_ptr) {
     const char *why = "";
     cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
     cublasLtMatmulPreference_t pref = NULL;
-    int bf16 = s->precision == CUDA_BF16;
-    cudaDataType ab = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     cublasComputeType_t compute = s->precision == CUDA_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     int M = e->M, N = e->N, K = e->K;
-    // cuBLASLt A = our B: stored K x N row-major (N x K column-major, used as is) or N x K (transposed).
-    LT(layout(&e->la, ab, e->transB ? K : N, e->transB ? N : K, e->transB ? K : N, e->batch, (int64_t)K * N));
-    // cuBLASLt B = our A: stored M x K row-major (K x M column-major) or K x M (transposed).
-    LT(layout(&e->lb, ab, e->transA ? M : K, e->transA ? K : M, e->transA ? M : K, e->batch, (int64_t)M * K));
-    LT(layout(&e->lc, CUDA_R_32F, N, M, N, e->batch, (int64_t)M * N));
-    LT(cublasLtMatmulPreferenceCreate(&pref));
-    {
-        uint64_t ws = s->workspace_bytes;
-        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-        uint32_t aa = e->align_b, ba = e->align_a, ca = e->align_c;  // cuBLASLt's A is our B
-        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aa, sizeof aa));
-        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ba, sizeof ba));
-        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ca, sizeof ca));
-        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ca, sizeof ca));
-    }
+    LT(make_layouts(s, e->batch, M, N, K, e->transA, e->transB, &e->la, &e->lb, &e->lc));
+    LT(make_preference(s, &pref, e->align_a, e->align_b, e->align_c));
     for (int attempt = 0; attempt < 2; attempt++) {
         e->fused_bias = e->has_bias && attempt == 0;
         if (e->has_bias && attempt == 1) {
@@ -152,6 +196,22 @@ void cuda_add_bias(CudaState *s, float *out, const float *bias, size_t rows, int
     cuda_check_launch(s, "gemm bias");
 }
 
+// The operands cuBLASLt reads: A and B themselves, or with CUDA_BF16 their bf16 copies (one
+// scratch buffer, both copies 256-byte aligned: activations stay fp32, only products round).
+static int gemm_operands(CudaState *s, const float *A, size_t nA, const float *B, size_t nB, const void **a_op,
+                         const void **b_op, size_t *esize) {
+    *a_op = A, *b_op = B, *esize = sizeof(float);
+    if (s->precision != CUDA_BF16) return VIT_OK;
+    size_t offB = (nA * 2 + 255) / 256 * 256;
+    char *buf = (char *)cuda_scratch(s, &s->bf16, &s->bf16_bytes, offB + nB * 2, "gemm (bf16 operands)");
+    if (!buf) return VIT_ERR;
+    to_bf16_kernel<<<cuda_blocks(s, nA, 256), 256, 0, s->stream>>>((__nv_bfloat16 *)buf, A, nA);
+    to_bf16_kernel<<<cuda_blocks(s, nB, 256), 256, 0, s->stream>>>((__nv_bfloat16 *)(buf + offB), B, nB);
+    if (cuda_check_launch(s, "gemm (bf16 operands)")) return VIT_ERR;
+    *a_op = buf, *b_op = buf + offB, *esize = 2;
+    return VIT_OK;
+}
+
 int cuda_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int transA, const float *B, int transB,
               float *C, const float *bias, float alpha, int accumulate) {
     CudaState *s = cuda_state(be);
@@ -164,21 +224,9 @@ int cuda_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int t
         if (bias) cuda_add_bias(s, C, bias, (size_t)batch * M, N);
         return cuda_failed(s);
     }
-    size_t nA = (size_t)batch * M * K, nB = (size_t)batch * K * N;
-    const void *a_op = A, *b_op = B;
-    size_t esize = sizeof(float);
-    if (s->precision == CUDA_BF16) {
-        // Activations stay fp32: round both operands to bf16 copies in scratch first.
-        size_t offB = (nA * 2 + 255) / 256 * 256;
-        char *buf = (char *)cuda_scratch(s, &s->bf16, &s->bf16_bytes, offB + nB * 2, "gemm (bf16 operands)");
-        if (!buf) return VIT_ERR;
-        to_bf16_kernel<<<cuda_blocks(s, nA, 256), 256, 0, s->stream>>>((__nv_bfloat16 *)buf, A, nA);
-        to_bf16_kernel<<<cuda_blocks(s, nB, 256), 256, 0, s->stream>>>((__nv_bfloat16 *)(buf + offB), B, nB);
-        if (cuda_check_launch(s, "gemm (bf16 operands)")) return VIT_ERR;
-        a_op = buf;
-        b_op = buf + offB;
-        esize = 2;
-    }
+    const void *a_op, *b_op;
+    size_t esize;
+    if (gemm_operands(s, A, (size_t)batch * M * K, B, (size_t)batch * K * N, &a_op, &b_op, &esize)) return VIT_ERR;
     // alpha != 1 with a bias: keep the bias out of cuBLASLt (our contract is alpha*AB + bias).
     int want_fused = bias != NULL && alpha == 1.0f;
     GemmEntry key;
@@ -224,4 +272,206 @@ int cuda_gemm(Backend *be, int batch, int M, int N, int K, const float *A, int t
                          cublasLtGetStatusString(st));
     if (bias && !e->fused_bias) cuda_add_bias(s, C, bias, (size_t)batch * M, N);
     return cuda_check_launch(s, "gemm");
+}
+
+// ---- epilogue products (VIT_CUDA_EPILOGUES=1; never run on a GPU yet: docs/gpu.md) ------------
+// Each public product below equals a composition of table ops and runs that composition
+// unless the switch is on and cuBLASLt has an algorithm with the epilogue for the shape:
+//  - GELU epilogues only for the tanh approximation (cuBLASLt's GELU is the tanh form, as
+//    PyTorch's addmm fallback assumes); erf GELU always runs vit's own kernels;
+//  - bias gradients (BGRADA, DGELU_BGRAD) are written by cuBLASLt, not added: they land in
+//    s->bgrad and a small kernel adds them (the contract's +=). They sum what the product
+//    reads: with CUDA_BF16 the bf16-rounded dY (relative error ~2^-9 per term), in fp32 not
+//    in double as bias_backward does: the one numerical change besides the products.
+
+__global__ void add_vec_kernel(float *dst, const float *src, int n) { CUDA_FOR(i, n) dst[i] += src[i]; }
+
+// The entry for `key` (found, or built now). NULL only when out of host memory.
+static EpiEntry *epi_entry(CudaState *s, const EpiEntry *key, const void *bias, const void *aux) {
+    GemmCache *c = s->gemm;
+    for (int i = 0; i < c->nepi; i++) {
+        EpiEntry *x = &c->epi[i];
+        if (x->M == key->M && x->N == key->N && x->K == key->K && x->transA == key->transA &&
+            x->transB == key->transB && x->accumulate == key->accumulate && x->epilogue == key->epilogue &&
+            x->aux_ld == key->aux_ld && x->align_a == key->align_a && x->align_b == key->align_b &&
+            x->align_c == key->align_c && x->align_bias == key->align_bias && x->align_aux == key->align_aux)
+            return x;
+    }
+    if (c->nepi == c->epicap) {
+        int cap = c->epicap ? 2 * c->epicap : 16;
+        EpiEntry *n = (EpiEntry *)realloc(c->epi, (size_t)cap * sizeof *n);
+        if (!n) {
+            cuda_fail(s, "gemm epilogue", "out of host memory for the matmul cache");
+            return NULL;
+        }
+        c->epi = n, c->epicap = cap;
+    }
+    EpiEntry *e = &c->epi[c->nepi++];
+    *e = *key;
+    e->op = NULL, e->la = e->lb = e->lc = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasComputeType_t compute = s->precision == CUDA_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    int32_t ta = e->transB ? CUBLAS_OP_T : CUBLAS_OP_N, tb = e->transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasStatus_t st = make_layouts(s, 1, e->M, e->N, e->K, e->transA, e->transB, &e->la, &e->lb, &e->lc);
+    if (st == CUBLAS_STATUS_SUCCESS) st = make_preference(s, &pref, e->align_a, e->align_b, e->align_c);
+    if (st == CUBLAS_STATUS_SUCCESS) st = cublasLtMatmulDescCreate(&e->op, compute, CUDA_R_32F);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &e->epilogue, sizeof e->epilogue);
+    // The heuristic reads the pointers' values to learn their alignment.
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    if (st == CUBLAS_STATUS_SUCCESS && aux) {
+        st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &e->aux_ld,
+                                                sizeof e->aux_ld);
+    }
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    memset(&res, 0, sizeof res);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulAlgoGetHeuristic(s->lt, e->op, e->la, e->lb, e->lc, e->lc, pref, 1, &res, &found);
+    e->supported = st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
+    if (e->supported) e->algo = res.algo;
+    else epi_free(e);
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    return e;
+}
+
+// C (= or +=) op(A) op(B) with epilogue `epi` (batch 1), where an algorithm exists: 1 when it
+// ran, 0 when none exists (nothing queued), VIT_ERR on failure. bias: the BIAS_POINTER (a bias
+// read, or a bias gradient written); aux: the GELU input (written or read) with leading dim N.
+static int epi_run(CudaState *s, uint32_t epi, int M, int N, int K, const float *A, int transA, const float *B,
+                   int transB, float *C, int accumulate, const void *bias, const float *aux) {
+    if (!s->epilogues || M <= 0 || N <= 0 || K <= 0 || (aux && N % 8)) return 0;  // aux ld: a multiple of 8
+    int bf16 = s->precision == CUDA_BF16;
+    EpiEntry key;
+    memset(&key, 0, sizeof key);
+    key.M = M, key.N = N, key.K = K, key.transA = transA != 0, key.transB = transB != 0;
+    key.accumulate = accumulate != 0, key.epilogue = epi, key.aux_ld = aux ? N : 0;
+    // With CUDA_BF16 the operands are the 256-byte aligned copies gemm_operands makes.
+    key.align_a = bf16 ? 256 : alignment(A, 0, 1);
+    key.align_b = bf16 ? 256 : alignment(B, 0, 1);
+    key.align_c = alignment(C, 0, 1), key.align_bias = alignment(bias, 0, 1);
+    key.align_aux = aux ? alignment(aux, 0, 1) : 0;
+    EpiEntry *e = epi_entry(s, &key, bias, aux);
+    if (!e) return VIT_ERR;
+    if (!e->supported) return 0;
+    const void *a_op, *b_op;
+    size_t esize;
+    if (gemm_operands(s, A, (size_t)M * K, B, (size_t)K * N, &a_op, &b_op, &esize)) return VIT_ERR;
+    cublasStatus_t st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    if (st == CUBLAS_STATUS_SUCCESS && aux)
+        st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux);
+    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmul(s->lt, e->op, &alpha, b_op, e->la, a_op, e->lb, &beta, C, e->lc, C, e->lc, &e->algo,
+                            s->workspace, s->workspace_bytes, s->stream);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return cuda_fail(s, "gemm epilogue", "%dx%dx%d (epilogue %u): cublasLtMatmul: %s", M, N, K, (unsigned)epi,
+                         cublasLtGetStatusString(st));
+    return cuda_check_launch(s, "gemm epilogue") ? VIT_ERR : 1;
+}
+
+// The bias-gradient output of an epilogue (n floats), added to dbias once the product ran.
+static float *bgrad_buffer(CudaState *s, int n) {
+    return (float *)cuda_scratch(s, &s->bgrad, &s->bgrad_bytes, (size_t)n * sizeof(float), "gemm epilogue");
+}
+
+static int bgrad_add(CudaState *s, float *dbias, const float *bgrad, int n) {
+    add_vec_kernel<<<cuda_blocks(s, n, 256), 256, 0, s->stream>>>(dbias, bgrad, n);
+    return cuda_check_launch(s, "gemm epilogue (bias gradient)");
+}
+
+static int count(CudaState *s, int ran) {
+    if (ran == 1) s->epi_fused++;
+    if (ran == 0) s->epi_unfused++;
+    return ran;
+}
+
+// The op table's gemm_bias_gelu (installed only with VIT_CUDA_EPILOGUES=1 until checked on a
+// GPU): GELU_BIAS for the tanh form, else the product with its bias and GELU in place after it.
+static int gemm_bias_gelu(Backend *be, int M, int N, int K, const float *A, const float *B, float *C, const float *bias,
+                          int tanh_approx) {
+    CudaState *s = cuda_state(be);
+    if (cuda_failed(s)) return VIT_ERR;
+    int ran = 0;
+    if (tanh_approx && bias) ran = epi_run(s, CUBLASLT_EPILOGUE_GELU_BIAS, M, N, K, A, 0, B, 0, C, 0, bias, NULL);
+    if (count(s, ran)) return ran == 1 ? VIT_OK : VIT_ERR;
+    if (cuda_gemm(be, 1, M, N, K, A, 0, B, 0, C, bias, 1.0f, 0)) return VIT_ERR;
+    be->gelu_forward(be, C, C, (size_t)M * N, tanh_approx);  // elementwise: in place is safe
+    return cuda_failed(s);
+}
+
+void cuda_install_epilogues(Backend *be) {
+    if (cuda_state(be)->epilogues) be->gemm_bias_gelu = gemm_bias_gelu;
+}
+
+static CudaState *epi_state(Backend *be, const char *fn) {
+    if (!cuda_is_backend(be)) {
+        vit_fail("%s: not a CUDA backend", fn);
+        return NULL;
+    }
+    CudaState *s = cuda_state(be);
+    return cuda_failed(s) ? NULL : s;
+}
+
+int backend_cuda_gemm_wgrad_bgrad(Backend *be, int rows, int in, int out, const float *x, const float *dy, float *dW,
+                                  float *dbias) {
+    CudaState *s = epi_state(be, "backend_cuda_gemm_wgrad_bgrad");
+    if (!s) return VIT_ERR;
+    // dW (in x out) += x^T dy: cuBLASLt's A is dy (out x rows column-major) and the bias
+    // gradient sums it over k = rows: BGRADA, one value per row of D (out).
+    float *g = s->epilogues ? bgrad_buffer(s, out) : NULL;
+    if (s->epilogues && !g) return VIT_ERR;
+    int ran = epi_run(s, CUBLASLT_EPILOGUE_BGRADA, in, out, rows, x, 1, dy, 0, dW, 1, g, NULL);
+    if (count(s, ran) == 1) return bgrad_add(s, dbias, g, out);
+    if (ran) return VIT_ERR;
+    if (cuda_gemm(be, 1, in, out, rows, x, 1, dy, 0, dW, NULL, 1.0f, 1)) return VIT_ERR;
+    be->bias_backward(be, dbias, dy, rows, out);
+    return cuda_failed(s);
+}
+
+int backend_cuda_gemm_bias_gelu_aux(Backend *be, int rows, int in, int out, const float *x, const float *W,
+                                    const float *bias, float *pre, float *y, int tanh_approx) {
+    CudaState *s = epi_state(be, "backend_cuda_gemm_bias_gelu_aux");
+    if (!s) return VIT_ERR;
+    int ran = 0;
+    if (tanh_approx) ran = epi_run(s, CUBLASLT_EPILOGUE_GELU_AUX_BIAS, rows, out, in, x, 0, W, 0, y, 0, bias, pre);
+    if (count(s, ran)) return ran == 1 ? VIT_OK : VIT_ERR;
+    if (cuda_gemm(be, 1, rows, out, in, x, 0, W, 0, pre, bias, 1.0f, 0)) return VIT_ERR;
+    be->gelu_forward(be, y, pre, (size_t)rows * out, tanh_approx);
+    return cuda_failed(s);
+}
+
+int backend_cuda_gemm_dgelu_bgrad(Backend *be, int rows, int in, int out, const float *dy, const float *W,
+                                  const float *pre, float *dx, float *dbias, int tanh_approx) {
+    CudaState *s = epi_state(be, "backend_cuda_gemm_dgelu_bgrad");
+    if (!s) return VIT_ERR;
+    // dx (rows x in) = (dy W^T) * gelu'(pre); the bias gradient sums dx over rows = over the
+    // columns of D (in x rows column-major): one value per row of D, as DGELU_BGRAD writes it.
+    float *g = s->epilogues && tanh_approx ? bgrad_buffer(s, in) : NULL;
+    if (s->epilogues && tanh_approx && !g) return VIT_ERR;
+    int ran = 0;
+    if (tanh_approx) ran = epi_run(s, CUBLASLT_EPILOGUE_DGELU_BGRAD, rows, in, out, dy, 0, W, 1, dx, 0, g, pre);
+    if (count(s, ran) == 1) return bgrad_add(s, dbias, g, in);
+    if (ran) return VIT_ERR;
+    if (cuda_gemm(be, 1, rows, in, out, dy, 0, W, 1, dx, NULL, 1.0f, 0)) return VIT_ERR;
+    be->gelu_dropout_backward(be, dx, dbias, pre, dx, rows, in, tanh_approx, 0.0f, 0, 0, 0);
+    return cuda_failed(s);
+}
+
+void backend_cuda_epilogue_counts(Backend *be, long *fused, long *unfused) {
+    CudaState *s = cuda_is_backend(be) ? cuda_state(be) : NULL;
+    *fused = s ? s->epi_fused : 0;
+    *unfused = s ? s->epi_unfused : 0;
+}
+
+const char *backend_cuda_attention_last(Backend *be) {
+    const char *p = cuda_is_backend(be) ? cuda_state(be)->attention_last : NULL;
+    return p ? p : "none";
 }

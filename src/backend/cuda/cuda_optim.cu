@@ -18,6 +18,7 @@
 struct StepArgs {
     float lr, gs, mom, b1, b2, one_b1, one_b2, rho, one_rho, eps, lr_t, inv_c1, inv_sqrt_c2;
     int keras;
+    double c1, sqrt_c2;  // adam: lr_t of a scaled learning rate is derived from these
 };
 
 // One element of each update: parameter index ip (params, grads), slot index is (m, v).
@@ -77,15 +78,29 @@ struct OptimChunk {
     size_t param, slot;  // first float of the chunk in params/grads and in m/v
     unsigned n;          // floats, 1..CHUNK
     int decay;
+    float lr_scale;      // the segment's (layer-wise decay)
 };
 
+// A segment's constants, as cpu_optim.c's scaled_consts: lr = fp32(lr * lr_scale), lr_t from
+// it in double, and the decay multiplier 1 - lr * wd (wd 0 where the segment has none).
 template <int KIND>
 __global__ void segments_kernel(float *p, const float *g, float *m, float *v, const OptimChunk *chunks, StepArgs a,
-                                float decay_on, float decay_off) {
+                                float wd) {
     const OptimChunk c = chunks[blockIdx.x];
-    const float decay = c.decay ? decay_on : decay_off;
+    StepArgs b = a;
+    b.lr = MUL(a.lr, c.lr_scale);
+    if (KIND == OPT_ADAM) b.lr_t = (float)__ddiv_rn(__dmul_rn((double)b.lr, a.sqrt_c2), a.c1);
+    const float decay = SUB(1.0f, MUL(b.lr, c.decay ? wd : 0.0f));
     for (unsigned i = threadIdx.x; i < c.n; i += blockDim.x)
-        update_element<KIND>(p, g, m, v, c.param + i, c.slot + i, a, decay);
+        update_element<KIND>(p, g, m, v, c.param + i, c.slot + i, b, decay);
+}
+
+// ema = lerp(ema, params, w), PyTorch's two-sided form as cpu_optim.c's ema_update.
+__global__ void ema_kernel(float *e, const float *p, size_t n, float w, float rest, int small) {
+    CUDA_FOR(i, n) {
+        const float d = SUB(p[i], e[i]);
+        e[i] = small ? ADD(e[i], MUL(w, d)) : SUB(p[i], MUL(d, rest));
+    }
 }
 
 // The constants exactly as cpu_optim.c computes them.
@@ -105,7 +120,9 @@ static StepArgs step_args(const OptimStep *st) {
     a.one_b2 = 1.0f - b2;
     if (st->kind == OPT_ADAM || st->kind == OPT_ADAMW) {
         const double c1 = 1.0 - pow(b1, st->t), c2 = 1.0 - pow(b2, st->t);
-        a.lr_t = (float)(a.lr * sqrt(c2) / c1);
+        a.c1 = c1;
+        a.sqrt_c2 = sqrt(c2);
+        a.lr_t = (float)(a.lr * a.sqrt_c2 / c1);
         a.inv_c1 = (float)(1.0 / c1);
         a.inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
     }
@@ -164,7 +181,9 @@ static int same_segments(const CudaState *s, const OptimSegment *segs, int nsegs
     if (!s->optim_segs || s->optim_nsegs != nsegs) return 0;
     for (int i = 0; i < nsegs; i++) {
         const OptimSegment *a = &s->optim_segs[i], *b = &segs[i];
-        if (a->param != b->param || a->slot != b->slot || a->n != b->n || !a->decay != !b->decay) return 0;
+        if (a->param != b->param || a->slot != b->slot || a->n != b->n || !a->decay != !b->decay ||
+            a->lr_scale != b->lr_scale)
+            return 0;
     }
     return 1;
 }
@@ -197,7 +216,8 @@ static int build_chunks(CudaState *s, const OptimSegment *segs, int nsegs) {
     for (int i = 0; i < nsegs; i++)
         for (size_t off = 0; off < segs[i].n; off += CHUNK) {
             size_t len = segs[i].n - off < CHUNK ? segs[i].n - off : CHUNK;
-            h[k++] = OptimChunk{segs[i].param + off, segs[i].slot + off, (unsigned)len, segs[i].decay != 0};
+            h[k++] = OptimChunk{segs[i].param + off, segs[i].slot + off, (unsigned)len, segs[i].decay != 0,
+                                segs[i].lr_scale};
         }
     size_t bytes = nchunks * sizeof(OptimChunk);
     if (bytes) {  // none when every segment is empty
@@ -221,27 +241,36 @@ static void optimizer_update_segments(Backend *be, float *p, const float *g, flo
     if (!same_segments(s, segs, nsegs) && build_chunks(s, segs, nsegs)) return;
     if (!s->optim_nchunks) return;  // every segment empty
     const StepArgs a = step_args(st);
-    // Exactly what optimizer_update computes with weight_decay as given, and replaced by 0.
-    const float decay_on = decay_factor(st, st->weight_decay), decay_off = decay_factor(st, 0.0f);
+    // Each block derives its segment's rate and decay multiplier as optimizer_update would
+    // from an OptimStep with the scaled rate (decay_factor's arithmetic, on the device).
+    const float wd = st->weight_decay;
     const OptimChunk *chunks = (const OptimChunk *)s->optim_chunks;
     const unsigned blocks = (unsigned)s->optim_nchunks;
     switch (st->kind) {
     case OPT_SGD:
-        segments_kernel<OPT_SGD><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, decay_on, decay_off);
+        segments_kernel<OPT_SGD><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, wd);
         break;
     case OPT_ADAM:
     case OPT_ADAMW:
-        segments_kernel<OPT_ADAM><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, decay_on, decay_off);
+        segments_kernel<OPT_ADAM><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, wd);
         break;
     case OPT_RMSPROP:
-        segments_kernel<OPT_RMSPROP><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, decay_on,
-                                                                            decay_off);
+        segments_kernel<OPT_RMSPROP><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, wd);
         break;
     }
     cuda_check_launch(s, op);
 }
 
+static void ema_update(Backend *be, float *ema, const float *params, size_t n, float weight) {
+    CudaState *s = cuda_state(be);
+    if (s->failed || !n) return;
+    const float rest = 1.0f - weight;
+    ema_kernel<<<cuda_blocks(s, n, 256), 256, 0, s->stream>>>(ema, params, n, weight, rest, fabsf(weight) < 0.5f);
+    cuda_check_launch(s, "ema_update");
+}
+
 void cuda_install_optimizer(Backend *be) {
     be->optimizer_update = optimizer_update;
     be->optimizer_update_segments = optimizer_update_segments;
+    be->ema_update = ema_update;
 }
