@@ -8,10 +8,11 @@
 # per-op profile, and ViT-B/16 at 384 and ViT-L/16 at 224 against PyTorch eager; and prints
 # a short table last. Each phase runs under a
 # timeout; a failing phase prints its error and the script goes on. The opt-in CUDA paths
-# (docs/gpu.md: VIT_CUDA_ATTENTION=simt|wmma|mma|cudnn, VIT_CUDA_EPILOGUES=1) are checked by
+# (docs/gpu.md: VIT_CUDA_ATTENTION=simt|wmma|mma|cudnn, VIT_CUDA_EPILOGUES=1, VIT_CUDA_BF16_ACTS=1,
+# VIT_CUDA_GRAPH=1) are checked by
 # test_cuda (each attention path, the epilogue products) and by test_backend_ops' attention and
 # gemm cases with cuDNN attention and epilogues on, and the training timing runs again with
-# VIT_CUDA_ATTENTION=cudnn; cuDNN is CUDA's, or the nvidia-cudnn wheel PyTorch loads. The whole run keeps
+# VIT_CUDA_ATTENTION=cudnn and with VIT_CUDA_BF16_ACTS=1; cuDNN is CUDA's, or the nvidia-cudnn wheel PyTorch loads. The whole run keeps
 # within GPU_CHECK_BUDGET seconds (default 540: run it with the device call's timeout at 600). Logs: $OUT/gpu_check_logs.tar.gz.
 #
 #   bash bench/gpu_check.sh             on the GPU machine, from the repository root
@@ -206,13 +207,16 @@ if [ -n "$TEST" ]; then
     say "  $TESTS"
     # The opt-in paths as test_cuda saw them: the kernels each attention choice ran and their
     # errors against the CPU, and how many epilogue products ran fused.
-    grep -E '^attention |^epilogues |^50-step run, bf16, VIT' "$LOG/test_cuda.log" | head -n 40 | sed 's/^/  /'
+    grep -E '^attention |^epilogues |^50-step run, bf16, VIT|^bf16 activations' "$LOG/test_cuda.log" | head -n 40 | sed 's/^/  /'
+    # One step as a CUDA graph (VIT_CUDA_GRAPH=1): replayed steps against eager, and a refused capture.
+    grep -E '^graph' "$LOG/test_cuda.log" | head -n 6 | sed 's/^/  /'
 fi
 
 # test_backend_ops, the op contract on the device (a few seconds on the CPU here): every op with
 # the defaults (its "cuda bf16 mma" target runs mma.sync), with cuDNN attention and epilogues on
 # (its "cuda bf16" target then runs cuDNN, every CUDA target the fused gemm_bias_gelu), and the
-# attention cases with the SIMT kernels in bf16.
+# attention cases with the SIMT kernels in bf16. Every run also has the "cuda bf16 acts" target
+# (VIT_CUDA_BF16_ACTS=1, set by the test itself), which runs the bf16-activation case.
 OPSUM=""
 if [ -n "$OPS" ]; then
     section "op contract on the device (test_backend_ops): defaults, cudnn + epilogues, simt"
@@ -319,6 +323,30 @@ if [ -n "$VIT_IPS" ]; then
         --dropout 0 --save_dir= --seed 0 --json && CUDNN_IPS=$(json_num images_per_sec "$LOG/vit_cudnn.log")
     say "  batch $VIT_BATCH with VIT_CUDA_ATTENTION=cudnn: ${CUDNN_IPS:-failed} img/s"
 fi
+ACTS_IPS=""
+if [ -n "$VIT_IPS" ]; then
+    # And with bf16 activations (issue 15 item 3; test_cuda's "bf16 activations" lines above
+    # checked them): the default run is the same training without the switch.
+    run_phase vit_acts "$(limit 120 280)" "${VRUN[@]}" VIT_CUDA_BF16_ACTS=1 $VIT train --model ViT-B_16 \
+        --image_size 224 --device cuda -d bf16 --synthetic_data --from_scratch --batch_size "$VIT_BATCH" \
+        --grad_accum_steps 1 --epochs 1 --steps_per_epoch "${VIT_STEPS:-10}" --validation_steps 0 --optimizer adamw \
+        --dropout 0 --save_dir= --seed 0 --json && ACTS_IPS=$(json_num images_per_sec "$LOG/vit_acts.log")
+    say "  batch $VIT_BATCH with VIT_CUDA_BF16_ACTS=1: ${ACTS_IPS:-failed} img/s (without: $VIT_IPS)"
+fi
+GRAPH_IPS=""
+if [ -n "$VIT_IPS" ]; then
+    # And with the step captured as a CUDA graph (issue 15 item 5; test_cuda's "graph:" lines
+    # above checked replay against eager). No dropout, one rank, no profile: the graph applies.
+    # The same seed must give the same final loss as the default run (the ops are the same).
+    run_phase vit_graph "$(limit 120 260)" "${VRUN[@]}" VIT_CUDA_GRAPH=1 $VIT train --model ViT-B_16 \
+        --image_size 224 --device cuda -d bf16 --synthetic_data --from_scratch --batch_size "$VIT_BATCH" \
+        --grad_accum_steps 1 --epochs 1 --steps_per_epoch "${VIT_STEPS:-10}" --validation_steps 0 --optimizer adamw \
+        --dropout 0 --save_dir= --seed 0 --json && GRAPH_IPS=$(json_num images_per_sec "$LOG/vit_graph.log")
+    grep -E '^note: VIT_CUDA_GRAPH' "$LOG/vit_graph.log" | head -n 3 | sed 's/^/  /'
+    gl=$(json_num train_loss "$LOG/vit_graph.log") dl=$(json_num train_loss "$LOG/vit_b$VIT_BATCH.log")
+    [ -n "$gl" ] && [ "$gl" = "$dl" ] && same="same final loss" || same="final loss ${gl:-?} vs ${dl:-?}: DIFFERS"
+    say "  batch $VIT_BATCH with VIT_CUDA_GRAPH=1: ${GRAPH_IPS:-failed} img/s (without: $VIT_IPS; $same)"
+fi
 
 section "PyTorch"
 TB=${VIT_BATCH:-256}
@@ -405,6 +433,8 @@ fi
     row "vit --device cuda -d bf16 ($BUILD_NOTE)" "$VIT_BATCH" "$VIT_IPS"
     row "vit, VIT_CUDA_ATTENTION=mma" "$VIT_BATCH" "$MMA_IPS"
     row "vit, VIT_CUDA_ATTENTION=cudnn" "$VIT_BATCH" "$CUDNN_IPS"
+    row "vit, VIT_CUDA_BF16_ACTS=1" "$VIT_BATCH" "$ACTS_IPS"
+    row "vit, VIT_CUDA_GRAPH=1" "$VIT_BATCH" "$GRAPH_IPS"
     row "PyTorch eager (timm, autocast bf16)" "$EAGER_B" "$EAGER"
     row "PyTorch torch.compile" "$EAGER_B" "$COMP"
     say "ceiling: bf16 matmul ${CEIL:-?} TFLOP/s measured; $GFLOP GFLOP per trained image"

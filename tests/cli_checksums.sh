@@ -10,7 +10,7 @@
 #     one), and TFRecord shards from `vit prep` (an error naming the file and record).
 . "$(dirname "$0")/lib.sh"
 [ -d "$FM" ] || { echo "cli_checksums: skipped (no Fashion-MNIST at $FM)"; finish cli_checksums; exit; }
-RUN="--from_scratch --dataset_dir $FM --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
+RUN="--run_name . --from_scratch --dataset_dir $FM --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
      --dropout 0.1 --optimizer adamw --initial_lr 1e-3 --warmup_steps 5 --epochs 1 --steps_per_epoch 30
      --grad_accum_steps 2 --validation_steps 2 --seed 5 --threads 1 --batch_size 16 --json --save_summary_steps 1
      --checkpoint_every_steps 5"

@@ -16,7 +16,7 @@ fi
 # (The key bias gets a gradient that is zero in exact arithmetic, hence --atol for its noise.)
 # sgd: Adam divides by sqrt(v), which turns the rounding noise of a gradient that is zero
 # in exact arithmetic (the key bias) into lr-sized steps; sgd keeps noise at noise size.
-RUN="--from_scratch --dataset_dir $FM --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
+RUN="--run_name . --from_scratch --dataset_dir $FM --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
      --dropout 0 --optimizer sgd --initial_lr 0.05 --warmup_steps 5 --epochs 1 --steps_per_epoch 20 --seed 3
      --deterministic --threads 1 --batch_size 16 --json"
 for accum in 1 2; do

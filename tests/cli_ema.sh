@@ -8,7 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 
 MODEL="--model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64 --image_size 16 --num_classes 5"
-RUN="--synthetic_data --from_scratch $MODEL --batch_size 8 --grad_accum_steps 2 --epochs 2 --steps_per_epoch 6
+RUN="--run_name . --synthetic_data --from_scratch $MODEL --batch_size 8 --grad_accum_steps 2 --epochs 2 --steps_per_epoch 6
      --validation_steps 2 --optimizer adamw --dropout 0.1 --initial_lr 1e-3 --warmup_steps 2 --seed 11
      --checkpoint_every_steps 2 --json"
 EMA="--model_ema --model_ema_decay 0.99 --layer_decay 0.75"

@@ -52,7 +52,7 @@ expect_error "predict without images" "needs image files" predict --checkpoint "
 # data
 expect_error "missing dataset dir" "--dataset_dir $tmp/nope: no such folder" train $SMALL --dataset_dir "$tmp/nope"
 mkdir -p "$tmp/empty"
-expect_error "no IDX files" "no IDX files" train $SMALL --dataset_dir "$tmp/empty"
+expect_error "no IDX files" "found nothing; expected IDX files" train $SMALL --dataset_dir "$tmp/empty"
 if [ -d "$FM" ]; then
     # truncated image file
     mkdir -p "$tmp/trunc"

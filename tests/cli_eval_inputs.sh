@@ -97,7 +97,7 @@ cp "$FX/portrait_61x150.jpg" "$FX/square_45x45.jpg" "$ds/train/b/"
 cp "$FX/large_300x200.jpg" "$ds/val/a/x.jpg"
 "$VIT" train $TINY --dataset_dir "$ds" --from_scratch --num_classes 5 --batch_size 2 --grad_accum_steps 1 \
     --epochs 1 --steps_per_epoch 2 --optimizer adam --initial_lr 0.05 --warmup_steps 0 --validation_steps 0 \
-    --seed 1 --save_dir "$tmp/saves" --log_dir "" >"$tmp/train.out" 2>&1
+    --seed 1 --run_name . --save_dir "$tmp/saves" --log_dir "" >"$tmp/train.out" 2>&1
 check "a tiny model trains on the fixture images: $(tail -n 1 "$tmp/train.out")" $?
 ck="$tmp/saves/ViT-Ti_8-ckpt-final.safetensors"
 for fast in false true; do

@@ -8,7 +8,7 @@
 
 SHAPE="--model ViT-Ti_4 --hidden_size 48 --num_layers 2 --num_heads 3 --mlp_dim 96 --image_size 32 --num_classes 10"
 "$VIT" train --from_scratch --synthetic_data $SHAPE --epochs 1 --steps_per_epoch 3 --batch_size 8 --grad_accum_steps 1 \
-    --seed 3 --threads 1 --save_dir "$tmp/s" --log_dir= >/dev/null 2>"$tmp/train.err"
+    --seed 3 --threads 1 --run_name . --save_dir "$tmp/s" --log_dir= >/dev/null 2>"$tmp/train.err"
 check "a checkpoint to export" $?
 ck="$tmp/s/ViT-Ti_4-ckpt-final.safetensors"
 
@@ -73,7 +73,7 @@ expect_error "unknown naming" "neither timm's" evaluate --pretrained "$tmp/other
 
 # A model with pre_logits has no place in timm's or transformers' classifiers; npz and onnx keep it.
 "$VIT" train --from_scratch --synthetic_data $SHAPE --representation_size 16 --epochs 1 --steps_per_epoch 2 \
-    --batch_size 8 --grad_accum_steps 1 --threads 1 --save_dir "$tmp/p" --log_dir= >/dev/null 2>&1
+    --batch_size 8 --grad_accum_steps 1 --threads 1 --run_name . --save_dir "$tmp/p" --log_dir= >/dev/null 2>&1
 check "a checkpoint with pre_logits" $?
 expect_error "pre_logits to timm" "pre_logits" export --checkpoint "$tmp/p/ViT-Ti_4-ckpt-final.safetensors" \
     --out "$tmp/p.safetensors"

@@ -5,7 +5,7 @@
 # after kill -9 the newest complete checkpoint resumes to the same result.
 . "$(dirname "$0")/lib.sh"
 
-RUN="--from_scratch --dataset_dir $FM --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
+RUN="--run_name . --from_scratch --dataset_dir $FM --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
      --dropout 0.1 --optimizer adamw --initial_lr 1e-3 --warmup_steps 5 --epochs 2 --steps_per_epoch 30
      --grad_accum_steps 2 --validation_steps 4 --seed 5 --threads 1 --batch_size 16 --json"
 CK=ViT-Ti_4-ckpt

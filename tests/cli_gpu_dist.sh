@@ -36,8 +36,8 @@ expect_error "--zero 1 without --distributed is still refused first" "^vit train
     train --zero 1 --device cpu
 
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-RUN="--synthetic_data --from_scratch --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
-     --image_size 16 --num_classes 5 --dropout 0 --optimizer sgd --initial_lr 0.05 --warmup_steps 5 --epochs 1
+RUN="--run_name . --synthetic_data --from_scratch --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
+     --image_size 16 --num_classes 5 --dropout 0 --optimizer sgd --initial_lr 0.05 --warmup_steps 2 --epochs 1
      --steps_per_epoch 20 --validation_steps 5 --seed 3 --deterministic --batch_size 16 --json --device cuda --log_dir="
 if [ $build = nccl ] && [ "$ngpu" -lt 1 ]; then
     # Lifting the refusal must not hide the missing device: one line naming it.

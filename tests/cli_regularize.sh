@@ -5,7 +5,7 @@
 # are one-line errors.
 . "$(dirname "$0")/lib.sh"
 
-RUN="--synthetic_data --from_scratch --log_dir= --model ViT-Ti_4 --hidden_size 32 --num_layers 3 --num_heads 2
+RUN="--run_name . --synthetic_data --from_scratch --log_dir= --model ViT-Ti_4 --hidden_size 32 --num_layers 3 --num_heads 2
      --mlp_dim 64 --image_size 16 --num_classes 5 --batch_size 8 --grad_accum_steps 2 --epochs 2 --steps_per_epoch 6
      --validation_steps 2 --optimizer adamw --initial_lr 1e-3 --warmup_steps 2 --seed 5 --label_smoothing 0.1 --json"
 REG="--drop_path 0.1 --mixup 0.8 --cutmix 1.0"

@@ -94,7 +94,7 @@ snapshot() {  # snapshot DIR > ORDER_FILE
 # ---------------------------------------------------------------------------------------
 UPDATES=$((40 * FAULTS + 100))
 EPOCHS=$(((UPDATES + 39) / 40))
-RUN="--from_scratch --dataset_dir $FM --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
+RUN="--run_name . --from_scratch --dataset_dir $FM --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
      --dropout 0.1 --optimizer adamw --initial_lr 1e-3 --warmup_steps 5 --epochs $EPOCHS --steps_per_epoch 80
      --grad_accum_steps 2 --validation_steps 2 --seed 5 --threads 1 --batch_size 16 --json --log_dir=
      --checkpoint_every_steps 1 --keep_checkpoints 3"

@@ -85,6 +85,7 @@
 typedef enum { P_FP32, P_TF32, P_BF16 } Prec;
 static const char *const prec_names[] = {"fp32", "tf32", "bf16"};
 enum { K_OP = 1, K_GEMM = 2, K_ATTN = 4 };  // what a target runs: the other ops, products, attention
+enum { K_ACTS = 8 };  // the bf16-activation ops alone (a device with bf16 products and VIT_CUDA_BF16_ACTS=1)
 enum { MAX_SLOTS = 128, MAX_TARGETS = 16, SLOT = sizeof(void (*)(void)) };
 
 typedef struct {
@@ -1747,6 +1748,214 @@ static void case_bf16(void) {
 }
 
 // ============================================================================================
+// gemm_bf16, layernorm_forward_bf16, residual_layernorm_forward_bf16, gelu_dropout_forward_bf16,
+// attention_forward_bf16 (optional, all or none: the bf16-activation ops)
+// ============================================================================================
+#define TOL_ACT_BF16 5e-3  // one bf16 rounding of each output (half an ulp: up to 2^-8 relative) and the fp32 op's
+
+// host bf16 bits widened to floats
+static float *widen_bf16(const uint16_t *h, size_t n) {
+    float *x = xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) memcpy(&x[i], &(uint32_t){(uint32_t)h[i] << 16}, 4);
+    return x;
+}
+
+// The bf16 output h (device, n) is the fp32 output f (device, n) of the same target rounded:
+// the ops' contract, bit for bit. Returns the widened host copy of h (the caller frees it).
+static float *expect_rounded(const char *op, const char *what, const uint16_t *h, const float *f, size_t n) {
+    uint16_t *hh = xmalloc(n * sizeof(uint16_t));
+    OP(download)(BE, hh, h, n * sizeof(uint16_t));
+    float *hf = dget(f, n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &hf[i], 4);
+        bad += hh[i] != bf16_bits(u);
+    }
+    CHECK(bad == 0, "%s on %s: %s: %zu of %zu outputs are not the fp32 op's rounded to bf16", op, cur->label, what,
+          bad, n);
+    float *w = widen_bf16(hh, n);
+    free(hh), free(hf);
+    return w;
+}
+
+// softmax(q k^T / sqrt(hd)) v per (b, h) in fp64, (B, T, H*hd) layout.
+static void attention_ref64(double *out, const float *q, const float *k, const float *v, int B, int T, int H, int hd) {
+    int D = H * hd;
+    double *p = xmalloc((size_t)T * sizeof(double));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                const float *qi = q + ((size_t)b * T + i) * D + h * hd;
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j < T; j++) {
+                    const float *kj = k + ((size_t)b * T + j) * D + h * hd;
+                    double s = 0;
+                    for (int d = 0; d < hd; d++) s += (double)qi[d] * kj[d];
+                    p[j] = s / sqrt((double)hd);
+                    mx = fmax(mx, p[j]);
+                }
+                for (int j = 0; j < T; j++) sum += p[j] = exp(p[j] - mx);
+                for (int d = 0; d < hd; d++) {
+                    double o = 0;
+                    for (int j = 0; j < T; j++) o += p[j] * v[((size_t)b * T + j) * D + h * hd + d];
+                    out[((size_t)b * T + i) * D + h * hd + d] = o / sum;
+                }
+            }
+    free(p);
+}
+
+static void case_bf16_acts(void) {
+    const uint64_t seed = 99;
+    const uint32_t step = 3, site = 5;
+    for (Target *t = targets; t < targets + ntargets; t++) {
+        if (!runs(t, K_OP | K_ACTS)) continue;
+        enter(t);
+        int any = BE->gemm_bf16 || BE->layernorm_forward_bf16 || BE->residual_layernorm_forward_bf16 ||
+                  BE->gelu_dropout_forward_bf16 || BE->attention_forward_bf16;
+        int all = BE->gemm_bf16 && BE->layernorm_forward_bf16 && BE->residual_layernorm_forward_bf16 &&
+                  BE->gelu_dropout_forward_bf16 && BE->attention_forward_bf16;
+        CHECK(any == all, "%s: the bf16-activation ops come all or none", t->label);
+        if (!all) continue;  // optional
+        char what[96];
+
+        // LayerNorm and the fused residual op, rows x C.
+        static const int ln_shapes[][2] = {{1, 1}, {37, 96}, {394, 768}};
+        for (size_t sh = 0; sh < sizeof ln_shapes / sizeof ln_shapes[0]; sh++) {
+            int rows = ln_shapes[sh][0], C = ln_shapes[sh][1];
+            size_t n = (size_t)rows * C;
+            snprintf(what, sizeof what, "%dx%d", rows, C);
+            float *x = randn(n, 90, 2, 0.5), *y = randn(n, 91, 1, 0), *w = randn(C, 92, 1, 1), *b = randn(C, 93, 1, 0);
+            double *x64 = to64(x, n), *w64 = to64(w, C), *b64 = to64(b, C), *ref = xmalloc(n * sizeof(double));
+            float *dx = dput(x, n, 0), *dy = dput(y, n, 1), *dw = dput(w, C, 0), *db = dput(b, C, 0);
+            float *o32 = dnan(n), *m32 = dnan(rows), *r32 = dnan(rows), *mh = dnan(rows), *rh = dnan(rows);
+            uint16_t *oh = dalloc(n * sizeof(uint16_t));
+            OP(layernorm_forward)(BE, o32, m32, r32, dx, dw, db, rows, C, 1e-6f);
+            OP(layernorm_forward_bf16)(BE, oh, mh, rh, dx, dw, db, rows, C, 1e-6f);
+            float *got = expect_rounded("layernorm_forward_bf16", what, oh, o32, n);
+            float *a1 = dget(m32, rows), *a2 = dget(mh, rows), *a3 = dget(r32, rows), *a4 = dget(rh, rows);
+            CHECK(same(a1, a2, rows * sizeof(float)) && same(a3, a4, rows * sizeof(float)),
+                  "layernorm_forward_bf16 on %s: %s: mean and rstd as layernorm_forward's", t->label, what);
+            ln_ref(ref, NULL, NULL, x64, w64, b64, NULL, 0, rows, C, 1e-6);
+            expect("layernorm_forward_bf16", what, err_norm(got, ref, n), TOL_ACT_BF16);
+            free(got), free(a1), free(a2), free(a3), free(a4);
+
+            // residual: sum = x + dropout(y), out = LN(sum), against residual_layernorm_forward
+            float *s32 = dnan(n), *sh16 = dnan(n);
+            OP(residual_layernorm_forward)(BE, s32, o32, m32, r32, dx, dy, dw, db, rows, C, 1e-6f, 0.25f, seed, step,
+                                           site);
+            OP(residual_layernorm_forward_bf16)(BE, sh16, oh, mh, rh, dx, dy, dw, db, rows, C, 1e-6f, 0.25f, seed,
+                                                step, site);
+            got = expect_rounded("residual_layernorm_forward_bf16", what, oh, o32, n);
+            float *hs = dget(s32, n), *hs16 = dget(sh16, n);
+            a1 = dget(m32, rows), a2 = dget(mh, rows);
+            CHECK(same(hs, hs16, n * sizeof(float)) && same(a1, a2, rows * sizeof(float)),
+                  "residual_layernorm_forward_bf16 on %s: %s: sum and mean as residual_layernorm_forward's", t->label,
+                  what);
+            double *s64 = to64(hs, n);
+            ln_ref(ref, NULL, NULL, s64, w64, b64, NULL, 0, rows, C, 1e-6);
+            expect("residual_layernorm_forward_bf16", what, err_norm(got, ref, n), TOL_ACT_BF16);
+            free(got), free(hs), free(hs16), free(a1), free(a2), free(s64);
+            free(x), free(y), free(w), free(b), free(x64), free(w64), free(b64), free(ref);
+            dfree();
+        }
+
+        // GELU (+ dropout), erf and tanh, rate 0 and 0.2.
+        for (int k = 0; k < 4; k++) {
+            int tanh_approx = k & 1;
+            float rate = k & 2 ? 0.2f : 0.0f;
+            size_t n = 100003;
+            snprintf(what, sizeof what, "n %zu tanh %d rate %g", n, tanh_approx, rate);
+            float *x = randn(n, 94, 3, 0), *dxp = dput(x, n, 0), *o32 = dnan(n);
+            uint16_t *oh = dalloc(n * sizeof(uint16_t));
+            OP(gelu_dropout_forward)(BE, o32, dxp, n, tanh_approx, rate, seed, step, site);
+            OP(gelu_dropout_forward_bf16)(BE, oh, dxp, n, tanh_approx, rate, seed, step, site);
+            float *got = expect_rounded("gelu_dropout_forward_bf16", what, oh, o32, n);
+            double *ref = xmalloc(n * sizeof(double));
+            for (size_t i = 0; i < n; i++)
+                ref[i] = rate > 0 && !rng_keep(seed, step, site, i, 1.0f - rate)
+                             ? 0.0
+                             : gelu64(x[i], tanh_approx) / (rate > 0 ? 1.0f - rate : 1.0f);
+            expect("gelu_dropout_forward_bf16", what, err_norm(got, ref, n), TOL_ACT_BF16);
+            free(got), free(ref), free(x);
+            dfree();
+        }
+
+        // Attention: out as attention_forward's, out_bf16 its rounding.
+        {
+            int Bq = 2, T = 13, H = 2, hd = 16;
+            size_t n = (size_t)Bq * T * H * hd;
+            snprintf(what, sizeof what, "B %d T %d H %d hd %d", Bq, T, H, hd);
+            float *q = randn(n, 95, 1, 0), *k = randn(n, 96, 1, 0), *v = randn(n, 97, 1, 0);
+            float *dq = dput(q, n, 0), *dk = dput(k, n, 0), *dv = dput(v, n, 0);
+            float *st = dnan(OP(attention_state_floats)(BE, Bq, T, H, hd) + 1);
+            float *sc = dnan(OP(attention_scratch_floats)(BE, Bq, T, H, hd) + 1);
+            float *o32 = dnan(n), *o2 = dnan(n);
+            uint16_t *oh = dalloc(n * sizeof(uint16_t));
+            int rc = OP(attention_forward)(BE, o32, st, sc, dq, dk, dv, Bq, T, H, hd);
+            rc |= OP(attention_forward_bf16)(BE, o2, oh, st, sc, dq, dk, dv, Bq, T, H, hd);
+            CHECK(rc == 0, "attention_forward_bf16 on %s: %s: %s", t->label, what, rc ? vit_error() : "");
+            float *h1 = dget(o32, n), *h2 = dget(o2, n);
+            CHECK(same(h1, h2, n * sizeof(float)), "attention_forward_bf16 on %s: %s: out as attention_forward's",
+                  t->label, what);
+            float *got = expect_rounded("attention_forward_bf16", what, oh, o2, n);
+            double *ref = xmalloc(n * sizeof(double));
+            attention_ref64(ref, q, k, v, Bq, T, H, hd);
+            expect("attention_forward_bf16", what, err_norm(got, ref, n), TOL_ACT_BF16);
+            free(got), free(h1), free(h2), free(ref), free(q), free(k), free(v);
+            dfree();
+        }
+
+        // gemm_bf16: bf16 or fp32 operands, strided batches (stride 0 repeats A; a gap between
+        // B's matrices as between the q, k, v kernels), bias per batch, alpha, accumulate.
+        static const int gshapes[][12] = {
+            // batch, M, N, K, transA, transB, a_bf16, b_bf16, bias, alpha x4, accumulate, A shared
+            {1, 5, 7, 3, 0, 0, 1, 0, 1, 4, 0, 0},    {3, 37, 24, 24, 0, 0, 1, 0, 1, 4, 0, 1},
+            {3, 24, 24, 37, 1, 0, 1, 0, 0, 4, 1, 1}, {2, 16, 9, 31, 0, 1, 0, 0, 1, 2, 0, 0},
+            {1, 33, 17, 65, 1, 1, 1, 1, 0, 4, 1, 0}, {1, 64, 96, 48, 0, 1, 0, 1, 1, 4, 0, 0},
+        };
+        for (size_t sh = 0; sh < sizeof gshapes / sizeof gshapes[0]; sh++) {
+            const int *s = gshapes[sh];
+            int bt = s[0], M = s[1], N = s[2], K = s[3], ta = s[4], tb = s[5], ah = s[6], bh = s[7], ub = s[8];
+            int acc = s[10], shared = s[11];
+            float alpha = s[9] / 4.0f;
+            long long sa = shared ? 0 : (long long)M * K, sb = (long long)K * N + N, sc = (long long)M * N, sbias = 3LL * N;
+            size_t nA = shared ? (size_t)M * K : (size_t)bt * M * K, nB = (size_t)(bt - 1) * sb + (size_t)K * N;
+            size_t nC = (size_t)bt * M * N, nbias = (size_t)(bt - 1) * sbias + N;
+            snprintf(what, sizeof what, "%dx%dx%d batch %d tA %d tB %d A %s B %s bias %d alpha %g acc %d%s", M, N, K,
+                     bt, ta, tb, ah ? "bf16" : "fp32", bh ? "bf16" : "fp32", ub, alpha, acc, shared ? " A shared" : "");
+            float *A = randn(nA, 98, 1, 0), *Bm = randn(nB, 99, 1, 0), *C0 = randn(nC, 100, 1, 0);
+            float *bias = randn(nbias, 101, 1, 0);
+            uint16_t *Ah = xmalloc(nA * sizeof(uint16_t)), *Bh = xmalloc(nB * sizeof(uint16_t));
+            for (size_t i = 0; i < nA; i++) {  // bf16 operands: the rounded values, as bits
+                uint32_t u;
+                memcpy(&u, &A[i], 4);
+                Ah[i] = bf16_bits(u);
+            }
+            for (size_t i = 0; i < nB; i++) {
+                uint32_t u;
+                memcpy(&u, &Bm[i], 4);
+                Bh[i] = bf16_bits(u);
+            }
+            double *ref = xmalloc(nC * sizeof(double));
+            for (int b = 0; b < bt; b++)  // gemm_ref rounds both operands to bf16
+                gemm_ref(ref + (size_t)b * M * N, 1, M, N, K, A + b * sa, ta, Bm + b * sb, tb, C0 + (size_t)b * M * N,
+                         ub ? bias + b * sbias : NULL, alpha, acc, 1);
+            const void *dA = ah ? dputb(Ah, nA * sizeof(uint16_t)) : (const void *)dput(A, nA, 1);
+            const void *dB = bh ? dputb(Bh, nB * sizeof(uint16_t)) : (const void *)dput(Bm, nB, 0);
+            float *dC = acc ? dput(C0, nC, 0) : dnan(nC), *dbias = ub ? dput(bias, nbias, 0) : NULL;
+            GemmBf16 g = {bt, M, N, K, dA, dB, ah, bh, ta, tb, sa, sb, sc, sbias, dC, dbias, alpha, acc};
+            int rc = OP(gemm_bf16)(BE, &g);
+            CHECK(rc == 0, "gemm_bf16 on %s: %s: rc %d (%s)", t->label, what, rc, rc ? vit_error() : "");
+            float *out = dget(dC, nC);
+            expect("gemm_bf16", what, err_norm(out, ref, nC), TOL_GEMM);
+            free(out), free(A), free(Bm), free(C0), free(bias), free(Ah), free(Bh), free(ref);
+            dfree();
+        }
+    }
+}
+
+// ============================================================================================
 // optimizer_update, optimizer_update_segments
 // ============================================================================================
 static const char *const kind_names[] = {"sgd", "adam", "adamw", "rmsprop"};
@@ -1927,6 +2136,153 @@ static void case_optimizer_segments(void) {
     }
 }
 
+// The device-side step scalars: scalars_write round-trips exactly; grad_norm_clip gives the
+// norm of sum_squares on the same target bit for bit, the fp32 clip scale above the clip norm
+// (1 below it) and a skip for a non-finite norm; optimizer_update_scalars over four updates
+// (clipped, unclipped, a NaN gradient, then clipped again) equals the host-scalar
+// optimizer_update_segments with the same figures bit for bit, leaves every bit of params and
+// slots alone on the skipped update and on one the host marks skipped, and devices match the
+// CPU backend bit for bit.
+static void case_step_scalars(void) {
+    enum { NS = 5, STEPS = 5 };
+    const size_t sizes[NS] = {1, 8193, 0, 100003, 17};
+    const int decays[NS] = {1, 0, 1, 1, 0};
+    const float scales[NS] = {1.0f, 0.75f, 0.5f, 0.31640625f, 1.0f};
+    const float clip = 1.0f, gscale[STEPS] = {0.02f, 0.001f, 0.02f, 0.03f, 0.02f};  // norms ~6, ~0.3, NaN, ~9, ~6
+    OptimSegment segs[NS];
+    size_t np = 0, ns = 3;
+    for (int i = 0; i < NS; i++) {
+        np += 2;
+        segs[i] = (OptimSegment){np, ns, sizes[i], decays[i], scales[i]};
+        np += sizes[i], ns += sizes[i] + 1;
+    }
+    double probe[STEP_SCALARS];
+    for (int i = 0; i < STEP_SCALARS; i++) probe[i] = i == 2 ? NAN : -1.5e300 + i * 0.1;
+    for (int kind = OPT_SGD; kind <= OPT_RMSPROP; kind++) {
+        int um = uses_m(kind), uv = uses_v(kind);
+        float *p = randn(np, 160, 1, 0), *m = randn(ns, 161, 0.1, 0), *v = randn(ns, 162, 0.1, 0), *g[STEPS];
+        for (size_t i = 0; i < ns; i++) v[i] *= v[i];
+        for (int t = 0; t < STEPS; t++) g[t] = randn(np, 163 + t, gscale[t], 0);
+        g[2][np / 2] = NAN;
+        float *base[3] = {NULL, NULL, NULL};
+        for (Target *tg = targets; tg < targets + ntargets; tg++) {
+            if (!runs(tg, K_OP)) continue;
+            enter(tg);
+            double h[STEP_SCALARS];
+            float *r[2][3];
+            for (int run = 0; run < 2; run++) {  // device scalars, then the host-scalar op
+                double *sc = dalloc(STEP_SCALARS * sizeof(double));
+                if (run == 0) {
+                    OP(scalars_write)(BE, sc, probe, STEP_SCALARS);
+                    OP(download)(BE, h, sc, sizeof h);
+                    CHECK(same(h, probe, sizeof h), "scalars_write on %s: the doubles did not round-trip", tg->label);
+                }
+                float *dp = dput(p, np, 1), *dm = dput(m, ns, 0), *dv = dput(v, ns, 1);
+                for (int t = 1; t <= STEPS; t++) {
+                    OptimStep s = make_step(kind, t, 0.05f, 1.0f);
+                    float *dg = dput(g[t - 1], np, 1);
+                    const int host_skip = t == 4;  // the host's own skip (a bad loss), finite norm
+                    if (run == 0) {
+                        const double known[4] = {host_skip, s.lr, 1.0 - pow(s.beta1, t),
+                                                 sqrt(1.0 - pow(s.beta2, t))};
+                        OP(scalars_write)(BE, sc + STEP_SKIP, known, 4);
+                        OP(grad_norm_clip)(BE, sc, dg, np, clip);
+                        OptimStep junk = s;  // the op must take lr, scale and t from sc
+                        junk.lr = 1e3f, junk.grad_scale = 7.0f, junk.t = 1000;
+                        OP(optimizer_update_scalars)(BE, dp, dg, um ? dm : NULL, uv ? dv : NULL, segs, NS, &junk, sc);
+                        OP(download)(BE, h, sc, sizeof h);
+                        double norm = sqrt(OP(sum_squares)(BE, dg, np));
+                        double scale = clip > 0 && norm > clip ? (double)(float)(clip / norm) : 1.0;
+                        int skip = host_skip || !isfinite(norm);
+                        CHECK((same(&h[STEP_NORM], &norm, 8) || (norm != norm && h[STEP_NORM] != h[STEP_NORM])) &&
+                                  (norm != norm || h[STEP_SCALE] == scale) && (h[STEP_SKIP] != 0) == skip,
+                              "grad_norm_clip on %s: update %d: norm %.17g scale %.9g skip %g, expected %.17g %.9g %d",
+                              tg->label, t, h[STEP_NORM], h[STEP_SCALE], h[STEP_SKIP], norm, scale, skip);
+                    } else {
+                        double norm = sqrt(OP(sum_squares)(BE, dg, np));
+                        if (host_skip || !isfinite(norm)) continue;
+                        if (norm > clip) s.grad_scale = (float)(clip / norm);
+                        OP(optimizer_update_segments)(BE, dp, dg, um ? dm : NULL, uv ? dv : NULL, segs, NS, &s);
+                    }
+                }
+                r[run][0] = dget(dp, np), r[run][1] = dget(dm, ns), r[run][2] = dget(dv, ns);
+                dfree();
+            }
+            const char *names[3] = {"params", "m", "v"};
+            size_t lens[3] = {np, ns, ns};
+            for (int j = 0; j < 3; j++) {
+                CHECK(same(r[0][j], r[1][j], lens[j] * 4), "optimizer_update_scalars on %s: %s %s: not bit-identical "
+                      "to optimizer_update_segments with the host's scalars (skips included)", tg->label,
+                      kind_names[kind], names[j]);
+                if (is_base(tg)) {
+                    free(base[j]);
+                    base[j] = dupf(r[0][j], lens[j]);
+                } else if (tg->device && base[j]) {
+                    CHECK(same(r[0][j], base[j], lens[j] * 4), "optimizer_update_scalars on %s: %s %s: not "
+                          "bit-identical to the CPU backend (rel diff %.3g)", tg->label, kind_names[kind], names[j],
+                          err_vs(r[0][j], base[j], lens[j]));
+                }
+            }
+            for (int run = 0; run < 2; run++)
+                for (int j = 0; j < 3; j++) free(r[run][j]);
+        }
+        for (int t = 0; t < STEPS; t++) free(g[t]);
+        free(p), free(m), free(v), free(base[0]), free(base[1]), free(base[2]);
+    }
+}
+
+// metrics_accumulate against count_hits' rule written out here: exact sums (losses in order
+// from 0 in double), ties ranked by index (a constant row: only label 0 is a hit), K below 5,
+// "+=" onto what the buffer held, and a batch with an infinite loss counted as non-finite.
+static void case_metrics(void) {
+    const int shapes[][2] = {{37, 11}, {5, 3}, {1, 1000}};
+    for (int si = 0; si < 3; si++) {
+        int B = shapes[si][0], K = shapes[si][1];
+        float *z = randn((size_t)B * K, 170 + si, 1, 0), *loss = randn(B, 173 + si, 1, 2);
+        int *y = xmalloc((size_t)B * sizeof(int));
+        for (int b = 0; b < B; b++) y[b] = (b * 7 + 3) % K;
+        for (int k = 0; k < K; k++) z[k] = 0.25f;                          // row 0 constant: a tie everywhere
+        if (B > 2) z[(size_t)2 * K + (y[2] + 1) % K] = z[(size_t)2 * K + y[2]];  // a tie with the label
+        double ref[2][METRICS], start[METRICS] = {1.5, 2, 3, 0};
+        for (int call = 0; call < 2; call++) {
+            double *e = ref[call];
+            memcpy(e, call ? ref[0] : start, sizeof start);
+            double sum = 0;
+            for (int b = 0; b < B; b++) {
+                sum += call && b == B / 2 ? INFINITY : loss[b];
+                int above = 0;
+                for (int k = 0; k < K; k++) {
+                    float a = z[(size_t)b * K + k], mine = z[(size_t)b * K + y[b]];
+                    above += a > mine || (a == mine && k < y[b]);
+                }
+                e[METRIC_TOP1] += above == 0, e[METRIC_TOP5] += above < 5;
+            }
+            e[METRIC_LOSS] += sum, e[METRIC_NONFINITE] += !isfinite(sum);
+        }
+        for (Target *tg = targets; tg < targets + ntargets; tg++) {
+            if (!runs(tg, K_OP)) continue;
+            enter(tg);
+            double *acc = dalloc(METRICS * sizeof(double)), h[METRICS];
+            OP(upload)(BE, acc, start, sizeof start);
+            float *dz = dput(z, (size_t)B * K, 1), *dl = dput(loss, B, 0);
+            int *dy = dputb(y, (size_t)B * sizeof(int));
+            for (int call = 0; call < 2; call++) {
+                if (call) {
+                    float inf = INFINITY;
+                    OP(upload)(BE, dl + B / 2, &inf, sizeof inf);
+                }
+                OP(metrics_accumulate)(BE, acc, dl, dz, dy, B, K);
+                OP(download)(BE, h, acc, sizeof h);
+                CHECK(same(h, ref[call], sizeof h), "metrics_accumulate on %s: B %d K %d call %d: loss %.17g top1 %g "
+                      "top5 %g nonfinite %g, expected %.17g %g %g %g", tg->label, B, K, call, h[0], h[1], h[2], h[3],
+                      ref[call][0], ref[call][1], ref[call][2], ref[call][3]);
+            }
+            dfree();
+        }
+        free(z), free(loss), free(y);
+    }
+}
+
 // The weights' moving average: lerp in PyTorch's two-sided form against fp64 (elementwise),
 // weight 1 an exact copy, weight 0 no change, devices bit for bit against the CPU.
 static void case_ema(void) {
@@ -1998,9 +2354,12 @@ static const Case cases[] = {
     {"mix_images", case_mix_images},
     {"xent_mix", case_xent_mix},
     {"bf16", case_bf16},
+    {"bf16_acts", case_bf16_acts},
     {"optimizer", case_optimizer},
     {"optimizer_segments", case_optimizer_segments},
     {"ema", case_ema},
+    {"step_scalars", case_step_scalars},
+    {"metrics", case_metrics},
 };
 enum { NCASES = sizeof cases / sizeof cases[0] };
 
@@ -2058,9 +2417,18 @@ static const Member members[] = {
     MEMBER(xent_mix_backward, 0, "xent_mix"),
     MEMBER(to_bf16, 1, "bf16"),
     MEMBER(from_bf16, 1, "bf16"),
+    MEMBER(gemm_bf16, 1, "bf16_acts"),
+    MEMBER(layernorm_forward_bf16, 1, "bf16_acts"),
+    MEMBER(residual_layernorm_forward_bf16, 1, "bf16_acts"),
+    MEMBER(gelu_dropout_forward_bf16, 1, "bf16_acts"),
+    MEMBER(attention_forward_bf16, 1, "bf16_acts"),
     MEMBER(optimizer_update, 0, "optimizer"),
     MEMBER(optimizer_update_segments, 0, "optimizer_segments"),
     MEMBER(ema_update, 0, "ema"),
+    MEMBER(scalars_write, 0, "step_scalars"),
+    MEMBER(grad_norm_clip, 0, "step_scalars"),
+    MEMBER(optimizer_update_scalars, 0, "step_scalars"),
+    MEMBER(metrics_accumulate, 0, "metrics"),
     MEMBER(destroy, 0, "memory"),
 };
 enum { NMEMBERS = sizeof members / sizeof members[0] };
@@ -2136,6 +2504,7 @@ int main(void) {
         CHECK(0, "creating the CPU backend: %s", vit_error());
         return check_report("backend_ops");
     }
+    backend_cpu_set_bf16_acts(cpu, 1);  // opt-in: the CPU backend then has every optional op
     default_isa = (int)cpu_isa_force(CPU_ISA_AVX512 + 1);
     int isas[3], nisas = 0;
     for (int isa = CPU_ISA_GENERIC; isa <= CPU_ISA_AVX512; isa++)
@@ -2153,6 +2522,7 @@ int main(void) {
     const char *on_cpu = getenv("VIT_TEST_CUDA_ON_CPU");
     if (on_cpu && !strcmp(on_cpu, "1")) {
         cpu2 = backend_cpu_create(0);
+        if (cpu2) backend_cpu_set_bf16_acts(cpu2, 1);
         if (cpu2) {
             add_target("cpu-as-device", cpu2, -1, 1, 1, P_FP32, K_OP | K_GEMM | K_ATTN, create_cpu);
             add_target("cpu-as-device bf16", cpu2, -1, 1, 1, P_BF16, K_GEMM | K_ATTN, create_cpu);
@@ -2160,7 +2530,7 @@ int main(void) {
         }
     }
 #ifdef VIT_CUDA
-    Backend *cu[4] = {NULL, NULL, NULL, NULL};
+    Backend *cu[4] = {NULL, NULL, NULL, NULL}, *cu_acts = NULL;
     if (backend_cuda_device_count() > 0) {
         cu[0] = backend_cuda_create(0, CUDA_FP32);
         cu[1] = backend_cuda_create(0, CUDA_TF32);
@@ -2176,6 +2546,11 @@ int main(void) {
             add_target("cuda bf16 mma", cu[3], -1, 0, 1, P_BF16, K_ATTN, NULL);
             have_device = 1;
         }
+        setenv("VIT_CUDA_BF16_ACTS", "1", 1);  // read at creation
+        cu_acts = backend_cuda_create(0, CUDA_BF16);
+        unsetenv("VIT_CUDA_BF16_ACTS");
+        CHECK(cu_acts && cu_acts->gemm_bf16, "creating the CUDA backend with bf16 activations: %s", vit_error());
+        if (cu_acts) add_target("cuda bf16 acts", cu_acts, -1, 0, 1, P_BF16, K_ACTS, NULL);
     } else {
         printf("backend_ops: cuda skipped (%s)\n", vit_error());
     }
@@ -2207,6 +2582,7 @@ int main(void) {
 #ifdef VIT_CUDA
     for (int i = 0; i < 4; i++)
         if (cu[i]) cu[i]->destroy(cu[i]);
+    if (cu_acts) cu_acts->destroy(cu_acts);
 #endif
     if (cpu2) cpu2->destroy(cpu2);
     cpu->destroy(cpu);

@@ -21,12 +21,15 @@
 // on the same device, 1e-5 normwise, except bf16 bias gradients 1e-2 (they sum bf16-rounded
 // terms), with at least one product fused in bf16; and inference logits with the fused
 // gemm_bias_gelu against the CPU's, 1e-4, for erf and tanh GELU. A build without cuDNN
-// prints a note instead of the cudnn cases.
+// prints a note instead of the cudnn cases. VIT_CUDA_BF16_ACTS=1 (bf16 activations): one
+// training step against the CPU backend's bf16-activation path and the GPU's default bf16 path,
+// logits and losses 2e-2, gradients 5e-2 normwise.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include "backend/backend.h"
 #include "backend/cuda_backend.h"
+#include "backend/cuda_graph.h"
 #include "check.h"
 #include "model/vit.h"
 #include "train/update.h"
@@ -474,6 +477,88 @@ static void test_epilogues(void) {
     }
 }
 
+// ---- opt-in bf16 activations (VIT_CUDA_BF16_ACTS=1) ---------------------------------------------
+// One training forward + backward (batch 8, dropout on) of a model asked for VIT_STORE_BF16:
+// logits, losses and gradients to the host (freed by the caller); *acts: it took the
+// bf16-activation path.
+typedef struct {
+    float *logits, *losses, *grads;
+    size_t nparams;
+    int acts;
+} ActsResult;
+
+static int acts_step(Backend *be, const ViTConfig *c, const float *init, ActsResult *r) {
+    enum { B = 8 };
+    ViT m;
+    if (vit_create_ex(&m, c, be, B, 1, VIT_STORE_BF16)) return VIT_ERR;
+    size_t n = m.table.total, per = (size_t)c->image * c->image * c->channels;
+    be->upload(be, m.params, init, n * sizeof(float));
+    be->zero(be, m.grads, n * sizeof(float));
+    uint8_t *img = malloc(B * per);
+    int lab[B];
+    make_batch(img, lab, B, c, 3);
+    int rc = vit_forward(&m, img, lab, B, 1, 0.1f, 5, 1);
+    if (rc == VIT_OK) rc = vit_backward(&m, B, 0.1f, 1.0f / B, 5, 1);
+    r->acts = m.bf16_acts, r->nparams = n;
+    r->logits = malloc((size_t)B * c->classes * sizeof(float));
+    r->losses = malloc(B * sizeof(float));
+    memcpy(r->logits, m.host_logits, (size_t)B * c->classes * sizeof(float));
+    memcpy(r->losses, m.host_losses, B * sizeof(float));
+    r->grads = down(be, m.grads, n);
+    free(img);
+    vit_destroy(&m);
+    return rc;
+}
+
+// The GPU's bf16-activation step against the CPU backend's (bf16 products, bf16-activation
+// ops: tests/test_bf16_acts.c checks that path against fp32) and against the GPU's default
+// bf16 path (fp32 activations, operands rounded inside each product): logits and losses 2e-2,
+// gradients 5e-2 normwise (the bf16 attention kernels round otherwise than the CPU's), and the
+// switch installs the ops only with bf16 products.
+static void test_bf16_acts(void) {
+    setenv("VIT_CUDA_BF16_ACTS", "1", 1);
+    Backend *acts = backend_cuda_create(0, CUDA_BF16), *fp32 = backend_cuda_create(0, CUDA_FP32);
+    unsetenv("VIT_CUDA_BF16_ACTS");
+    CHECK(acts && fp32, "backends with VIT_CUDA_BF16_ACTS=1: %s", acts && fp32 ? "" : vit_error());
+    if (!acts || !fp32) {
+        if (acts) acts->destroy(acts);
+        if (fp32) fp32->destroy(fp32);
+        return;
+    }
+    CHECK(acts->gemm_bf16 && acts->attention_forward_bf16 && !fp32->gemm_bf16 && !gpu_bf16->gemm_bf16,
+          "the bf16-activation ops are installed with VIT_CUDA_BF16_ACTS=1 and bf16 products only");
+    fp32->destroy(fp32);
+    ViTConfig c = small_config(0, 0);
+    float *init = initial_params(&c);
+    backend_cpu_set_bf16(cpu, 1);
+    backend_cpu_set_bf16_acts(cpu, 1);
+    ActsResult rg, rc_, rd;
+    int ok = acts_step(acts, &c, init, &rg) == VIT_OK && acts_step(cpu, &c, init, &rc_) == VIT_OK &&
+             acts_step(gpu_bf16, &c, init, &rd) == VIT_OK;
+    backend_cpu_set_bf16_acts(cpu, 0);
+    backend_cpu_set_bf16(cpu, 0);
+    CHECK(ok, "bf16-activation steps: %s", ok ? "" : vit_error());
+    if (ok) {
+        CHECK(rg.acts && rc_.acts && !rd.acts, "the bf16-activation path ran where the ops exist (gpu %d, cpu %d, "
+              "default gpu %d)", rg.acts, rc_.acts, rd.acts);
+        const ActsResult *other[2] = {&rc_, &rd};
+        const char *names[2] = {"the CPU's bf16 activations", "the GPU's default bf16 path"};
+        for (int i = 0; i < 2; i++) {
+            double dl = check_rel_diff(rg.logits, other[i]->logits, 8 * (size_t)c.classes);
+            double ds = check_rel_diff(rg.losses, other[i]->losses, 8);
+            double dg = check_rel_diff(rg.grads, other[i]->grads, rg.nparams);
+            printf("bf16 activations (gpu) against %s: logits %.2g, losses %.2g, gradients %.2g\n", names[i], dl, ds,
+                   dg);
+            CHECK(dl <= 2e-2 && ds <= 2e-2 && dg <= 5e-2, "bf16 activations against %s: logits %.3g, losses %.3g "
+                  "(2e-2), gradients %.3g (5e-2)", names[i], dl, ds, dg);
+        }
+    }
+    ActsResult *all[3] = {&rg, &rc_, &rd};
+    for (int i = 0; i < 3 && ok; i++) free(all[i]->logits), free(all[i]->losses), free(all[i]->grads);
+    free(init);
+    acts->destroy(acts);
+}
+
 // ---- errors -----------------------------------------------------------------------------------
 static void test_errors(void) {
     // An impossible allocation fails with a message naming the size; the backend stays usable.
@@ -569,6 +654,134 @@ static void test_nccl(void) {
 }
 #endif
 
+// ---- one step as a CUDA graph (VIT_CUDA_GRAPH=1) ----------------------------------------------
+// Six adamw updates (batch 8, dropout off, a new learning rate every step) of the whole step --
+// forward with the metric sums on the device, backward, grad_norm_clip and
+// optimizer_update_scalars -- run eagerly, and run with each input buffer's step captured on
+// its second use and replayed after (the host writes lr and the bias corrections with
+// scalars_write before each launch): parameters, norms and metric sums bit for bit the eager
+// run's after every step. Then a capture that waits for the host (a download) must be refused
+// with a message, on a backend of its own (the refused wait is latched there).
+enum { GRAPH_STEPS = 6 };
+typedef struct {
+    double norm[GRAPH_STEPS], loss[GRAPH_STEPS];
+    float *params[GRAPH_STEPS];
+    int replayed;
+} GraphRun;
+
+static void no_wait(Backend *be) { (void)be; }
+
+static int graph_steps(Backend *be, const ViTConfig *c, const float *init, int use_graph, GraphRun *r) {
+    enum { B = 8 };
+    ViT m;
+    if (vit_create(&m, c, be, B, 1)) return VIT_ERR;
+    size_t n = m.table.total, per = (size_t)c->image * c->image * c->channels;
+    be->upload(be, m.params, init, n * sizeof(float));
+    OptimConfig oc;
+    optim_config_default(&oc, "adamw");
+    float *m1 = be->alloc(be, n * sizeof(float)), *m2 = be->alloc(be, n * sizeof(float));
+    double *sc = be->alloc(be, (STEP_SCALARS + METRICS) * sizeof(double));
+    be->zero(be, m1, n * sizeof(float)), be->zero(be, m2, n * sizeof(float));
+    const OptimSegment seg = {0, 0, n, 1, 1.0f};
+    const OptimStep st = {oc.kind, 0, oc.momentum, oc.beta1, oc.beta2, oc.rho, oc.epsilon, oc.weight_decay, 0, 1};
+    CudaGraph *g[2] = {NULL, NULL};
+    if (use_graph) g[0] = backend_cuda_graph_create(be), g[1] = backend_cuda_graph_create(be);
+    uint8_t *img = malloc(B * per);
+    int lab[B], rc = use_graph && (!g[0] || !g[1]) ? VIT_ERR : VIT_OK;
+    m.metrics = sc + STEP_SCALARS;
+    for (int s = 0; s < GRAPH_STEPS && rc == VIT_OK; s++) {
+        make_batch(img, lab, B, c, (uint32_t)(200 + s));
+        int k = m.stage_slot;
+        rc = vit_stage(&m, img, lab, B);
+        be->zero(be, m.grads, n * sizeof(float));
+        be->zero(be, sc + STEP_SCALARS, METRICS * sizeof(double));
+        const int t = s + 1;
+        const double known[4] = {0, 1e-3 * (1 + s), 1.0 - pow(oc.beta1, t), sqrt(1.0 - pow(oc.beta2, t))};
+        be->scalars_write(be, sc + STEP_SKIP, known, 4);
+        int capture = use_graph && s >= 2 && !backend_cuda_graph_ready(g[k]);
+        if (use_graph && s >= 2) be->wait_uploads(be);
+        Backend view = *be;  // inside a capture the upload wait is the one above
+        view.wait_uploads = no_wait;
+        int began = capture && (rc = backend_cuda_graph_begin(g[k])) == VIT_OK;
+        if (began) m.be = &view;
+        if (rc == VIT_OK && (!use_graph || s < 2 || capture)) {
+            rc = vit_forward(&m, NULL, NULL, B, 1, 0.1f, 5, (uint32_t)s);
+            if (rc == VIT_OK) rc = vit_backward(&m, B, 0.1f, 1.0f / B, 5, (uint32_t)s);
+            m.be->grad_norm_clip(m.be, sc, m.grads, n, oc.clip_norm);
+            m.be->optimizer_update_scalars(m.be, m.params, m.grads, m1, m2, &seg, 1, &st, sc);
+        } else if (rc == VIT_OK) {  // a replay: vit_forward's bookkeeping by hand
+            m.stage_slot = 1 - k, m.staged_B = 0, m.images = m.image_buf[k], m.labels = m.label_buf[k];
+        }
+        m.be = be;
+        if (began) {  // always closed, so the stream leaves capture mode
+            int end = backend_cuda_graph_end(g[k]);
+            if (rc == VIT_OK) rc = end;
+        }
+        if (use_graph && s >= 2 && rc == VIT_OK) rc = backend_cuda_graph_launch(g[k]), r->replayed++;
+        double h[STEP_SCALARS + METRICS];
+        be->download(be, h, sc, sizeof h);
+        r->norm[s] = h[STEP_NORM], r->loss[s] = h[STEP_SCALARS + METRIC_LOSS];
+        r->params[s] = down(be, m.params, n);
+    }
+    if (rc) fprintf(stderr, "graph steps (%s): %s\n", use_graph ? "graph" : "eager", vit_error());
+    for (int i = 0; i < 2; i++)
+        if (g[i]) backend_cuda_graph_destroy(g[i]);
+    free(img);
+    be->release(be, m1), be->release(be, m2), be->release(be, sc);
+    m.metrics = NULL;
+    vit_destroy(&m);
+    return rc;
+}
+
+static void test_graph(void) {
+    Backend *be = backend_cuda_create(0, CUDA_BF16);
+    CHECK(be != NULL, "graph: creating a backend: %s", be ? "" : vit_error());
+    if (!be) return;
+    for (int variant = 0; variant < 2; variant++) {
+        ViTConfig c = small_config(variant ? 16 : 0, variant);
+        c.dropout = 0;  // masks follow the step counter, which a graph freezes
+        float *init = initial_params(&c);
+        GraphRun e, g;
+        memset(&e, 0, sizeof e), memset(&g, 0, sizeof g);
+        int re = graph_steps(be, &c, init, 0, &e), rg = graph_steps(be, &c, init, 1, &g);
+        CHECK(re == 0 && rg == 0, "graph (variant %d): eager %d, graph %d: %s", variant, re, rg, vit_error());
+        size_t n = 0;
+        {
+            ParamTable t;
+            ParamOffsets o;
+            params_build(&t, &o, &c);
+            n = t.total;
+            params_free(&t, &o);
+        }
+        int same = re == 0 && rg == 0 && g.replayed == GRAPH_STEPS - 2;
+        for (int s = 0; s < GRAPH_STEPS && same; s++)
+            same = e.norm[s] == g.norm[s] && e.loss[s] == g.loss[s] && e.params[s] && g.params[s] &&
+                   !memcmp(e.params[s], g.params[s], n * sizeof(float));
+        printf("graph: variant %d: %d of %d steps replayed, last loss sum %.9g, norm %.9g\n", variant, g.replayed,
+               GRAPH_STEPS, g.loss[GRAPH_STEPS - 1], g.norm[GRAPH_STEPS - 1]);
+        CHECK(same, "graph (variant %d): replayed steps differ from the eager steps (norms, loss sums or parameters)",
+              variant);
+        for (int s = 0; s < GRAPH_STEPS; s++) free(e.params[s]), free(g.params[s]);
+        free(init);
+    }
+    be->destroy(be);
+    // A capture with a host wait inside is refused with a message (the failure stays latched
+    // in that backend, which is thrown away).
+    Backend *bad = backend_cuda_create(0, CUDA_FP32);
+    CudaGraph *g = bad ? backend_cuda_graph_create(bad) : NULL;
+    if (g) {
+        float *d = bad->alloc(bad, 64 * sizeof(float)), h[64];
+        int rb = backend_cuda_graph_begin(g);
+        bad->zero(bad, d, sizeof h);
+        bad->download(bad, h, d, sizeof h);
+        int re = backend_cuda_graph_end(g);
+        CHECK(rb == 0 && re != 0 && !backend_cuda_graph_ready(g), "graph: a capture with a download was not refused");
+        printf("graph: a capture with a download: %s\n", re ? vit_error() : "accepted");
+        backend_cuda_graph_destroy(g);
+    }
+    if (bad) bad->destroy(bad);
+}
+
 int main(void) {
     on_cpu = getenv("VIT_TEST_CUDA_ON_CPU") && !strcmp(getenv("VIT_TEST_CUDA_ON_CPU"), "1");
     if (!on_cpu && backend_cuda_device_count() == 0) {
@@ -591,6 +804,8 @@ int main(void) {
     if (!on_cpu) test_errors();
     if (!on_cpu) test_attention_paths();
     if (!on_cpu) test_epilogues();
+    if (!on_cpu) test_graph();
+    if (!on_cpu) test_bf16_acts();
 #ifdef VIT_NCCL
     if (!on_cpu) test_nccl();
 #endif

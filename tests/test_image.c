@@ -672,6 +672,29 @@ static void test_eval_crop_tf(void) {
     CHECK(fast_moved >= 3, "DCT-scaled decode differs from TensorFlow on %d cases (3 or more expected)", fast_moved);
 }
 
+// image_peek_size reads the sides a full decode gives from the headers alone (baseline,
+// progressive and grayscale JPEGs, PNG); other bytes and cut headers are refused.
+static void test_peek_size(void) {
+    const char *files[] = {"large_300x200.jpg", "progressive_290x213.jpg", "gray_120x90.jpg", "small_23x31.png"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[256];
+        snprintf(path, sizeof path, "tests/fixtures/evalcrop_tf/%s", files[i]);
+        FILE *f = fopen(path, "rb");
+        uint8_t buf[1 << 16];
+        size_t n = f ? fread(buf, 1, sizeof buf, f) : 0;
+        if (f) fclose(f);
+        Image img = {0};
+        int w = 0, h = 0;
+        int ok = n > 0 && image_decode(&img, buf, n, path, 0) == VIT_OK && image_peek_size(buf, n, &w, &h) == VIT_OK;
+        CHECK(ok && w == img.width && h == img.height, "peek %s: %dx%d, decoded %dx%d", files[i], w, h, img.width,
+              img.height);
+        CHECK(image_peek_size(buf, 20, &w, &h) != VIT_OK, "peek %s cut to 20 bytes is refused", files[i]);
+        image_free(&img);
+    }
+    int w, h;
+    CHECK(image_peek_size((const uint8_t *)"hello, world, not an image", 26, &w, &h) != VIT_OK, "peek text refused");
+}
+
 // image_write_png round-trips through the decoder, RGB and gray; a bad path is an error.
 static void test_write_png(void) {
     char dir[] = "/tmp/vitc_test_image_XXXXXX", path[128];
@@ -711,5 +734,6 @@ int main(void) {
     test_eval_crop_pil();
     test_eval_crop_tf();
     test_write_png();
+    test_peek_size();
     return check_report("image");
 }

@@ -48,12 +48,35 @@
 //
 // Optional ops (may be NULL; test_backend_ops tests them where present): gemm_bias_gelu (the
 // model then runs gemm and gelu_forward), to_bf16 and from_bf16 (both or neither; the model
-// then keeps the activations of the backward pass in fp32). The CPU backend has all three,
-// the CUDA backend none. Every other member must be set.
+// then keeps the activations of the backward pass in fp32), and the bf16-activation block
+// (gemm_bf16 .. attention_forward_bf16, all or none; see there). The CPU backend has the first
+// three, the CUDA backend none of them; the bf16-activation block is opt-in on both. Every
+// other member must be set.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
 #include "optim/step.h"
+
+// The device-side step scalars (scalars_write, grad_norm_clip, optimizer_update_scalars):
+// indices into a buffer of STEP_SCALARS doubles. The host writes SKIP, LR, C1 and SQRT_C2.
+enum { STEP_NORM, STEP_SCALE, STEP_SKIP, STEP_LR, STEP_C1, STEP_SQRT_C2, STEP_SCALARS = 8 };
+// metrics_accumulate's sums: indices into a buffer of METRICS doubles.
+enum { METRIC_LOSS, METRIC_TOP1, METRIC_TOP5, METRIC_NONFINITE, METRICS };
+
+// The operands of gemm_bf16 (bf16 activations, below): C[b] = alpha * op(A[b]) @ op(B[b])
+// (+ bias[b]) (+ C[b] if accumulate) for b < batch, shapes as gemm's, where X[b] is X + b *
+// stride_x elements (strides >= 0; 0 repeats one matrix, so one A can meet three weights). A and B
+// are fp32 or raw bf16 bits (a_bf16, b_bf16); C and bias are fp32.
+typedef struct {
+    int batch, M, N, K;
+    const void *A, *B;
+    int a_bf16, b_bf16, transA, transB;
+    long long stride_a, stride_b, stride_c, stride_bias;
+    float *C;
+    const float *bias;  // may be NULL
+    float alpha;
+    int accumulate;
+} GemmBf16;
 
 typedef struct Backend Backend;
 struct Backend {
@@ -208,6 +231,33 @@ struct Backend {
     void (*to_bf16)(Backend *be, uint16_t *dst, const float *src, size_t n);
     void (*from_bf16)(Backend *be, float *dst, const uint16_t *src, size_t n);
 
+    // bf16 activations (issue 15 item 3; docs/gpu.md): the ops that make a product's operand
+    // write it in bf16, and a product that reads bf16 operands as they are. Optional, all or
+    // none: the CUDA backend has them with bf16 products and VIT_CUDA_BF16_ACTS=1, the CPU
+    // backend after backend_cpu_set_bf16_acts(be, 1) (tests). Each *_bf16 op writes exactly
+    // the fp32 op's result rounded to bf16 (nearest even, as to_bf16), everything else as the
+    // fp32 op (mean, rstd, sum in fp32).
+    //
+    // gemm_bf16: the products of bf16 values (fp32 operands rounded to bf16 first, nearest
+    // even), summed in fp32, whatever the backend's precision. C[b] must not overlap each other,
+    // A, B or bias. Returns VIT_ERR on failure (as gemm).
+    int (*gemm_bf16)(Backend *be, const GemmBf16 *g);
+    // layernorm_forward with out in bf16.
+    void (*layernorm_forward_bf16)(Backend *be, uint16_t *out, float *mean, float *rstd, const float *inp,
+                                   const float *scale, const float *bias, int rows, int C, float eps);
+    // residual_layernorm_forward with out (not NULL) in bf16; sum fp32 (may alias x or y).
+    void (*residual_layernorm_forward_bf16)(Backend *be, float *sum, uint16_t *out, float *mean, float *rstd,
+                                            const float *x, const float *y, const float *scale, const float *bias,
+                                            int rows, int C, float eps, float rate, uint64_t seed, uint32_t step,
+                                            uint32_t site);
+    // gelu_dropout_forward with out in bf16 (inp stays fp32: the backward pass reads it).
+    void (*gelu_dropout_forward_bf16)(Backend *be, uint16_t *out, const float *inp, size_t n, int tanh_approx,
+                                      float rate, uint64_t seed, uint32_t step, uint32_t site);
+    // attention_forward writing out in fp32 (what attention_backward reads) and in bf16
+    // (out_bf16: the out projection's operand).
+    int (*attention_forward_bf16)(Backend *be, float *out, uint16_t *out_bf16, float *state, float *scratch,
+                                  const float *q, const float *k, const float *v, int B, int T, int H, int hd);
+
     // One optimizer update of n parameters with slots m and v (unused slots may be NULL).
     void (*optimizer_update)(Backend *be, float *params, const float *grads, float *m, float *v, size_t n,
                              const OptimStep *s);
@@ -224,6 +274,35 @@ struct Backend {
     // weight 1 (timm's first update) copies params exactly. ema must not overlap params.
     void (*ema_update)(Backend *be, float *ema, const float *params, size_t n, float weight);
 
+    // Device-side step scalars: the figures of one update live in a small device buffer of
+    // STEP_SCALARS doubles (indices StepScalar, train/update.c owns one per run), so that
+    // norm, clip scale, skip decision and learning rate never travel through the host inside
+    // a step, and a captured step (CUDA graph) replays with the rate the host writes before it.
+    // On the CPU the buffer is plain memory and the results are bit for bit the host path's.
+    //
+    // dst[0..n) = src[0..n), 0 < n <= STEP_SCALARS, in op order; the host does not wait and may
+    // reuse src once the call returns (on a GPU the values travel as kernel arguments).
+    void (*scalars_write)(Backend *be, double *dst, const double *src, int n);
+    // The global gradient norm and what follows from it: sc[STEP_NORM] = sqrt(sum of squares of
+    // g[0..n)) (the sum exactly as sum_squares computes it on this backend), sc[STEP_SCALE] =
+    // (double)fp32(clip_norm / norm) when clip_norm > 0 and norm > clip_norm, else 1, and
+    // sc[STEP_SKIP] = 1 when the norm is not finite (a skip already set there is kept).
+    void (*grad_norm_clip)(Backend *be, double *sc, const float *grads, size_t n, float clip_norm);
+    // optimizer_update_segments with the step's scalars read from the device: lr =
+    // fp32(sc[STEP_LR]), grad_scale = fp32(sc[STEP_SCALE]), the adam bias corrections from
+    // sc[STEP_C1] = 1 - beta1^t and sc[STEP_SQRT_C2] = sqrt(1 - beta2^t) (s->lr, grad_scale and t
+    // are ignored). Bit for bit the host-scalar op with those values; when sc[STEP_SKIP] != 0
+    // nothing is written (parameters and slots keep their bits: a skipped update).
+    void (*optimizer_update_scalars)(Backend *be, float *params, const float *grads, float *m, float *v,
+                                     const OptimSegment *segs, int nsegs, const OptimStep *s, const double *sc);
+    // Training metrics summed on the device, read by the host only when it reports them
+    // ("+="): acc[METRIC_LOSS] += the B per-sample losses added in order from 0 in double,
+    // acc[METRIC_TOP1] / acc[METRIC_TOP5] += the samples whose label ranks first / in the first
+    // five of its logits row (higher first, ties by index: train/evaluate.c's count_hits),
+    // acc[METRIC_NONFINITE] += 1 when this batch's loss sum is not finite.
+    void (*metrics_accumulate)(Backend *be, double *acc, const float *losses, const float *logits, const int *labels,
+                               int B, int K);
+
     void (*destroy)(Backend *be);
 };
 
@@ -235,3 +314,6 @@ Backend *backend_cpu_create(int threads);
 // fp32 rate). Elsewhere the rounded operands go through the fp32 kernels: the same numbers,
 // no speed-up.
 void backend_cpu_set_bf16(Backend *be, int on);
+// Installs (on) or removes the CPU backend's bf16-activation ops (gemm_bf16 and the *_bf16
+// ops above): off by default, so the model's CPU path is unchanged; tests turn them on.
+void backend_cpu_set_bf16_acts(Backend *be, int on);

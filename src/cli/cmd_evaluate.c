@@ -5,6 +5,7 @@
 #include "backend/backend.h"
 #include "commands.h"
 #include "common.h"
+#include "model_source.h"
 #include "train/trainer.h"
 #include "util/status.h"
 
@@ -12,15 +13,19 @@ int cmd_evaluate(int argc, char **argv) {
     for (int i = 0; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             flags_print_help("evaluate", "Evaluates --checkpoint FILE (or --pretrained FILE with model flags) on the\n"
-                                         "validation data of --dataset_dir (or --synthetic_data); --json for one object.");
+                                         "validation data of --dataset_dir (default: the checkpoint's) or --synthetic_data;\n"
+                                         "--json for one object.");
             return 0;
         }
     ParsedOptions p;
     Dataset val = {0};
     Backend *be = NULL;
     ViT m = {0};
-    int rc = 2;
-    if (flags_parse(&p, argc, argv) || flags_no_positional(&p) || cli_check_supported(&p)) goto fail;
+    ModelSource src = {0};
+    int rc = 2, have_src = 0;
+    if (flags_parse(&p, argc, argv) || flags_no_positional(&p) || cli_check_supported(&p) ||
+        cli_check_model_given(&p, "evaluate"))
+        goto fail;
     const Options *o = &p.o;
     if (o->batch_size < 1) {
         vit_fail("--batch_size %d: must be positive", o->batch_size);
@@ -33,9 +38,21 @@ int cmd_evaluate(int argc, char **argv) {
     FILE *out = o->json ? stderr : stdout;
     be = cli_create_backend(&p, o->threads);
     if (!be) goto fail;
+    // A checkpoint carries its run's data flags: they are the defaults (read before the data).
+    if (*o->checkpoint && !o->synthetic_data) {
+        if (model_source_open(&src, &p, NULL, NULL)) goto fail;
+        have_src = 1;
+        if (cli_checkpoint_data_defaults(&p, &src.ck.st, out)) goto fail;
+    }
     // IDX data informs the model's shape (as in training); synthetic data follows the model.
     if (!o->synthetic_data && cli_open_data(&p, NULL, NULL, &val)) goto fail;
-    if (cli_load_model(&p, o->synthetic_data ? NULL : &val, be, o->batch_size, &m, out)) goto fail;
+    if (have_src) {
+        uint64_t seed = (uint64_t)(o->seed >= 0 ? o->seed : 0);
+        if (vit_create(&m, &src.cfg, be, o->batch_size, 0) || model_source_load(&src, &m, seed, NULL, NULL, out))
+            goto fail;
+    } else if (cli_load_model(&p, o->synthetic_data ? NULL : &val, be, o->batch_size, &m, out)) {
+        goto fail;
+    }
     if (o->synthetic_data && cli_open_data(&p, &m.cfg, NULL, &val)) goto fail;
     cli_data_output(&p, &m.cfg, NULL, &val);
     if (val.size != m.cfg.image || val.channels != m.cfg.channels || val.classes > m.cfg.classes) {
@@ -58,6 +75,7 @@ fail:
     fprintf(stderr, "vit evaluate: %s\n", vit_error());
 done:
     vit_destroy(&m);
+    if (have_src) model_source_close(&src);
     if (be) be->destroy(be);
     dataset_free(&val);
     flags_free(&p);

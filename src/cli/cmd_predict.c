@@ -133,15 +133,24 @@ int cmd_predict(int argc, char **argv) {
         goto fail;
     }
     if (*o->save_inputs && check_save_dir(o->save_inputs)) goto fail;
+    if (cli_check_model_given(&p, "predict with")) goto fail;
     be = cli_create_backend(&p, o->threads);
-    if (!be || cli_load_model(&p, NULL, be, 1, &m, stderr)) goto fail;
+    char **stored = NULL;  // the class names in the checkpoint
+    if (!be || cli_load_model_named(&p, NULL, be, 1, &m, stderr, &stored)) goto fail;
     const ViTConfig *c = &m.cfg;
     char labels[1200];
     if (*o->labels)
         snprintf(labels, sizeof labels, "%s", o->labels);
     else
         default_labels(c, labels, sizeof labels);
-    if (*labels && !(names = read_labels(labels, c->classes)) && *o->labels) {
+    // --labels wins; then the names the checkpoint's run stored; then the shipped lists.
+    if (stored && !*o->labels) {
+        names = stored;
+    } else if (stored) {
+        for (int k = 0; k < c->classes; k++) free(stored[k]);
+        free(stored);
+    }
+    if (!names && *labels && !(names = read_labels(labels, c->classes)) && *o->labels) {
         vit_fail("--labels %s: cannot read it", o->labels);
         goto fail;
     }

@@ -11,12 +11,13 @@ int cmd_prep(int argc, char **argv) {
     for (int i = 0; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             flags_print_help("prep",
-                             "Writes --output_dir/train/train-NNNNN-of-NNNNN and validation/validation-NNNNN-of-NNNNN\n"
-                             "from --raw_data_dir: train/<synset>/*.JPEG with validation/*.JPEG and\n"
+                             "Writes --output_dir/train/train-NNNNN-of-NNNNN, validation/validation-NNNNN-of-NNNNN\n"
+                             "and classes.txt (the class names in label order) from --raw_data_dir:\n"
+                             "train/<synset>/*.JPEG with validation/*.JPEG and\n"
                              "imagenet_2012_validation_synset_labels.txt or synset_labels.txt (or --val_labels),\n"
-                             "or train/<class>/ and val/<class>/ image folders. Uses --train_shards, --val_shards,\n"
-                             "--data_workers, --skip_corrupt. --local_scratch_dir is the recipe's name for\n"
-                             "--output_dir.");
+                             "or train/<class>/ and val/<class>/ image folders. Uses --train_shards, --val_shards\n"
+                             "(at most one shard per image), --data_workers, --skip_corrupt. --local_scratch_dir is\n"
+                             "the recipe's name for --output_dir.");
             return 0;
         }
     ParsedOptions p;
@@ -45,6 +46,6 @@ int cmd_prep(int argc, char **argv) {
         return 2;
     }
     printf("wrote %ld train images in %d shards, %ld validation images in %d shards, %ld re-encoded, %ld skipped\n",
-           st.train, po.train_shards, st.val, po.val_shards, st.reencoded, st.skipped);
+           st.train, st.train_shards, st.val, st.val_shards, st.reencoded, st.skipped);
     return 0;
 }

@@ -21,6 +21,7 @@
 #include "prof/roofline.h"
 #include "train/trainer.h"
 #include "model_source.h"
+#include "run_settings.h"
 #include "util/status.h"
 
 // --drop_path and the Mixup/CutMix flags (timm's train.py), checked before any data is read;
@@ -63,6 +64,10 @@ static int check_ranges(const ParsedOptions *p) {
     AugmentConfig aug;  // --aa, --reprob, --remode, --recount
     augment_defaults(&aug);
     if (augment_set_timm(&aug, o->aa, o->reprob, o->remode, o->recount)) return VIT_ERR;
+    // --deterministic turns the loader's augmentation off; asking for some of it is a conflict.
+    if (o->deterministic && (o->aa[0] || o->reprob > 0))
+        return vit_fail("--%s asks for augmentation, which --deterministic turns off: drop one of them",
+                        o->aa[0] ? "aa" : "reprob");
     if (o->zero != 0 && o->zero != 1)
         return vit_fail("--zero %d: expected 0 (off) or 1 (shard the optimizer state across the ranks)", o->zero);
     if (o->zero && !o->distributed)
@@ -120,82 +125,6 @@ static int ema_from_flags(const ParsedOptions *p, OptimConfig *oc, EmaConfig *em
     return VIT_OK;
 }
 
-// Creates --save_dir (and its parents) and checks it is writable before any training is done.
-static int prepare_save_dir(const char *dir) {
-    if (!*dir) return VIT_OK;
-    char part[4096];
-    snprintf(part, sizeof part, "%s", dir);
-    for (char *c = part + 1; *c; c++) {
-        if (*c != '/') continue;
-        *c = 0;
-        if (mkdir(part, 0777) != 0 && errno != EEXIST) return vit_fail("--save_dir %s: cannot create %s: %s", dir, part, strerror(errno));
-        *c = '/';
-    }
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST) return vit_fail("--save_dir %s: %s", dir, strerror(errno));
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return vit_fail("--save_dir %s: not a folder", dir);
-    if (access(dir, W_OK) != 0) return vit_fail("--save_dir %s: not writable", dir);
-    return VIT_OK;
-}
-
-// --resume_from_checkpoint_path DIR: the most recently written checkpoint there that verifies
-// (a write interrupted by a crash or kill -9 leaves only a *.tmp.* file, never a partial one;
-// a file damaged since is skipped, with one line on stderr saying why).
-typedef struct {
-    struct timespec mtime;
-    char name[256];  // a d_name (NAME_MAX 255)
-} CkCandidate;
-
-static int newer_first(const void *a, const void *b) {
-    const CkCandidate *x = a, *y = b;
-    if (x->mtime.tv_sec != y->mtime.tv_sec) return x->mtime.tv_sec > y->mtime.tv_sec ? -1 : 1;
-    if (x->mtime.tv_nsec != y->mtime.tv_nsec) return x->mtime.tv_nsec > y->mtime.tv_nsec ? -1 : 1;
-    return -strcmp(x->name, y->name);
-}
-
-static int newest_checkpoint(const char *dir, char *path, size_t cap) {
-    DIR *d = opendir(dir);
-    if (!d) return vit_fail("--resume_from_checkpoint_path %s: %s", dir, strerror(errno));
-    CkCandidate *c = NULL;
-    int n = 0, n_cap = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        size_t len = strlen(e->d_name);
-        if (len < 12 || strcmp(e->d_name + len - 12, ".safetensors") || !strstr(e->d_name, "-ckpt-")) continue;
-        struct stat st;
-        snprintf(path, cap, "%s/%s", dir, e->d_name);
-        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
-        if (n == n_cap) {
-            CkCandidate *g = realloc(c, (size_t)(n_cap = n_cap ? 2 * n_cap : 16) * sizeof *c);
-            if (!g) {
-                free(c), closedir(d);
-                return vit_fail("out of memory listing %s", dir);
-            }
-            c = g;
-        }
-        c[n].mtime = st.st_mtim;
-        snprintf(c[n++].name, sizeof c->name, "%s", e->d_name);
-    }
-    closedir(d);
-    if (!n) return vit_fail("--resume_from_checkpoint_path %s: no *-ckpt-*.safetensors checkpoint in the folder", dir);
-    qsort(c, (size_t)n, sizeof *c, newer_first);
-    int found = 0;
-    for (int i = 0; i < n && !found; i++) {
-        Checkpoint ck;
-        snprintf(path, cap, "%s/%s", dir, c[i].name);
-        found = checkpoint_open(&ck, path) == VIT_OK;
-        if (found)
-            checkpoint_close(&ck);
-        else
-            fprintf(stderr, "skipping a checkpoint that does not verify: %s\n", vit_error());
-    }
-    free(c);
-    if (!found)
-        return vit_fail("--resume_from_checkpoint_path %s: none of its %d checkpoints verifies (each is named above)",
-                        dir, n);
-    return VIT_OK;
-}
-
 // A checkpoint must fit: better to refuse before training than to fail at the first save.
 static int check_save_space(const char *dir, size_t bytes) {
     struct statvfs vfs;
@@ -228,12 +157,11 @@ static int parse_profile(const char *text, long *first, long *last) {
     return VIT_OK;
 }
 
-// Creates --log_dir (and its parents) and both TensorBoard files before training starts,
-// so an unusable folder is an error now rather than after hours of training.
-static int open_logs(const ParsedOptions *p, EventWriter **train, EventWriter **eval) {
-    const char *dir = p->o.log_dir;
+// Creates the run's log folder (and its parents) and both TensorBoard files before training
+// starts, so an unusable folder is an error now rather than after hours of training.
+static int open_logs(const ParsedOptions *p, const char *dir, EventWriter **train, EventWriter **eval) {
     if (!*dir) return VIT_OK;
-    char eval_dir[4096];
+    char eval_dir[4200];
     snprintf(eval_dir, sizeof eval_dir, "%s/eval", dir);
     if (!(*train = events_open(dir, "")) || !(*eval = events_open(eval_dir, ""))) {
         char why[1024];
@@ -346,13 +274,18 @@ typedef struct {
     ModelSource src;
     int have_ck;
     const char *resume;
-    char resume_file[4096];
+    char resume_file[4096];    // rank 0: the checkpoint (or weights) --resume_from_checkpoint_path means
+    int full_resume;           // it is a checkpoint: the run continues in its folders
+    RunFolders folders;        // the run's checkpoint and log folders
+    int trained;               // an update was made: a failure keeps what the run wrote
     TrainState rstate;
     float *slot_m, *slot_v;
     EmaConfig ema;             // --model_ema
     float *ema_host;           // the checkpoint's average to continue (every rank), or NULL
     MetaPair *meta;
     char (*meta_text)[1100];
+    int n_meta;                // entries in meta (0: g_flag_count, one per flag)
+    char *class_meta;          // "data.class_names": the data's class names, one per line
 } TrainCmd;
 
 // MPI starts before the flags are read, so a rank that rejects them can end the whole job.
@@ -385,6 +318,35 @@ static int evaluate_handover(int argc, char **argv, const char *path) {
     return cmd_evaluate(n, eargv);
 }
 
+// Rank 0 resolves --resume_from_checkpoint_path to a file and, for a checkpoint, takes the
+// settings its run recorded (run_settings.h); every rank then holds rank 0's flags. Without
+// a resume each rank keeps its own (a rank given bad flags must fail with its own message).
+static int resume_settings(TrainCmd *t) {
+    const char *given = t->p.o.resume_from_checkpoint_path;
+    if (t->rank == 0 && *given) {
+        char path[sizeof t->resume_file];
+        cli_expand_home(given, path, sizeof path);
+        if (run_resume_file(path, t->resume_file, sizeof t->resume_file) ||
+            run_resume_settings(&t->p, t->resume_file))
+            return VIT_ERR;
+        t->full_resume = run_is_full_resume(t->resume_file);
+    }
+    if (dist_bcast(&t->full_resume, sizeof t->full_resume, 0)) return VIT_ERR;
+    if (!t->full_resume) return VIT_OK;
+    return dist_bcast(&t->p.o, sizeof t->p.o, 0) || dist_bcast(t->p.set, sizeof t->p.set, 0) ? VIT_ERR : VIT_OK;
+}
+
+// Rank 0 names the run and creates its checkpoint folder; every rank learns the folders.
+static int run_folders(TrainCmd *t) {
+    if (t->rank == 0 && (run_folders_choose(&t->folders, &t->p, t->full_resume ? t->resume_file : NULL) ||
+                         run_folders_make_save(&t->folders)))
+        return VIT_ERR;
+    return dist_bcast(&t->folders, sizeof t->folders, 0) ||
+                   dist_bcast(t->p.o.run_name, sizeof t->p.o.run_name, 0)
+               ? VIT_ERR
+               : VIT_OK;
+}
+
 // Optimizer, schedule and preset from the flags: a bad --model is reported before any data is read.
 static int settings(TrainCmd *t) {
     const Options *o = t->o;
@@ -398,8 +360,7 @@ static int settings(TrainCmd *t) {
     if (o->batch_size % dist_size())
         return vit_fail("--batch_size %d: the global batch must be divisible by the %d ranks", o->batch_size,
                         dist_size());
-    if (t->rank == 0 && prepare_save_dir(o->save_dir)) return VIT_ERR;
-    return VIT_OK;
+    return run_folders(t);
 }
 
 // Rank 0: where the model comes from. A checkpoint to resume (a folder: its newest) fixes the
@@ -407,12 +368,7 @@ static int settings(TrainCmd *t) {
 // .npz) or the random initialisation take the model's shape from the flags.
 static int open_model_source(TrainCmd *t) {
     const Options *o = t->o;
-    struct stat rst;
-    t->resume = o->resume_from_checkpoint_path;
-    if (*t->resume && stat(t->resume, &rst) == 0 && S_ISDIR(rst.st_mode)) {
-        if (newest_checkpoint(t->resume, t->resume_file, sizeof t->resume_file)) return VIT_ERR;
-        t->resume = t->resume_file;
-    }
+    t->resume = *o->resume_from_checkpoint_path ? t->resume_file : "";  // resolved by resume_settings
     if (model_source_open(&t->src, &t->p, t->resume, o->synthetic_data ? NULL : &t->train)) return VIT_ERR;
     t->c = t->src.cfg;
     t->have_ck = t->src.kind == SOURCE_CHECKPOINT;
@@ -526,9 +482,9 @@ static int load_parameters(TrainCmd *t) {
         if (!(t->nccl = nccl_sync_create(t->inner))) return VIT_ERR;
         t->nccl_transport = nccl_sync_transport(t->nccl);
     }
-    if (t->rank == 0 && *o->save_dir) {
+    if (t->rank == 0 && *t->folders.save) {
         size_t slots = (size_t)optim_uses_m(t->oc.kind) + (size_t)optim_uses_v(t->oc.kind) + (t->ema.on != 0);
-        if (check_save_space(o->save_dir, t->model.table.total * sizeof(float) * (1 + slots) + (1 << 20)))
+        if (check_save_space(t->folders.save, t->model.table.total * sizeof(float) * (1 + slots) + (1 << 20)))
             return VIT_ERR;
     }
     return VIT_OK;
@@ -556,19 +512,106 @@ static void print_header(const TrainCmd *t) {
                     c->layers + 2);
         fprintf(t->out, "\n");
     }
+    run_folders_print(&t->folders, t->out, "run");
 }
 
-// Every flag goes into each checkpoint's metadata.
+// Every flag goes into each checkpoint's metadata, as in effect: the model's shape as built
+// (from the preset, the data or the resumed checkpoint), the optimizer with its
+// hyper-parameters and the seed drawn, so that a resume of it is the same run without
+// retyping anything.
 static int build_meta(TrainCmd *t) {
     t->meta = calloc((size_t)g_flag_count, sizeof *t->meta);
     t->meta_text = calloc((size_t)g_flag_count, sizeof *t->meta_text);
     if (!t->meta || !t->meta_text) return vit_fail("out of memory");
+    ParsedOptions eff = t->p;  // a copy: positional stays owned by t->p
+    Options *e = &eff.o;
+    const ViTConfig *c = &t->c;
+    snprintf(e->model, sizeof e->model, "%s", c->name);
+    e->hidden_size = c->hidden, e->num_layers = c->layers, e->num_heads = c->heads, e->mlp_dim = c->mlp;
+    e->patch_size = c->patch, e->image_size = c->image, e->channels = c->channels, e->num_classes = c->classes;
+    e->representation_size = c->representation, e->layernorm_eps = c->layernorm_eps;
+    snprintf(e->gelu, sizeof e->gelu, "%s", c->gelu_tanh ? "tanh" : "erf");
+    snprintf(e->optimizer, sizeof e->optimizer, "%s", optim_name(t->oc.kind));
+    // The optimizer's hyper-parameters as used (their flags default to the optimizer's own).
+    e->momentum = t->oc.momentum, e->beta1 = t->oc.beta1, e->beta2 = t->oc.beta2;
+    e->epsilon = t->oc.epsilon, e->weight_decay = t->oc.weight_decay;
+    e->seed = (long long)t->seed;
     for (int i = 0; i < g_flag_count; i++) {
         snprintf(t->meta_text[i], 64, "flags.%s", g_flags[i].name);
-        flags_value_text(&t->p, i, t->meta_text[i] + 64, sizeof t->meta_text[i] - 64);
+        flags_value_text(&eff, i, t->meta_text[i] + 64, sizeof t->meta_text[i] - 64);
         t->meta[i].key = t->meta_text[i];
         t->meta[i].value = t->meta_text[i] + 64;
     }
+    return VIT_OK;
+}
+
+// What the data decides when the flags leave it open: an epoch too short for one update is
+// an error naming the flags (and values) that fix it; a warm-up longer than the run is
+// clamped; images far from the model's input size get a note with --image_size to set.
+static int data_defaults(TrainCmd *t) {
+    const Options *o = t->o;
+    const ParsedOptions *p = &t->p;
+    long count = t->train.count, B = o->batch_size, A = o->grad_accum_steps;
+    long steps = o->steps_per_epoch ? o->steps_per_epoch : count / B;
+    if (steps < A && o->steps_per_epoch)
+        return vit_fail("--steps_per_epoch %ld: fewer micro-steps than one update's --grad_accum_steps %ld%s; pass "
+                        "--grad_accum_steps %ld or --steps_per_epoch %ld", steps, A,
+                        flags_on_command_line(p, "grad_accum_steps") ? "" : " (the default)", steps, A);
+    if (steps < A) {
+        char fix[160];
+        long whole = B < count ? B : count;  // one update per batch, as large as the data allows
+        if (steps >= 1 && count / A >= 1)
+            snprintf(fix, sizeof fix, "--grad_accum_steps %ld, or --batch_size %ld", steps, count / A);
+        else if (steps >= 1)
+            snprintf(fix, sizeof fix, "--grad_accum_steps %ld", steps);
+        else if (count / A >= 1)
+            snprintf(fix, sizeof fix, "--batch_size %ld, or --batch_size %ld --grad_accum_steps 1", count / A, whole);
+        else
+            snprintf(fix, sizeof fix, "--batch_size %ld --grad_accum_steps 1", whole);
+        return vit_fail("the %ld training images make %ld batch%s of --batch_size %ld%s per epoch, fewer than the %ld "
+                        "of one update (--grad_accum_steps %ld%s): pass %s", count, steps, steps == 1 ? "" : "es", B,
+                        flags_on_command_line(p, "batch_size") ? "" : " (the default)", A, A,
+                        flags_on_command_line(p, "grad_accum_steps") ? "" : ", the default", fix);
+    }
+    long total = (long)o->epochs * (steps / A);
+    if (t->sched.kind == SCHED_WARMUP_COSINE && t->sched.warmup_steps > total) {
+        // A warm-up the user chose stops at the run's end; the recipe's default (sized for
+        // ImageNet) becomes a tenth of the run, so the rate still peaks and anneals.
+        int chosen = flags_given(p, "warmup_steps");
+        long warm = chosen ? total : (total + 9) / 10;
+        fprintf(t->out, "note: --warmup_steps %ld%s is longer than this run's %ld updates: warm-up clamped to %ld%s "
+                        "(set --warmup_steps to choose)\n", t->sched.warmup_steps, chosen ? "" : " (the default)",
+                total, warm, chosen ? "" : ", a tenth of the run");
+        t->sched.warmup_steps = warm;
+    }
+    int w, h;
+    if (t->rank == 0 && !o->synthetic_data && !t->have_ck && !flags_given(p, "image_size") &&
+        dataset_typical_size(&t->train, 16, &w, &h) == VIT_OK) {
+        int side = w < h ? w : h, image = t->c.image, patch = t->c.patch > 0 ? t->c.patch : 1;
+        int fit = (side + patch / 2) / patch * patch;  // the nearest whole number of patches
+        if (side * 2 < image || side > 2 * image)
+            fprintf(t->out, "note: the training images are typically %dx%d, far from the model's %dx%d input: "
+                            "--image_size %d trains near their size\n", w, h, image, image, fit > patch ? fit : patch);
+    }
+    return VIT_OK;
+}
+
+// The data's class names (folders, or shards with classes.txt) go into every checkpoint as
+// "data.class_names", one per line in label order: predict prints them.
+static int add_class_names_meta(TrainCmd *t) {
+    const Dataset *d = &t->train;
+    if (!d->n_class_names) return VIT_OK;
+    size_t len = 1;
+    for (int i = 0; i < d->n_class_names; i++) len += strlen(d->class_names[i]) + 1;
+    int n = t->n_meta ? t->n_meta : g_flag_count;
+    MetaPair *grown = realloc(t->meta, (size_t)(n + 1) * sizeof *grown);
+    if (grown) t->meta = grown;
+    if (!grown || !(t->class_meta = malloc(len))) return vit_fail("out of memory");
+    t->class_meta[0] = 0;
+    for (int i = 0, at = 0; i < d->n_class_names; i++)
+        at += snprintf(t->class_meta + at, len - (size_t)at, "%s%s", i ? "\n" : "", d->class_names[i]);
+    t->meta[n] = (MetaPair){"data.class_names", t->class_meta};
+    t->n_meta = n + 1;
     return VIT_OK;
 }
 
@@ -581,8 +624,8 @@ static void write_profile(TrainCmd *t, int train_rc) {
         fprintf(stderr, "vit train: warning: roofline not measured: %s\n", vit_error());
     else if (!train_rc)
         profiler_set_roofline(t->prof, &roof);
-    const char *base = *t->o->log_dir ? t->o->log_dir : ".";
-    char trace[4096], dir[4096];
+    const char *base = *t->folders.log ? t->folders.log : ".";
+    char trace[4200], dir[4200];
     snprintf(trace, sizeof trace, "%s/profile/trace.rank%d.json", base, t->rank);
     snprintf(dir, sizeof dir, "%s/profile", base);
     mkdir(dir, 0777);
@@ -604,6 +647,7 @@ static void report(const TrainCmd *t, const TrainResult *r) {
                 100 * r->val_ema.top1, 100 * r->val_ema.top5, r->val_ema.images);
     fprintf(out, "trained %ld updates in %.1f s, %.1f img/s, peak host memory %.0f MiB%s%s\n", r->updates, r->seconds,
             r->images_per_sec, peak_rss_mib(), *r->last_checkpoint ? "; checkpoint " : "", r->last_checkpoint);
+    run_folders_print(&t->folders, out, "finished run");
     if (r->skipped_updates) fprintf(out, "skipped %ld updates with a non-finite loss or gradient\n", r->skipped_updates);
     if (dist_size() > 1)
         fprintf(out, "distributed: %d ranks; rank 0 waited %.2f s (%.1f%% of the run) for gradient all-reduces\n",
@@ -614,7 +658,9 @@ static void report(const TrainCmd *t, const TrainResult *r) {
 // The loop itself, with the setup it reads; the profile is written whatever the outcome.
 static int run_training(TrainCmd *t) {
     const Options *o = t->o;
-    if (t->rank == 0 && open_logs(&t->p, &t->events, &t->eval_events)) return VIT_ERR;
+    if (t->rank == 0 && (run_folders_make_log(&t->folders) ||
+                         open_logs(&t->p, t->folders.log, &t->events, &t->eval_events)))
+        return VIT_ERR;
     char resume_cmd[8192];
     resume_command(resume_cmd, sizeof resume_cmd, t->argc, t->argv);
     TrainSetup ts = {.model = &t->model, .train = &t->train, .val = t->val.count ? &t->val : NULL, .opt = t->oc,
@@ -626,13 +672,14 @@ static int run_training(TrainCmd *t) {
                      .resume = t->have_ck ? &t->rstate : NULL, .resume_m = t->slot_m, .resume_v = t->slot_v,
                      .ema = t->ema, .resume_ema = t->ema_host,
                      .start_epoch = t->have_ck ? 0 : o->resume_from_epoch,
-                     .save_dir = *o->save_dir ? o->save_dir : NULL, .checkpoint_every = o->checkpoint_every_steps,
-                     .keep = o->keep_checkpoints, .meta = t->meta, .n_meta = g_flag_count,
+                     .save_dir = *t->folders.save ? t->folders.save : NULL, .checkpoint_every = o->checkpoint_every_steps,
+                     .keep = o->keep_checkpoints, .meta = t->meta, .n_meta = t->n_meta ? t->n_meta : g_flag_count,
                      .skip_nonfinite = o->skip_nonfinite, .resume_command = resume_cmd,
                      .events = t->events, .eval_events = t->eval_events, .summary_every = o->save_summary_steps,
                      .prof = t->prof, .prof_first = t->prof_first, .prof_last = t->prof_last};
     TrainResult r;
     int rc = train_run(&ts, &r);
+    t->trained = r.updates > t->rstate.update;
     t->events = ts.events, t->eval_events = ts.eval_events;  // NULL if logging failed and stopped
     if (t->prof) write_profile(t, rc);
     if (rc) return rc;
@@ -655,6 +702,7 @@ static void cleanup(TrainCmd *t) {
     dataset_free(&t->train);
     dataset_free(&t->val);
     free(t->slot_m), free(t->slot_v), free(t->ema_host), free(t->meta), free(t->meta_text);
+    free(t->class_meta);
     flags_free(&t->p);
     if (t->devnull) fclose(t->devnull);
     dist_finalize();
@@ -678,8 +726,8 @@ int cmd_train(int argc, char **argv) {
     }
     t->argc = argc, t->argv = argv, t->rank = dist_rank(), t->o = &t->p.o;
     t->devnull = t->rank ? fopen("/dev/null", "w") : NULL;
-    int rc = flags_parse(&t->p, argc, argv) || flags_no_positional(&t->p) || cli_check_supported(&t->p) ||
-             check_ranges(&t->p);
+    int rc = flags_parse(&t->p, argc, argv) || flags_no_positional(&t->p) || resume_settings(t) ||
+             cli_check_supported(&t->p) || check_ranges(&t->p);
     if (!rc && *t->o->evaluate_checkpoint_path) {
         char path[4096];
         snprintf(path, sizeof path, "%s", t->o->evaluate_checkpoint_path);
@@ -690,11 +738,11 @@ int cmd_train(int argc, char **argv) {
     }
     if (!rc) {
         t->out = t->rank ? t->devnull : t->o->json ? stderr : stdout;
-        rc = settings(t) || open_sources(t) || create_model(t) || load_parameters(t);
+        rc = settings(t) || open_sources(t) || data_defaults(t) || create_model(t) || load_parameters(t);
     }
     if (!rc) {
         print_header(t);
-        rc = build_meta(t) || run_training(t);
+        rc = build_meta(t) || add_class_names_meta(t) || run_training(t);
     }
     if (rc) {
         if (dist_active() && dist_size() > 1) {
@@ -702,9 +750,11 @@ int cmd_train(int argc, char **argv) {
             fprintf(stderr, "vit train: rank %d: %s\n", t->rank, vit_error());
             dist_abort(1);
         }
-        fprintf(stderr, "vit train: %s\n", vit_error());
+        if (t->trained) run_folders_print(&t->folders, t->out, "stopped run");  // what it wrote stays
+        fprintf(stderr, "vit train: %s\n", vit_error());  // the error last
     }
     cleanup(t);
+    if (rc && t->rank == 0 && !t->trained) run_folders_discard(&t->folders);  // after the files are closed
     free(t);
     return rc ? 2 : 0;
 }

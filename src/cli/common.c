@@ -99,6 +99,13 @@ int cli_model_config(const ParsedOptions *p, const Dataset *data, ViTConfig *c) 
     if (data && data->kind == DATA_FOLDER && !flags_given(p, "num_classes")) c->classes = data->classes;
     if (data && data->kind == DATA_FOLDER && c->classes < data->classes)
         return vit_fail("--num_classes %d: the data has %d class folders", c->classes, data->classes);
+    // Shards written by `vit prep` name their classes in classes.txt.
+    if (data && data->kind == DATA_TFRECORD && data->n_class_names) {
+        if (!flags_given(p, "num_classes")) c->classes = data->n_class_names;
+        if (c->classes < data->n_class_names)
+            return vit_fail("--num_classes %d: the data's classes.txt names %d classes", c->classes,
+                            data->n_class_names);
+    }
     if (data && data->kind == DATA_IDX) {
         if (!flags_given(p, "image_size")) c->image = data->size;
         if (!flags_given(p, "channels")) c->channels = data->channels;
@@ -153,6 +160,15 @@ int cli_weights_file(const ParsedOptions *p, char *out, size_t n) {
     return VIT_OK;
 }
 
+int cli_check_model_given(const ParsedOptions *p, const char *what) {
+    const Options *o = &p->o;
+    char path[2200];
+    if (*o->checkpoint || *o->pretrained || o->from_scratch || cli_weights_file(p, path, sizeof path) == VIT_OK)
+        return VIT_OK;
+    return vit_fail("no model to %s: pass --checkpoint FILE (a checkpoint of vit train) or --pretrained FILE "
+                    "(official .npz, timm or Hugging Face weights); no default weights at %s", what, path);
+}
+
 int cli_open_data(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Dataset *val) {
     const Options *o = &p->o;
     Dataset scratch;
@@ -176,7 +192,8 @@ int cli_open_data(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Da
     struct stat st;
     if (stat(o->dataset_dir, &st) != 0 || !S_ISDIR(st.st_mode))
         return vit_fail("--dataset_dir %s: no such folder", o->dataset_dir);
-    // auto: IDX files, else train/ + val/ class folders, else TFRecord shards.
+    // auto: IDX files, else train/ + val/ class folders (train/ holding folders is enough to
+    // tell: a missing val/ is then named as such), else TFRecord shards.
     const char *fmt = o->data_format;
     char probe[2100];
     snprintf(probe, sizeof probe, "%s/train", o->dataset_dir);
@@ -184,22 +201,35 @@ int cli_open_data(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Da
     int has_train_dir = stat(probe, &st) == 0 && S_ISDIR(st.st_mode);
     snprintf(probe, sizeof probe, "%s/val", o->dataset_dir);
     int has_val_dir = stat(probe, &st) == 0 && S_ISDIR(st.st_mode);
+    int folders = (has_train_dir && has_val_dir) || dataset_has_class_folders(o->dataset_dir, "train");
     int rc;
     if (!strcasecmp(fmt, "idx") || (!strcasecmp(fmt, "auto") && is_idx)) {
         rc = dataset_open_idx(train, val, o->dataset_dir);
-    } else if (!strcasecmp(fmt, "folder") || (!strcasecmp(fmt, "auto") && has_train_dir && has_val_dir)) {
-        rc = dataset_open_folder(train, val, o->dataset_dir);
+    } else if (!strcasecmp(fmt, "folder") || (!strcasecmp(fmt, "auto") && folders)) {
+        // --validation_steps 0 trains without validation: val/ may be absent.
+        rc = !has_val_dir && o->validation_steps == 0 && train != &scratch
+                 ? dataset_open_folder_train_only(train, val, o->dataset_dir)
+                 : dataset_open_folder(train, val, o->dataset_dir);
+        size_t n = strlen(o->dataset_dir);
+        if (rc != VIT_OK && !strncmp(vit_error(), o->dataset_dir, n) && !strncmp(vit_error() + n, ": found", 7)) {
+            char why[2400];
+            snprintf(why, sizeof why, "%s", vit_error());
+            rc = vit_fail("--dataset_dir %s", why);
+        }
     } else {
         rc = train == &scratch ? VIT_OK
                                : dataset_open_tfrecord(train, "train", o->dataset_dir, o->train_subset, o->cache_dir);
         if (rc == VIT_OK)
             rc = dataset_open_tfrecord(val, "validation", o->dataset_dir, o->val_subset, o->cache_dir);
         if (rc != VIT_OK && !strcasecmp(fmt, "auto") && strstr(vit_error(), "no TFRecord shards match")) {
-            char why[1200];
+            char why[1200], seen[1024];
             snprintf(why, sizeof why, "%s", vit_error());
-            rc = vit_fail("--dataset_dir %s: no IDX files, no train/ and val/ class folders, and %s", o->dataset_dir,
-                          strstr(why, "no TFRecord"));
+            dataset_describe_folder(o->dataset_dir, 6, seen, sizeof seen);
+            rc = vit_fail("--dataset_dir %s: found %s; expected IDX files, train/<class>/ and val/<class>/ image "
+                          "folders, or TFRecord shards (%s; --train_subset and --val_subset set their prefixes)",
+                          o->dataset_dir, seen, strstr(why, "no TFRecord"));
         }
+        if (rc == VIT_OK) rc = dataset_read_class_names(train == &scratch ? NULL : train, val, o->dataset_dir);
     }
     if (train == &scratch) dataset_free(&scratch);
     if (rc == VIT_OK) {
@@ -227,11 +257,35 @@ void cli_data_output(const ParsedOptions *p, const ViTConfig *c, Dataset *train,
 }
 
 int cli_load_model(const ParsedOptions *p, const Dataset *data, Backend *be, int batch, ViT *m, FILE *report) {
+    return cli_load_model_named(p, data, be, batch, m, report, NULL);
+}
+
+int cli_load_model_named(const ParsedOptions *p, const Dataset *data, Backend *be, int batch, ViT *m, FILE *report,
+                         char ***class_names) {
     ModelSource src;
     uint64_t seed = (uint64_t)(p->o.seed >= 0 ? p->o.seed : 0);
     int rc = model_source_open(&src, p, NULL, data);
     if (rc == VIT_OK) rc = vit_create(m, &src.cfg, be, batch, 0);
     if (rc == VIT_OK) rc = model_source_load(&src, m, seed, NULL, NULL, report);
+    if (rc == VIT_OK && class_names) *class_names = model_source_class_names(&src, m->cfg.classes);
     model_source_close(&src);
     return rc;
+}
+
+int cli_checkpoint_data_defaults(ParsedOptions *p, const StFile *st, FILE *notes) {
+    // The data a checkpoint's run trained on, for evaluate: only where the user gave no
+    // data flags of their own (synthetic data, or data named on the command line, win).
+    static const char *const names[] = {"dataset_dir", "data_format", "val_subset", "cache_dir"};
+    if (flags_given(p, "synthetic_data") || flags_given(p, "dataset_dir")) return VIT_OK;
+    const char *dir = st_meta(st, "flags.dataset_dir");
+    const char *synthetic = st_meta(st, "flags.synthetic_data");
+    if (!dir || !*dir || (synthetic && !strcmp(synthetic, "true"))) return VIT_OK;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "flags.%s", names[i]);
+        const char *value = st_meta(st, key);
+        if (value && !flags_given(p, names[i]) && flags_set_text(p, flags_index(names[i]), value)) return VIT_ERR;
+    }
+    if (notes) fprintf(notes, "data: %s (the checkpoint's --dataset_dir)\n", p->o.dataset_dir);
+    return VIT_OK;
 }

@@ -3,6 +3,7 @@
 #pragma once
 #include "data/dataset.h"
 #include "flags.h"
+#include "io/safetensors.h"
 #include "model/config.h"
 #include "model/vit.h"
 #include <stdio.h>
@@ -27,6 +28,10 @@ void cli_expand_home(const char *in, char *out, size_t n);
 // The official weights this run starts from: --pretrained, else
 // <weights_path>/weights/<model>_imagenet21k.npz; VIT_ERR (naming the path) when missing.
 int cli_weights_file(const ParsedOptions *p, char *out, size_t n);
+// For the commands that run a model they do not train (predict, evaluate): without
+// --checkpoint, --pretrained or --from_scratch the default official weights must exist; when
+// they do not, the error names the flags that give a model ("no model to WHAT: ...").
+int cli_check_model_given(const ParsedOptions *p, const char *what);
 // The evaluation data: the IDX t10k split under --dataset_dir, or synthetic images at the
 // model's size. train may be NULL (then only val is opened).
 int cli_open_data(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Dataset *val);
@@ -38,3 +43,12 @@ void cli_data_output(const ParsedOptions *p, const ViTConfig *c, Dataset *train,
 // or with --from_scratch from the official random initialisation (for timing).
 // `data` (may be NULL) supplies image size, channels and classes as for training.
 int cli_load_model(const ParsedOptions *p, const Dataset *data, Backend *be, int batch, ViT *m, FILE *report);
+// The same, and with class_names (may be NULL) the class names stored in a checkpoint:
+// an array of m->cfg.classes strings (NULL entries past the stored ones), or NULL when it has
+// none; free each and the array.
+int cli_load_model_named(const ParsedOptions *p, const Dataset *data, Backend *be, int batch, ViT *m, FILE *report,
+                         char ***class_names);
+// evaluate --checkpoint: --dataset_dir, --data_format, --val_subset and --cache_dir default to
+// the values the checkpoint's run recorded (flags.* metadata) when none of the data flags was
+// given; says so on `notes`.
+int cli_checkpoint_data_defaults(ParsedOptions *p, const StFile *st, FILE *notes);

@@ -136,6 +136,9 @@ const Flag g_flags[] = {
     {"evaluate_checkpoint_path", NULL, FLAG_STRING, F(evaluate_checkpoint_path), "",
      "evaluate a checkpoint on the validation set and exit", 0, CMD_TRAIN},
     {"save_dir", NULL, FLAG_STRING, F(save_dir), "saves", "checkpoint folder; '' = no checkpoints", 0, CMD_TRAIN},
+    {"run_name", NULL, FLAG_STRING, F(run_name), "",
+     "the run's folder under --save_dir and --log_dir (default <model>-<YYYYmmdd-HHMMSS>; '.' = write into them "
+     "directly); a resume continues in the checkpoint's run", 0, CMD_TRAIN},
     {"checkpoint_every_steps", NULL, FLAG_INT, F(checkpoint_every_steps), "0",
      "also write a checkpoint every N optimizer updates", 0, CMD_TRAIN},
     {"keep_checkpoints", NULL, FLAG_INT, F(keep_checkpoints), "0",
@@ -232,6 +235,43 @@ static const Flag *find_flag(const char *arg, size_t len) {
     return NULL;
 }
 
+// Edit distance between a[0..n) and b, with '-' and '_' the same letter (--batch-size).
+static int edit_distance(const char *a, size_t n, const char *b) {
+    size_t m = strlen(b);
+    if (n > 63 || m > 63) return 64;
+    int row[64];
+    for (size_t j = 0; j <= m; j++) row[j] = (int)j;
+    for (size_t i = 1; i <= n; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= m; j++) {
+            char x = a[i - 1] == '-' ? '_' : a[i - 1], y = b[j - 1] == '-' ? '_' : b[j - 1];
+            int best = diag + (x != y);
+            if (row[j] + 1 < best) best = row[j] + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            diag = row[j];
+            row[j] = best;
+        }
+    }
+    return row[m];
+}
+
+// An unknown --name: the nearest known flag as a suggestion when it is close (a typo, a
+// dash for an underscore), else a pointer to --help.
+static int unknown_flag(const char *name, size_t len) {
+    const Flag *best = NULL;
+    int best_d = 64;
+    for (int i = 0; i < g_flag_count; i++) {
+        int d = edit_distance(name, len, g_flags[i].name);
+        if (d < best_d) best_d = d, best = &g_flags[i];
+    }
+    // Close: a third of the name's letters at most (and at least one edit allowed).
+    int limit = (int)len / 3 > 1 ? (int)len / 3 : 1;
+    if (best && best_d <= limit)
+        return vit_fail("unknown flag --%.*s: did you mean --%s? (see --help)", (int)len, name, best->name);
+    return vit_fail("unknown flag --%.*s (see --help)", (int)len, name);
+}
+
 int flags_parse(ParsedOptions *p, int argc, char **argv) {
     memset(p, 0, sizeof *p);
     for (int i = 0; i < g_flag_count; i++) {
@@ -262,7 +302,7 @@ int flags_parse(ParsedOptions *p, int argc, char **argv) {
             const char *eq = strchr(arg, '=');
             size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
             f = find_flag(arg + 2, len);
-            if (!f) return vit_fail("unknown flag %.*s (see --help)", (int)(len + 2), arg);
+            if (!f) return unknown_flag(arg + 2, len);
             value = eq ? eq + 1 : NULL;
         }
         char shown[96];
@@ -276,7 +316,7 @@ int flags_parse(ParsedOptions *p, int argc, char **argv) {
                 return vit_fail("%s: missing value", shown);
         }
         if (set_value(&p->o, f, value, shown)) return VIT_ERR;
-        p->set[f - g_flags] = 1;
+        p->set[f - g_flags] = FLAG_SET_BY_USER;
         if (f->ignored) fprintf(stderr, "note: %s is accepted for compatibility and ignored\n", shown);
     }
     return VIT_OK;
@@ -308,6 +348,35 @@ void flags_value_text(const ParsedOptions *p, int i, char *buf, unsigned n) {
 int flags_given(const ParsedOptions *p, const char *name) {
     const Flag *f = find_flag(name, strlen(name));
     return f && p->set[f - g_flags];
+}
+
+int flags_index(const char *name) {
+    const Flag *f = find_flag(name, strlen(name));
+    return f ? (int)(f - g_flags) : -1;
+}
+
+int flags_on_command_line(const ParsedOptions *p, const char *name) {
+    const Flag *f = find_flag(name, strlen(name));
+    return f && p->set[f - g_flags] == FLAG_SET_BY_USER;
+}
+
+int flags_set_text(ParsedOptions *p, int i, const char *text) {
+    char shown[96];
+    snprintf(shown, sizeof shown, "--%s", g_flags[i].name);
+    return set_value(&p->o, &g_flags[i], text, shown);
+}
+
+// Both texts parsed as flag i's type and printed back, so "1e-3" and "0.001" compare equal.
+int flags_same_text(int i, const char *a, const char *b) {
+    ParsedOptions x, y;
+    memset(&x, 0, sizeof x), memset(&y, 0, sizeof y);
+    const Flag *f = &g_flags[i];
+    const char *da = *a || f->type == FLAG_STRING ? a : "0", *db = *b || f->type == FLAG_STRING ? b : "0";
+    if (set_value(&x.o, f, da, f->name) || set_value(&y.o, f, db, f->name)) return !strcmp(a, b);
+    char ta[1100], tb[1100];
+    flags_value_text(&x, i, ta, sizeof ta);
+    flags_value_text(&y, i, tb, sizeof tb);
+    return !strcmp(ta, tb);
 }
 
 // The CMD_* bit of a command name (its first word), 0 for none.

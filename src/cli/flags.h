@@ -28,9 +28,13 @@ typedef struct {
                             // --help lists (every command still accepts every flag)
 } Flag;
 
+// ParsedOptions.set: given on the command line, or taken from the run a checkpoint recorded
+// (a resume: the value in effect there, when it was not the default).
+enum { FLAG_SET_BY_USER = 1, FLAG_SET_BY_CHECKPOINT = 2 };
+
 typedef struct {
     Options o;
-    unsigned char set[128];  // set[i]: flag i given on the command line
+    unsigned char set[128];  // set[i]: how flag i got its value (FLAG_SET_*; 0 = its default)
     char **positional;       // arguments that are not flags (predict's images), in order
     int n_positional;
 } ParsedOptions;
@@ -46,8 +50,17 @@ int flags_no_positional(const ParsedOptions *p);
 void flags_free(ParsedOptions *p);
 // The current value of flag i as text (for checkpoint metadata).
 void flags_value_text(const ParsedOptions *p, int i, char *buf, unsigned n);
-// Whether the user gave the flag called `name`.
+// Whether the flag called `name` has a value other than its default's source: the user gave
+// it, or a resumed checkpoint recorded it (FLAG_SET_BY_CHECKPOINT).
 int flags_given(const ParsedOptions *p, const char *name);
+// Only the command line: the user typed the flag.
+int flags_on_command_line(const ParsedOptions *p, const char *name);
+// The index of the flag called `name` in g_flags, -1 for none.
+int flags_index(const char *name);
+// Sets flag i from text (a checkpoint's recorded value); the caller marks p->set[i].
+int flags_set_text(ParsedOptions *p, int i, const char *text);
+// Whether two texts are the same value of flag i ("1e-3" and "0.001" are).
+int flags_same_text(int i, const char *a, const char *b);
 // Usage line, summary and the flags of `command` (its first word: "predict IMAGE..." lists
 // predict's flags); a name that is no command lists them all.
 void flags_print_help(const char *command, const char *summary);

@@ -1,4 +1,5 @@
 #include "model_source.h"
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -57,6 +58,38 @@ static int open_hf_folder(ModelSource *s, const ParsedOptions *p, const Dataset 
     return VIT_OK;
 }
 
+// A file given as a checkpoint or weights that is neither: say what it is and what is
+// expected, before a reader reports a detail of the wrong format ("not a zip archive").
+static int check_model_file(const char *flag, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return vit_fail("--%s %s: %s", flag, path, strerror(errno));
+    unsigned char head[512];
+    size_t n = fread(head, 1, sizeof head, f);
+    fclose(f);
+    static const char expected[] = "expected a vit checkpoint (.safetensors, from vit train) or official weights (.npz)";
+    if (n >= 4 && !memcmp(head, "PK\3\4", 4)) return VIT_OK;  // zip: .npz
+    // safetensors: an 8-byte little-endian header length, then the JSON header.
+    if (n >= 9 && head[8] == '{' && !head[6] && !head[7]) return VIT_OK;
+    if (n == 0) return vit_fail("--%s %s: an empty file; %s", flag, path, expected);
+    int text = 1;
+    for (size_t i = 0; i < n && text; i++)
+        text = head[i] == '\n' || head[i] == '\r' || head[i] == '\t' || (head[i] >= 32 && head[i] != 127) || head[i] >= 128;
+    return vit_fail("--%s %s: %s, not a safetensors or npz file; %s", flag, path,
+                    text ? "a text file" : "an unknown binary file", expected);
+}
+
+char **model_source_class_names(const ModelSource *s, int classes) {
+    const char *text = s->kind == SOURCE_CHECKPOINT ? st_meta(&s->ck.st, "data.class_names") : NULL;
+    if (!text || !*text || classes < 1) return NULL;
+    char **names = calloc((size_t)classes, sizeof *names);
+    for (int i = 0; names && i < classes && *text; i++) {
+        size_t len = strcspn(text, "\n");
+        names[i] = strndup(text, len);
+        text += len + (text[len] == '\n');
+    }
+    return names;
+}
+
 int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkpoint, const Dataset *data) {
     const Options *o = &p->o;
     memset(s, 0, sizeof *s);
@@ -66,6 +99,14 @@ int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkp
     s->ema = !given && o->ema;
     if (s->ema && !*o->checkpoint)
         return vit_fail("--ema needs --checkpoint FILE (a checkpoint of a run with --model_ema)");
+    if (*checkpoint) {
+        char path[sizeof s->path];
+        cli_expand_home(checkpoint, path, sizeof path);
+        struct stat st;
+        if (!(stat(path, &st) == 0 && S_ISDIR(st.st_mode)) &&
+            check_model_file(given ? "resume_from_checkpoint_path" : "checkpoint", path))
+            return VIT_ERR;
+    }
     if (*checkpoint && (!given || is_checkpoint_file(checkpoint))) {
         s->kind = SOURCE_CHECKPOINT;
         cli_expand_home(checkpoint, s->path, sizeof s->path);

@@ -37,4 +37,8 @@ int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkp
 // initialisation from `seed`. Unused tensors and head changes are reported on `report`.
 int model_source_load(ModelSource *s, ViT *m, uint64_t seed, float *slot_m, float *slot_v, FILE *report);
 
+// The class names a checkpoint's run stored ("data.class_names", one per line in label
+// order) as `classes` strings (NULL past the stored ones); NULL when there are none.
+char **model_source_class_names(const ModelSource *s, int classes);
+
 void model_source_close(ModelSource *s);

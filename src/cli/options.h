@@ -48,6 +48,7 @@ typedef struct {
     char resume_from_checkpoint_path[1024], evaluate_checkpoint_path[1024];
     int resume_from_epoch;
     char save_dir[1024], log_dir[1024];
+    char run_name[256];          // the run's folder under save_dir and log_dir (".": none)
     int checkpoint_every_steps, keep_checkpoints;
     char checkpoint[1024], out[1024], labels[1024], format[16];
     int save_summary_steps;

@@ -100,7 +100,13 @@ static int pixels_from_encoded(const Dataset *d, const uint8_t *data, size_t len
     int decoded = d->train         ? image_decode(&img, data, len, where, 2 * d->size)
                   : d->fast_decode ? image_decode(&img, data, len, where, d->size)
                                    : image_decode_tf(&img, data, len, where);
-    if (decoded != VIT_OK) return VIT_ERR;
+    // A run that stops here can go on past such files: say how (the loader substitutes them).
+    if (decoded != VIT_OK) {
+        if (d->skip_corrupt) return VIT_ERR;
+        char why[1200];
+        snprintf(why, sizeof why, "%s", vit_error());
+        return vit_fail("%s (--skip_corrupt skips unreadable images)", why);
+    }
     int rc = d->train ? augment_train(&img, d->size, d->channels, &d->aug, d->seed, epoch, (uint64_t)index, out)
                       : image_eval_crop(&img, d->size, d->channels, out);
     image_free(&img);
@@ -166,7 +172,72 @@ void dataset_free(Dataset *d) {
         for (int i = 0; i < d->count; i++) free(d->paths[i]);
     free(d->paths);
     free(d->labels);
+    for (int i = 0; i < d->n_class_names; i++) free(d->class_names[i]);
+    free(d->class_names);
     memset(d, 0, sizeof *d);
+}
+
+int dataset_read_class_names(Dataset *train, Dataset *val, const char *dir) {
+    char path[4096 + 16];
+    snprintf(path, sizeof path, "%s/classes.txt", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return VIT_OK;
+    char **names = NULL, line[1024];
+    int n = 0, rc = VIT_OK;
+    while (rc == VIT_OK && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (!*line) continue;  // a trailing blank line
+        char **g = realloc(names, (size_t)(n + 1) * sizeof *g);
+        if (!g || !(g[n] = strdup(line))) rc = vit_fail("out of memory reading %s", path);
+        if (g) names = g;
+        if (rc == VIT_OK) n++;
+    }
+    fclose(f);
+    if (rc == VIT_OK && n == 0) rc = vit_fail("%s: no class names in it (one per line, in label order)", path);
+    Dataset *sets[2] = {train, val};
+    for (int s = 0; s < 2 && rc == VIT_OK; s++) {
+        if (!sets[s]) continue;
+        if (!(sets[s]->class_names = calloc((size_t)n, sizeof *names))) rc = vit_fail("out of memory");
+        for (int i = 0; rc == VIT_OK && i < n; i++)
+            if (!(sets[s]->class_names[i] = strdup(names[i]))) rc = vit_fail("out of memory");
+        sets[s]->n_class_names = n;
+    }
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+    return rc;
+}
+
+static int cmp_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+int dataset_typical_size(const Dataset *d, int samples, int *width, int *height) {
+    if ((d->kind != DATA_FOLDER && d->kind != DATA_TFRECORD) || d->count < 1 || samples < 1) return VIT_ERR;
+    if (samples > 64) samples = 64;
+    if (samples > d->count) samples = d->count;
+    int w[64], h[64], got = 0;
+    SampleScratch s = {0};
+    for (int i = 0; i < samples; i++) {
+        int k = (int)((long)i * d->count / samples);  // spread over the classes (folders are by class)
+        const uint8_t *data = NULL;
+        size_t len = 0;
+        if (d->kind == DATA_FOLDER) {
+            if (read_file(d->paths[k], &s, &len)) continue;
+            data = s.buf;
+        } else {
+            const RecordRef *ref = &d->records[k];
+            ExampleImage ex;
+            if (tfr_read_at(d->fds[ref->file], d->files[ref->file], ref->offset, &s.buf, &s.cap, &len) ||
+                example_parse_image(s.buf, len, &ex, d->files[ref->file]))
+                continue;
+            data = ex.encoded, len = ex.encoded_len;
+        }
+        if (image_peek_size(data, len, &w[got], &h[got]) == VIT_OK) got++;
+    }
+    free(s.buf);
+    if (!got) return VIT_ERR;
+    qsort(w, (size_t)got, sizeof *w, cmp_int);
+    qsort(h, (size_t)got, sizeof *h, cmp_int);
+    *width = w[got / 2], *height = h[got / 2];
+    return VIT_OK;
 }
 
 void dataset_epoch_order(int *perm, int n, uint64_t seed, int epoch, int pass) {

@@ -35,6 +35,9 @@ typedef struct {
     int fast_decode;      // evaluation crop: decode large JPEGs at a reduced DCT scale (training always does)
     AugmentConfig aug;
     int skip_corrupt;     // substitute unreadable samples (counted) instead of failing
+    // class names in label order, when the data has them (folders; shards with classes.txt)
+    char **class_names;
+    int n_class_names;
 } Dataset;
 
 // Per-thread working memory of dataset_load.
@@ -51,8 +54,22 @@ void dataset_synthetic(Dataset *d, const char *name, int count, int size, int ch
 // neither is writable). Labels are 1-based in the files.
 int dataset_open_tfrecord(Dataset *d, const char *name, const char *dir, const char *prefix, const char *cache_dir);
 // <dir>/train/<class>/* and <dir>/val/<class>/* (JPEG, PNG); class index = position in the
-// sorted list of train class folders.
+// sorted list of train class folders. Train and val must hold the same classes (a class in
+// only one of them is an error naming it). Both get the class names.
 int dataset_open_folder(Dataset *train, Dataset *val, const char *dir);
+// The same without a val/ folder (training without validation): val is left empty.
+int dataset_open_folder_train_only(Dataset *train, Dataset *val, const char *dir);
+// Up to `max` entries of `dir` ("train/", "labels.txt", ...) joined by ", " into buf, for
+// errors that say what a folder holds; "nothing" when it is empty.
+void dataset_describe_folder(const char *dir, int max, char *buf, size_t n);
+// Whether <dir>/<sub> is a folder holding at least one folder (class folders, not shards).
+int dataset_has_class_folders(const char *dir, const char *sub);
+// <dir>/classes.txt (written by `vit prep`), one name per line in label order, into both
+// datasets' class names. VIT_OK with no names when the file is absent.
+int dataset_read_class_names(Dataset *train, Dataset *val, const char *dir);
+// The median width and height of up to `samples` images spread over an encoded dataset
+// (folders, TFRecord shards), read from their headers; VIT_ERR when none could be read.
+int dataset_typical_size(const Dataset *d, int samples, int *width, int *height);
 // Output size and channels of encoded datasets (the model's), and training or evaluation.
 void dataset_set_output(Dataset *d, int size, int channels, int train, const AugmentConfig *aug);
 

@@ -447,3 +447,35 @@ int image_write_png(const char *path, const uint8_t *pixels, int width, int heig
     if (fclose(f) != 0 || bad) return vit_fail("%s: write error: %s", path, strerror(errno));
     return VIT_OK;
 }
+
+int image_peek_size(const uint8_t *data, size_t size, int *width, int *height) {
+    if (size >= 24 && !memcmp(data, PNG_MAGIC, 8)) {
+        *width = (int)((uint32_t)data[16] << 24 | (uint32_t)data[17] << 16 | (uint32_t)data[18] << 8 | data[19]);
+        *height = (int)((uint32_t)data[20] << 24 | (uint32_t)data[21] << 16 | (uint32_t)data[22] << 8 | data[23]);
+        return *width > 0 && *height > 0 ? VIT_OK : VIT_ERR;
+    }
+    if (size < 4 || memcmp(data, JPEG_MAGIC, 3)) return VIT_ERR;
+    // Walk the marker segments up to the first start-of-frame (SOF0..SOF15 but DHT, JPG, DAC).
+    size_t i = 2;
+    while (i + 4 <= size) {
+        if (data[i] != 0xFF) return VIT_ERR;
+        uint8_t m = data[i + 1];
+        if (m == 0xFF) {  // fill byte
+            i++;
+            continue;
+        }
+        if (m == 0x01 || (m >= 0xD0 && m <= 0xD9)) {  // markers without a length
+            i += 2;
+            continue;
+        }
+        size_t len = (size_t)data[i + 2] << 8 | data[i + 3];
+        if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) {
+            if (i + 9 > size) return VIT_ERR;
+            *height = data[i + 5] << 8 | data[i + 6];
+            *width = data[i + 7] << 8 | data[i + 8];
+            return *width > 0 && *height > 0 ? VIT_OK : VIT_ERR;
+        }
+        i += 2 + len;
+    }
+    return VIT_ERR;
+}

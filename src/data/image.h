@@ -34,3 +34,7 @@ int image_eval_crop(const Image *img, int size, int channels, uint8_t *out);
 // Writes width x height pixels (channels 1: gray, 3: RGB, row-major) as an 8-bit PNG.
 // Errors name the path.
 int image_write_png(const char *path, const uint8_t *pixels, int width, int height, int channels);
+
+// Width and height from a JPEG's frame header or a PNG's IHDR, without decoding; VIT_ERR
+// (no message) when the bytes are neither or the header is cut short.
+int image_peek_size(const uint8_t *data, size_t size, int *width, int *height);

@@ -17,6 +17,7 @@
 #include "data/image.h"
 #include "data/jpeg_encode.h"
 #include "data/tfrecord.h"
+#include "util/atomic_file.h"
 #include "util/clock.h"
 #include "util/rng.h"
 #include "util/status.h"
@@ -524,6 +525,26 @@ static void note_leftovers(FILE *notes, const char *dir, const char *prefix, int
                 count, prefix, count == 1 ? "" : "s");
 }
 
+// <out_dir>/classes.txt: the train class folders in label order (label - 1 = line index),
+// so training on the shards knows the class count and the names.
+static int write_class_names(const char *out_dir, const Names *classes) {
+    char *path = join(out_dir, "classes.txt"), *tmp = path ? atomic_temp_path(path) : NULL;
+    if (!tmp) {
+        free(path);
+        return vit_fail("out of memory");
+    }
+    FILE *f = fopen(tmp, "w");
+    int rc = f ? VIT_OK : vit_fail("%s: %s", tmp, strerror(errno)), renamed = 0;
+    for (size_t i = 0; f && i < classes->n; i++) fprintf(f, "%s\n", classes->v[i]);
+    if (f && (fflush(f) != 0 || fsync(fileno(f)) != 0 || ferror(f))) rc = vit_fail("%s: %s", tmp, strerror(errno));
+    if (f && fclose(f) != 0 && rc == VIT_OK) rc = vit_fail("%s: %s", tmp, strerror(errno));
+    if (rc == VIT_OK) rc = atomic_commit(tmp, path, &renamed);
+    if (!renamed) unlink(tmp);
+    free(tmp);
+    free(path);
+    return rc;
+}
+
 static int add_jobs(Job *jobs, int *n, const char *out_dir, int validation, const Items *items, int shards) {
     const char *sub = validation ? "validation" : "train";
     for (int k = 0; k < shards; k++) {
@@ -575,12 +596,20 @@ int prep_run(const PrepOptions *o, PrepStats *st) {
         free(tdir);
         free(vdir);
     }
+    // An empty shard is a file for nothing: no more shards than images.
+    int train_shards = (size_t)o->train_shards > l.train.n ? (int)l.train.n : o->train_shards;
+    int val_shards = (size_t)o->val_shards > l.val.n ? (int)l.val.n : o->val_shards;
+    if (rc == VIT_OK && o->notes && (train_shards < o->train_shards || val_shards < o->val_shards))
+        fprintf(o->notes, "note: %zu train and %zu validation images: writing %d and %d shards (--train_shards %d, "
+                          "--val_shards %d), one image or more each\n",
+                l.train.n, l.val.n, train_shards, val_shards, o->train_shards, o->val_shards);
+    if (rc == VIT_OK) rc = write_class_names(o->out_dir, &l.classes);
     if (rc == VIT_OK) {
-        c.jobs = calloc((size_t)o->train_shards + (size_t)o->val_shards, sizeof *c.jobs);
+        c.jobs = calloc((size_t)train_shards + (size_t)val_shards, sizeof *c.jobs);
         rc = c.jobs ? VIT_OK : vit_fail("out of memory");
     }
-    if (rc == VIT_OK) rc = add_jobs(c.jobs, &c.n_jobs, o->out_dir, 0, &l.train, o->train_shards);
-    if (rc == VIT_OK) rc = add_jobs(c.jobs, &c.n_jobs, o->out_dir, 1, &l.val, o->val_shards);
+    if (rc == VIT_OK) rc = add_jobs(c.jobs, &c.n_jobs, o->out_dir, 0, &l.train, train_shards);
+    if (rc == VIT_OK) rc = add_jobs(c.jobs, &c.n_jobs, o->out_dir, 1, &l.val, val_shards);
 
     if (rc == VIT_OK) {
         int workers = o->workers;
@@ -610,9 +639,11 @@ int prep_run(const PrepOptions *o, PrepStats *st) {
         st->reencoded = c.reencoded;
         st->skipped = c.skipped;
         st->classes = (int)l.classes.n;
+        st->train_shards = train_shards;
+        st->val_shards = val_shards;
         char *tdir = join(o->out_dir, "train"), *vdir = join(o->out_dir, "validation");
-        if (tdir) note_leftovers(o->notes, tdir, "train", o->train_shards);
-        if (vdir) note_leftovers(o->notes, vdir, "validation", o->val_shards);
+        if (tdir) note_leftovers(o->notes, tdir, "train", train_shards);
+        if (vdir) note_leftovers(o->notes, vdir, "validation", val_shards);
         free(tdir);
         free(vdir);
     }

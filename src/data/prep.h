@@ -21,9 +21,11 @@ typedef struct {
     long reencoded;       // PNG, CMYK or grayscale inputs written as new RGB JPEGs
     long skipped;         // undecodable images left out (skip_corrupt)
     int classes;
+    int train_shards, val_shards;  // written: the options' counts, lowered to the image counts
 } PrepStats;
 
-// Lists the input, then writes every shard (each atomically, whole shards per thread).
+// Lists the input, then writes every shard (each atomically, whole shards per thread; never
+// more shards than images) and <out_dir>/classes.txt, the class names in label order.
 // VIT_ERR with a message naming the file or folder at fault; shards finished before the
 // error stay in place.
 int prep_run(const PrepOptions *o, PrepStats *st);

@@ -3,12 +3,13 @@
 #include "util/clock.h"
 
 
-void progress_begin(Progress *p, FILE *out, int epoch, int epochs, long total) {
+void progress_begin(Progress *p, FILE *out, int epoch, int epochs, long total, long later) {
     p->out = out;
     p->tty = out && isatty(fileno(out));
     p->epoch = epoch;
     p->epochs = epochs;
     p->total = total;
+    p->later = later > 0 ? later : 0;
     p->last_printed = 0;
     p->start = p->last_time = clock_seconds();
 }
@@ -29,11 +30,12 @@ void progress_update(Progress *p, long step, double loss, double acc, double lr,
     if (p->tty ? (!last && now - p->last_time < 0.2) : (!last && step - p->last_printed < (p->total + 9) / 10))
         return;
     double per_step = (now - p->start) / step;
-    char eta[32];
+    char eta[32], run_eta[32];
     format_eta(eta, sizeof eta, per_step * (p->total - step));
-    fprintf(p->out, "%sepoch %d/%d  step %ld/%ld  loss %.4f  acc %5.2f%%  lr %.3e  %.1f img/s  ETA %s%s",
-            p->tty ? "\r" : "", p->epoch + 1, p->epochs, step, p->total, loss, 100 * acc, lr, images_per_sec, eta,
-            p->tty ? "\033[K" : "\n");
+    format_eta(run_eta, sizeof run_eta, per_step * (p->total - step + p->later));
+    fprintf(p->out, "%sepoch %d/%d  step %ld/%ld  loss %.4f  acc %5.2f%%  lr %.3e  %.1f img/s  ETA %s (epoch %s)%s",
+            p->tty ? "\r" : "", p->epoch + 1, p->epochs, step, p->total, loss, 100 * acc, lr, images_per_sec, run_eta,
+            eta, p->tty ? "\033[K" : "\n");
     fflush(p->out);
     p->last_time = now;
     p->last_printed = step;

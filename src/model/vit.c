@@ -39,6 +39,20 @@ static void *plan(Planner *p, size_t bytes) {
 }
 #define PLAN_F(n) ((float *)plan(&pl, (size_t)(n) * sizeof(float)))
 
+// bf16_acts: a block's tensors for N token rows (q, k, v in one allocation; the products'
+// operands in bf16).
+static void plan_bf16_acts(Planner *p, BlockActs *a, size_t N, size_t D, size_t M) {
+    a->ln1_h = plan(p, N * D * sizeof(uint16_t));
+    a->q = plan(p, 3 * N * D * sizeof(float));
+    a->k = a->q ? a->q + N * D : NULL;
+    a->v = a->q ? a->q + 2 * N * D : NULL;
+    a->att_out = plan(p, N * D * sizeof(float));
+    a->att_h = plan(p, N * D * sizeof(uint16_t));
+    a->ln2_h = plan(p, N * D * sizeof(uint16_t));
+    a->fc1 = plan(p, N * M * sizeof(float));
+    a->gelu_h = plan(p, N * M * sizeof(uint16_t));
+}
+
 int vit_create(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training) {
     return vit_create_ex(m, cfg, be, batch, training, 0);
 }
@@ -52,7 +66,10 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
     m->batch = batch;
     m->training = training;
     m->recompute = training && (options & VIT_RECOMPUTE);
-    m->store_bf16 = training && !m->recompute && (options & VIT_STORE_BF16) && be->to_bf16 && be->from_bf16;
+    m->bf16_acts = training && (options & VIT_STORE_BF16) && be->gemm_bf16 && be->layernorm_forward_bf16 &&
+                   be->residual_layernorm_forward_bf16 && be->gelu_dropout_forward_bf16 && be->attention_forward_bf16;
+    m->store_bf16 = training && !m->recompute && !m->bf16_acts && (options & VIT_STORE_BF16) && be->to_bf16 &&
+                    be->from_bf16;
     if (params_build(&m->table, &m->off, cfg)) return VIT_ERR;
 
     const ViTConfig *c = cfg;
@@ -92,6 +109,8 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
             const BlockActs *s = &m->blocks[0];
             *a = (BlockActs){.ln1 = s->ln1, .q = s->q, .k = s->k, .v = s->v, .att_out = s->att_out,
                              .ln2 = s->ln2, .fc1 = s->fc1, .gelu = s->gelu};
+        } else if (m->bf16_acts) {
+            plan_bf16_acts(&pl, a, N, D, M);
         } else {
             a->ln1 = PLAN_F(N * D);
             a->q = PLAN_F(N * D);
@@ -126,9 +145,9 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
         m->mix_box = plan(&pl, 4 * B * sizeof(int));
         m->s_nd1 = PLAN_F(N * D);
         m->s_nd2 = PLAN_F(N * D);
-        m->dq = PLAN_F(N * D);
-        m->dk = PLAN_F(N * D);
-        m->dv = PLAN_F(N * D);
+        m->dq = PLAN_F((m->bf16_acts ? 3 : 1) * N * D);  // bf16_acts: one product's (3, N, D) output
+        m->dk = m->bf16_acts ? (m->dq ? m->dq + N * D : NULL) : PLAN_F(N * D);
+        m->dv = m->bf16_acts ? (m->dq ? m->dq + 2 * N * D : NULL) : PLAN_F(N * D);
         m->s_nm = PLAN_F(N * M);
         m->dres = PLAN_F(N * D);
         m->dlogits = PLAN_F(B * K);
@@ -155,6 +174,7 @@ int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trai
 void vit_destroy(ViT *m) {
     Backend *be = m->be;
     if (!be) return;
+    if (m->bf16_acts) m->dk = m->dv = NULL;  // inside dq's allocation
     // Free every distinct device pointer once (inference and recompute alias block buffers).
     float **ptrs[] = {&m->params, &m->grads, &m->patches, &m->emb, &m->cls_x, &m->cls_ln, &m->cls_mean,
                       &m->cls_rstd, &m->pre, &m->logits, &m->probs, &m->losses, &m->s_nd1, &m->s_nd2,
@@ -171,7 +191,10 @@ void vit_destroy(ViT *m) {
         BlockActs *a = &m->blocks[l];
         float *own[] = {a->ln1_mean, a->ln1_rstd, a->att_state, a->resid1, a->ln2_mean, a->ln2_rstd};
         for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) be->release(be, own[i]);
-        if (l == 0 || !m->store_bf16) {  // store_bf16 blocks share block 0's
+        if (m->bf16_acts) {  // k and v live in q's allocation
+            void *mine[] = {a->ln1_h, a->q, a->att_out, a->att_h, a->ln2_h, a->fc1, a->gelu_h};
+            for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++) be->release(be, mine[i]);
+        } else if (l == 0 || !m->store_bf16) {  // store_bf16 blocks share block 0's
             float *shared[] = {a->ln1, a->q, a->k, a->v, a->att_out, a->ln2, a->fc1, a->gelu};
             for (size_t i = 0; i < sizeof shared / sizeof shared[0]; i++) be->release(be, shared[i]);
         }
@@ -212,6 +235,111 @@ static int linear_backward(Backend *be, float *dx, float *dW, float *db, const f
     if (dx && be->gemm(be, 1, rows, in, out, dy, 0, W, 1, dx, NULL, 1.0f, accumulate_dx)) return VIT_ERR;
     if (be->gemm(be, 1, in, out, rows, x, 1, dy, 0, dW, NULL, 1.0f, 1)) return VIT_ERR;
     if (db) be->bias_backward(be, db, dy, rows, out);
+    return VIT_OK;
+}
+
+// ---- bf16 activations (m->bf16_acts) ----------------------------------------------------------
+// The products read their activation operand in bf16 as its op wrote it (gemm_bf16); weights
+// and gradients are fp32 and the backend rounds them, as every bf16 product does.
+
+// y (rows, out) = x (rows, in, bf16) @ W (in, out) + b
+static int linear_forward_h(Backend *be, float *y, const uint16_t *x, const float *W, const float *b, int rows, int in,
+                            int out) {
+    GemmBf16 g = {.batch = 1, .M = rows, .N = out, .K = in, .A = x, .B = W, .a_bf16 = 1, .C = y, .bias = b,
+                  .alpha = 1.0f};
+    return be->gemm_bf16(be, &g);
+}
+
+// linear_backward with x in bf16: dx (=, or +=) dy @ W^T; dW += x^T @ dy; db += colsum(dy).
+static int linear_backward_h(Backend *be, float *dx, float *dW, float *db, const float *dy, const uint16_t *x,
+                             const float *W, int rows, int in, int out, int accumulate_dx) {
+    GemmBf16 gx = {.batch = 1, .M = rows, .N = in, .K = out, .A = dy, .B = W, .transB = 1, .C = dx, .alpha = 1.0f,
+                   .accumulate = accumulate_dx};
+    GemmBf16 gw = {.batch = 1, .M = in, .N = out, .K = rows, .A = x, .B = dy, .a_bf16 = 1, .transA = 1, .C = dW,
+                   .alpha = 1.0f, .accumulate = 1};
+    if ((dx && be->gemm_bf16(be, &gx)) || be->gemm_bf16(be, &gw)) return VIT_ERR;
+    if (db) be->bias_backward(be, db, dy, rows, out);
+    return VIT_OK;
+}
+
+// The query, key and value kernels (and biases) of a block are equally far apart in the
+// parameter table (kernel, bias, kernel, bias, ...: params.c), so they are three matrices of
+// one strided batch; 0 if a layout ever breaks that (then three products run).
+static long long qkv_stride(size_t q, size_t k, size_t v) {
+    long long d = (long long)k - (long long)q;
+    return d > 0 && (long long)v - (long long)k == d ? d : 0;
+}
+
+// q, k, v (one allocation, planned for the full batch: k - q apart) = LN0 output @ their
+// kernels + biases: one product.
+static int qkv_forward(ViT *m, const BlockOffsets *w, BlockActs *a, int N, int D) {
+    Backend *be = m->be;
+    const float *p = m->params;
+    long long sw = qkv_stride(w->q_kernel, w->k_kernel, w->v_kernel), sb = qkv_stride(w->q_bias, w->k_bias, w->v_bias);
+    GemmBf16 g = {.batch = 3, .M = N, .N = D, .K = D, .A = a->ln1_h, .B = p + w->q_kernel, .a_bf16 = 1,
+                  .stride_b = sw, .stride_c = a->k - a->q, .stride_bias = sb, .C = a->q, .bias = p + w->q_bias,
+                  .alpha = 1.0f};
+    if (sw && sb) return be->gemm_bf16(be, &g);
+    return linear_forward_h(be, a->q, a->ln1_h, p + w->q_kernel, p + w->q_bias, N, D, D) ||
+                   linear_forward_h(be, a->k, a->ln1_h, p + w->k_kernel, p + w->k_bias, N, D, D) ||
+                   linear_forward_h(be, a->v, a->ln1_h, p + w->v_kernel, p + w->v_bias, N, D, D)
+               ? VIT_ERR
+               : VIT_OK;
+}
+
+// From dq, dk, dv (one allocation) back to dx (LN0's output gradient): three products that
+// add into dx; the three weight gradients as one product; the bias gradients.
+static int qkv_backward(ViT *m, const BlockOffsets *w, const BlockActs *a, float *dx, int N, int D) {
+    Backend *be = m->be;
+    const float *p = m->params;
+    float *g = m->grads;
+    const float *dy[] = {m->dq, m->dk, m->dv};
+    size_t kern[] = {w->q_kernel, w->k_kernel, w->v_kernel}, bias[] = {w->q_bias, w->k_bias, w->v_bias};
+    for (int i = 0; i < 3; i++) {
+        GemmBf16 gx = {.batch = 1, .M = N, .N = D, .K = D, .A = dy[i], .B = p + kern[i], .transB = 1, .C = dx,
+                       .alpha = 1.0f, .accumulate = i > 0};
+        if (be->gemm_bf16(be, &gx)) return VIT_ERR;
+        be->bias_backward(be, g + bias[i], dy[i], N, D);
+    }
+    long long sw = qkv_stride(w->q_kernel, w->k_kernel, w->v_kernel);
+    GemmBf16 gw = {.batch = 3, .M = D, .N = D, .K = N, .A = a->ln1_h, .B = m->dq, .a_bf16 = 1, .transA = 1,
+                   .stride_b = m->dk - m->dq, .stride_c = sw, .C = g + w->q_kernel, .alpha = 1.0f, .accumulate = 1};
+    if (sw) return be->gemm_bf16(be, &gw);
+    for (int i = 0; i < 3; i++) {
+        GemmBf16 one = {.batch = 1, .M = D, .N = D, .K = N, .A = a->ln1_h, .B = dy[i], .a_bf16 = 1, .transA = 1,
+                        .C = g + kern[i], .alpha = 1.0f, .accumulate = 1};
+        if (be->gemm_bf16(be, &one)) return VIT_ERR;
+    }
+    return VIT_OK;
+}
+
+// block_forward with bf16 activations (same ops, same dropout keys; out NULL as there).
+static int block_forward_bf16(ViT *m, int l, BlockActs *a, int B, int training, uint64_t seed, uint32_t step,
+                              float *out) {
+    const ViTConfig *c = &m->cfg;
+    Backend *be = m->be;
+    const float *p = m->params;
+    const BlockOffsets *w = &m->off.blocks[l];
+    int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T, H = c->heads, hd = D / H;
+    float drop = training ? c->dropout : 0.0f, eps = config_layernorm_eps(c);
+    float dp = training ? vit_drop_path_rate(m->drop_path, l, c->layers) : 0.0f;
+    const float *x = m->x[l];
+    be->layernorm_forward_bf16(be, a->ln1_h, a->ln1_mean, a->ln1_rstd, x, p + w->ln0_scale, p + w->ln0_bias, N, D, eps);
+    if (qkv_forward(m, w, a, N, D) ||
+        be->attention_forward_bf16(be, a->att_out, a->att_h, a->att_state, m->att_scratch, a->q, a->k, a->v, B, T, H,
+                                   hd) ||
+        linear_forward_h(be, m->s_nd1, a->att_h, p + w->out_kernel, p + w->out_bias, N, D, D))
+        return VIT_ERR;
+    if (dp > 0) be->drop_path(be, m->s_nd1, m->s_nd1, B, (size_t)T * D, dp, seed, step, vit_drop_path_site(l, 0));
+    be->residual_layernorm_forward_bf16(be, a->resid1, a->ln2_h, a->ln2_mean, a->ln2_rstd, x, m->s_nd1,
+                                        p + w->ln2_scale, p + w->ln2_bias, N, D, eps, drop, seed, step, site(l, 0));
+    if (linear_forward_h(be, a->fc1, a->ln2_h, p + w->fc1_kernel, p + w->fc1_bias, N, D, Mlp)) return VIT_ERR;
+    be->gelu_dropout_forward_bf16(be, a->gelu_h, a->fc1, (size_t)N * Mlp, c->gelu_tanh, drop, seed, step, site(l, 1));
+    if (!out) return VIT_OK;
+    if (linear_forward_h(be, m->s_nd1, a->gelu_h, p + w->fc2_kernel, p + w->fc2_bias, N, Mlp, D)) return VIT_ERR;
+    if (dp > 0) be->drop_path(be, m->s_nd1, m->s_nd1, B, (size_t)T * D, dp, seed, step, vit_drop_path_site(l, 1));
+    be->residual_layernorm_forward(be, out, NULL, NULL, NULL, a->resid1, m->s_nd1, NULL, NULL, N, D, 0.0f, drop, seed,
+                                   step, site(l, 2));
     return VIT_OK;
 }
 
@@ -292,6 +420,7 @@ static int block_forward(ViT *m, int l, BlockActs *a, int B, int training, uint6
     float dp = training ? vit_drop_path_rate(m->drop_path, l, c->layers) : 0.0f;
     const float *x = m->x[l];
     if (out == x) return block_forward_inplace(m, l, a, B);
+    if (m->bf16_acts) return block_forward_bf16(m, l, a, B, training, seed, step, out);
     // resid1 = x + DropPath(Dropout(MHSA(LN0(x)))), and LN2 of it in the same pass
     if (attention_heads(m, l, a, B, x) ||
         linear_forward(be, m->s_nd1, a->att_out, p + w->out_kernel, p + w->out_bias, N, D, D))
@@ -403,14 +532,18 @@ int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int tra
         head_in = m->pre;
     }
     if (linear_forward(be, m->logits, head_in, p + o->head_kernel, p + o->head_bias, B, R ? R : D, K)) return VIT_ERR;
-    be->download(be, m->host_logits, m->logits, (size_t)B * K * sizeof(float));
+    // With m->metrics the sums stay on the device and the pass waits for nothing.
+    if (!m->metrics || !has_labels) be->download(be, m->host_logits, m->logits, (size_t)B * K * sizeof(float));
     if (has_labels) {
         if (m->mixed)
             be->xent_mix_forward(be, m->probs, m->losses, m->logits, m->labels, m->mix_w + 2 * m->batch, B, K,
                                  smoothing);
         else
             be->xent_forward(be, m->probs, m->losses, m->logits, m->labels, B, K, smoothing);
-        be->download(be, m->host_losses, m->losses, (size_t)B * sizeof(float));
+        if (m->metrics)
+            be->metrics_accumulate(be, m->metrics, m->losses, m->logits, m->labels, B, K);
+        else
+            be->download(be, m->host_losses, m->losses, (size_t)B * sizeof(float));
     }
     return VIT_OK;
 }
@@ -433,6 +566,37 @@ static const float *branch_grad(ViT *m, int l, int k, int branch, int B, uint64_
         g = m->s_nd1;
     }
     return g;
+}
+
+// Block l's backward pass with bf16 activations: d(loss)/d(block output) in dres becomes
+// d(loss)/d(block input), the products reading the bf16 operands the forward pass wrote.
+static int block_backward_bf16(ViT *m, int l, const BlockActs *a, int B, uint64_t seed, uint32_t step) {
+    const ViTConfig *c = &m->cfg;
+    Backend *be = m->be;
+    const float *p = m->params;
+    float *g = m->grads;
+    const BlockOffsets *w = &m->off.blocks[l];
+    int T = config_tokens(c), D = c->hidden, Mlp = c->mlp, N = B * T, H = c->heads, hd = D / H;
+    const float *dz = branch_grad(m, l, 2, 1, B, seed, step);
+    if (linear_backward_h(be, m->s_nm, g + w->fc2_kernel, g + w->fc2_bias, dz, a->gelu_h, p + w->fc2_kernel, N, Mlp, D,
+                          0))
+        return VIT_ERR;
+    be->gelu_dropout_backward(be, m->s_nm, g + w->fc1_bias, a->fc1, m->s_nm, N, Mlp, c->gelu_tanh, c->dropout, seed,
+                              step, site(l, 1));
+    if (linear_backward_h(be, m->s_nd2, g + w->fc1_kernel, NULL, m->s_nm, a->ln2_h, p + w->fc1_kernel, N, D, Mlp, 0))
+        return VIT_ERR;
+    be->layernorm_backward(be, m->dres, g + w->ln2_scale, g + w->ln2_bias, m->s_nd2, a->resid1, p + w->ln2_scale,
+                           a->ln2_mean, a->ln2_rstd, N, D);
+    const float *datt = branch_grad(m, l, 0, 0, B, seed, step);
+    if (linear_backward_h(be, m->s_nd2, g + w->out_kernel, g + w->out_bias, datt, a->att_h, p + w->out_kernel, N, D,
+                          D, 0) ||
+        be->attention_backward(be, m->dq, m->dk, m->dv, m->s_nd2, a->att_out, a->att_state, m->att_scratch, a->q,
+                               a->k, a->v, B, T, H, hd) ||
+        qkv_backward(m, w, a, m->s_nd1, N, D))
+        return VIT_ERR;
+    be->layernorm_backward(be, m->dres, g + w->ln0_scale, g + w->ln0_bias, m->s_nd1, m->x[l], p + w->ln0_scale,
+                           a->ln1_mean, a->ln1_rstd, N, D);
+    return VIT_OK;
 }
 
 int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed, uint32_t step) {
@@ -480,6 +644,12 @@ int vit_backward(ViT *m, int B, float smoothing, float loss_scale, uint64_t seed
         // pass that preceded a backward pass had dropout on (as `drop` above assumes).
         if (m->recompute && block_forward(m, l, a, B, 1, seed, step, NULL)) return VIT_ERR;
         if (m->store_bf16) pack_block(m, a, B, 1);
+        if (m->bf16_acts) {
+            if (block_backward_bf16(m, l, a, B, seed, step)) return VIT_ERR;
+            if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, w->ln0_scale, top - w->ln0_scale);
+            top = w->ln0_scale;
+            continue;
+        }
         // MLP branch
         const float *dz = branch_grad(m, l, 2, 1, B, seed, step);
         if (linear_backward(be, m->s_nm, g + w->fc2_kernel, g + w->fc2_bias, dz, a->gelu, p + w->fc2_kernel, N, Mlp,

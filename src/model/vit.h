@@ -18,6 +18,9 @@ typedef struct {
     float *fc1;                        // MLP pre-activation (B, T, mlp)
     float *gelu;                       // GELU output after dropout (input of Dense_1)
     uint16_t *packed;                  // store_bf16: ln1, q, k, v, att_out, ln2, fc1, gelu in bf16
+    // bf16_acts: the products' operands as their ops write them, in bf16 (ln1, ln2 and gelu are
+    // then NULL; q, k, v are one allocation at q, so the three come from one product).
+    uint16_t *ln1_h, *att_h, *ln2_h, *gelu_h;
 } BlockActs;
 
 typedef struct {
@@ -29,6 +32,7 @@ typedef struct {
     int training;       // gradients and backward buffers allocated
     int recompute;      // activation checkpointing: blocks share one BlockActs set (training only)
     int store_bf16;     // saved activations kept in bf16 between the passes (training only)
+    int bf16_acts;      // the backend's bf16-activation ops write the products' operands (training only)
 
     float *params, *grads;      // device, table.total floats each (grads NULL for inference)
 
@@ -53,6 +57,10 @@ typedef struct {
 
     // host copies of the last forward pass's outputs
     float *host_logits, *host_losses;
+    // Device sums (METRICS doubles, backend.h) for passes with labels: when set, vit_forward
+    // adds the batch's loss and hits to them (metrics_accumulate) instead of copying logits and
+    // losses to the host, and waits for nothing (src/train/step.c sets it around its passes).
+    double *metrics;
 
     size_t activation_bytes;    // device memory planned for activations and scratch
 
@@ -91,7 +99,13 @@ int vit_create(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int trainin
 //   pre-activation are kept in bf16 between the passes, as under PyTorch's bf16 autocast.
 //   Meant for bf16 matrix products, which round those operands to bf16 anyway; only GELU's
 //   derivative sees a rounded input. Needs the backend's to_bf16/from_bf16 (else ignored)
-//   and gives way to VIT_RECOMPUTE.
+//   and gives way to VIT_RECOMPUTE. Where the backend has the bf16-activation ops (backend.h:
+//   VIT_CUDA_BF16_ACTS=1 on a GPU, backend_cpu_set_bf16_acts on the CPU) it means bf16
+//   activations instead (m->bf16_acts, also with VIT_RECOMPUTE): LayerNorm, GELU(+dropout),
+//   attention and the fused residual op write the products' operands in bf16 once, every
+//   product reads them through gemm_bf16, and q, k and v come from one product. Master weights,
+//   LayerNorm statistics, the residual stream, the MLP pre-activation, q, k, v and the loss
+//   stay fp32.
 enum { VIT_RECOMPUTE = 1, VIT_STORE_BF16 = 2 };
 int vit_create_ex(ViT *m, const ViTConfig *cfg, Backend *be, int batch, int training, int options);
 void vit_destroy(ViT *m);
@@ -100,7 +114,8 @@ int vit_init_params(ViT *m, uint64_t seed);
 
 // Forward pass over B <= batch images (host uint8 (B, S, S, C)). With labels (host, B
 // ints in 0..classes-1) it also computes per-sample losses. Copies logits (and losses)
-// to m->host_logits / m->host_losses. `training` enables dropout, drop path and mixing (with
+// to m->host_logits / m->host_losses (with m->metrics set: adds to those device sums instead,
+// logits and losses stay on the device). `training` enables dropout, drop path and mixing (with
 // labels; vit_set_regularization), all keyed by (seed, step).
 // images NULL: the batch of the last vit_stage (labels ignored; the staged batch's are used).
 int vit_forward(ViT *m, const uint8_t *images, const int *labels, int B, int training, float smoothing,

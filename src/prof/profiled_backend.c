@@ -462,15 +462,117 @@ static void w_ema_update(Backend *be, float *ema, const float *params, size_t n,
     if (t0) span_end(w, t0, &(ProfOpSpan){"ema_update", "n", {I64(n)}, 0, F4 * 3.0 * n});
 }
 
+// ---- device-side step scalars ----------------------------------------------------------------
+
+static void w_scalars_write(Backend *be, double *dst, const double *src, int n) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->scalars_write(w->inner, dst, src, n);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"scalars_write", "n", {n}, 0, 8.0 * n});
+}
+
+// The gradient read once (as sum_squares), a few doubles written.
+static void w_grad_norm_clip(Backend *be, double *sc, const float *grads, size_t n, float clip_norm) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->grad_norm_clip(w->inner, sc, grads, n, clip_norm);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"grad_norm_clip", "n", {I64(n)}, 0, F4 * n});
+}
+
+static void w_optimizer_update_scalars(Backend *be, float *params, const float *grads, float *m, float *v,
+                                       const OptimSegment *segs, int nsegs, const OptimStep *s, const double *sc) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->optimizer_update_scalars(w->inner, params, grads, m, v, segs, nsegs, s, sc);
+    if (t0) {
+        double n = 0;
+        for (int i = 0; i < nsegs; i++) n += (double)segs[i].n;
+        int floats = s->kind == OPT_ADAM || s->kind == OPT_ADAMW ? 7 : 5;  // as w_optimizer_update
+        span_end(w, t0, &(ProfOpSpan){"optimizer_update", "n,kind", {I64(n), s->kind}, 0, F4 * floats * n});
+    }
+}
+
+// Logits and losses read.
+static void w_metrics_accumulate(Backend *be, double *acc, const float *losses, const float *logits,
+                                 const int *labels, int B, int K) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->metrics_accumulate(w->inner, acc, losses, logits, labels, B, K);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"metrics_accumulate", "B,K", {B, K}, 0, F4 * (double)B * (K + 2)});
+}
+
+// ---- bf16 activations (backend.h) ---------------------------------------------------------------
+// As their fp32 ops, with 2 bytes for each bf16 element.
+static int w_gemm_bf16(Backend *be, const GemmBf16 *g) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    int rc = w->inner->gemm_bf16(w->inner, g);
+    if (t0) {
+        double mn = (double)g->M * g->N, b = g->batch, ea = g->a_bf16 ? 2 : 4, eb = g->b_bf16 ? 2 : 4;
+        span_end(w, t0,
+                 &(ProfOpSpan){"gemm_bf16", "batch,M,N,K,transA,transB,accumulate,bias",
+                               {g->batch, g->M, g->N, g->K, g->transA, g->transB, g->accumulate, g->bias != NULL},
+                               2.0 * b * mn * g->K,
+                               b * ((double)g->M * g->K * ea + (double)g->K * g->N * eb + F4 * mn) +
+                                   (g->accumulate ? F4 * b * mn : 0) + (g->bias ? F4 * g->N : 0)});
+    }
+    return rc;
+}
+
+static void w_layernorm_forward_bf16(Backend *be, uint16_t *out, float *mean, float *rstd, const float *inp,
+                                     const float *scale, const float *bias, int rows, int C, float eps) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->layernorm_forward_bf16(w->inner, out, mean, rstd, inp, scale, bias, rows, C, eps);
+    if (t0)
+        span_end(w, t0, &(ProfOpSpan){"layernorm_forward_bf16", "rows,C", {rows, C}, 0,
+                                      6.0 * rows * C + F4 * (2.0 * C + 2.0 * rows)});
+}
+
+static void w_residual_layernorm_forward_bf16(Backend *be, float *sum, uint16_t *out, float *mean, float *rstd,
+                                              const float *x, const float *y, const float *scale, const float *bias,
+                                              int rows, int C, float eps, float rate, uint64_t seed, uint32_t step,
+                                              uint32_t site) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->residual_layernorm_forward_bf16(w->inner, sum, out, mean, rstd, x, y, scale, bias, rows, C, eps, rate,
+                                              seed, step, site);
+    double n = (double)rows * C;
+    if (t0)
+        span_end(w, t0, &(ProfOpSpan){"residual_layernorm_bf16", "rows,C", {rows, C}, 0,
+                                      14.0 * n + F4 * (2.0 * C + 2.0 * rows)});
+}
+
+static void w_gelu_dropout_forward_bf16(Backend *be, uint16_t *out, const float *inp, size_t n, int tanh_approx,
+                                        float rate, uint64_t seed, uint32_t step, uint32_t site) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    w->inner->gelu_dropout_forward_bf16(w->inner, out, inp, n, tanh_approx, rate, seed, step, site);
+    if (t0) span_end(w, t0, &(ProfOpSpan){"gelu_dropout_forward_bf16", "n,tanh", {I64(n), tanh_approx}, 0, 6.0 * n});
+}
+
+static int w_attention_forward_bf16(Backend *be, float *out, uint16_t *out_bf16, float *state, float *scratch,
+                                    const float *q, const float *k, const float *v, int B, int T, int H, int hd) {
+    Wrap *w = be->impl;
+    uint64_t t0 = span_start(w);
+    int rc = w->inner->attention_forward_bf16(w->inner, out, out_bf16, state, scratch, q, k, v, B, T, H, hd);
+    if (t0) {
+        double bthd = (double)B * T * H * hd;
+        span_end(w, t0, &(ProfOpSpan){"attention_forward_bf16", "B,T,H,hd", {B, T, H, hd}, 4.0 * bthd * T,
+                                      F4 * 4 * bthd + 2 * bthd + state_bytes(w, B, T, H, hd)});
+    }
+    return rc;
+}
+
 // Frees the wrapper only; inner belongs to the caller.
 static void w_destroy(Backend *be) {
     free(be->impl);
     free(be);
 }
 
-// name, details, impl and 48 function pointers. When backend.h gains an op this stops the build, so the
+// name, details, impl and 57 function pointers. When backend.h gains an op this stops the build, so the
 // new op cannot stay NULL here (a crash) or be copied unwrapped (called with the wrong impl).
-_Static_assert(sizeof(Backend) == 3 * sizeof(void *) + 48 * sizeof(void (*)(void)),
+_Static_assert(sizeof(Backend) == 3 * sizeof(void *) + 57 * sizeof(void (*)(void)),
                "backend.h changed: wrap the new op in profiled_backend.c, then update this count");
 
 Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
@@ -541,9 +643,18 @@ Backend *backend_profiled(Backend *inner, Profiler *p, int sync) {
     WRAP(xent_mix_backward);
     WRAP(to_bf16);
     WRAP(from_bf16);
+    WRAP(gemm_bf16);
+    WRAP(layernorm_forward_bf16);
+    WRAP(residual_layernorm_forward_bf16);
+    WRAP(gelu_dropout_forward_bf16);
+    WRAP(attention_forward_bf16);
     WRAP(optimizer_update);
     WRAP(optimizer_update_segments);
     WRAP(ema_update);
+    WRAP(scalars_write);
+    WRAP(grad_norm_clip);
+    WRAP(optimizer_update_scalars);
+    WRAP(metrics_accumulate);
 #undef WRAP
     return be;
 }

@@ -39,6 +39,9 @@ typedef struct {
     ZeroSlots slots;
     int slots_ready;
     float *ema;                // the weights' moving average (device, every rank whole; NULL: off)
+    double *scalars;           // device: the update's scalars (STEP_SCALARS), then the micro-step's
+                               // metric sums (METRICS); run_alloc_scalars
+    struct StepGraph *graph;   // step.c: CUDA graphs of the passes (VIT_CUDA_GRAPH=1); NULL: not decided
     GradSync *sync;            // NULL: one rank, no transport
     SaveState save;
     TrainState start;          // where the run began (a resume point, or zeros)
@@ -67,8 +70,11 @@ typedef struct {
 // until the next fetch); one micro-step, forward through the gradient sums.
 int run_fetch(Run *run, const int **labels);
 int run_micro_step(Run *run, const int **labels, int *pending, Agreement *ag);
+void run_graph_destroy(Run *run);
 // update.c: the update closing an accumulation window; *ok = 0 when it was skipped.
 int run_update(Run *run, int *ok);
+// update.c: run->scalars, allocated at the first micro-step (freed by trainer.c with the run).
+int run_alloc_scalars(Run *run);
 // run_checkpoint.c
 TrainState run_state(const Run *run, int epoch, long step_in_epoch);
 int run_save(Run *run, int epoch, long step_in_epoch, const char *tag, int counted);

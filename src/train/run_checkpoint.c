@@ -1,6 +1,7 @@
 // Checkpoints of a running training: where the run stands (built here only), the write
 // (sharded optimizer slots gathered to rank 0, which writes the file), --keep_checkpoints,
 // and when a checkpoint falls inside an epoch.
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -61,6 +62,10 @@ int run_save(Run *run, int epoch, long step_in_epoch, const char *tag, int count
                             s->opt.kind, &st, s->meta, s->n_meta))
         return VIT_ERR;
     snprintf(run->r->last_checkpoint, sizeof run->r->last_checkpoint, "%s", path);
+    if (run->out) {  // a line of its own, also between a terminal's progress redraws
+        fprintf(run->out, "%scheckpoint: %s\n", isatty(fileno(run->out)) ? "\r\033[K" : "", path);
+        fflush(run->out);
+    }
     if (counted && s->keep > 0) keep_newest(run, path);
     return VIT_OK;
 }

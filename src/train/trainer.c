@@ -134,6 +134,8 @@ static void run_close(Run *run) {
     free(run->order), free(run->seq);
     if (run->slots_ready) zero_slots_destroy(&run->slots, run->be);
     if (run->ema) run->be->release(run->be, run->ema);
+    run_graph_destroy(run);
+    if (run->scalars) run->be->release(run->be, run->scalars);
     free(run->save.params), free(run->save.m), free(run->save.v), free(run->save.ema), free(run->save.written);
 }
 
@@ -202,7 +204,7 @@ static int run_epoch(Run *run) {
     TrainSetup *s = run->s;
     long first_step = run->epoch == run->start.epoch ? run->start.step_in_epoch : 0;
     Progress prog;
-    progress_begin(&prog, run->out, run->epoch, s->epochs, run->steps);
+    progress_begin(&prog, run->out, run->epoch, s->epochs, run->steps, (long)(s->epochs - run->epoch - 1) * run->steps);
     int rc = begin_epoch(run, first_step);
     const int *labels = NULL;  // the staged batch's host labels
     int pending = rc == VIT_OK && first_step < run->steps ? run_fetch(run, &labels) : VIT_OK;
@@ -274,6 +276,7 @@ int train_run(TrainSetup *s, TrainResult *r) {
         if (rc == VIT_OK) rc = run_finish(&run);
         stop_signal_restore();
     }
+    if (rc) r->updates = run.update;  // how far a failed run got (the caller keeps its files if it trained)
     run_close(&run);
     return rc;
 }

@@ -54,48 +54,97 @@ static void entry_scales(const ParamTable *t, double layer_decay, float *scale) 
                                    : 1.0f;
 }
 
-int optim_step_range(Backend *be, const ParamTable *table, float *params, float *grads, float *m, float *v,
-                     size_t lo, size_t hi, const OptimConfig *o, float lr, int t, double *norm) {
-    double n = sqrt(be->sum_squares(be, grads, table->total));
-    *norm = n;
-    if (!isfinite(n)) return vit_fail("gradient norm is %g", n);
-    OptimStep s = {o->kind, lr, o->momentum, o->beta1, o->beta2, o->rho, o->epsilon, 0.0f, t, 1.0f};
-    if (o->clip_norm > 0 && n > o->clip_norm) s.grad_scale = (float)(o->clip_norm / n);
-    // Walk the table, merging neighbouring tensors that share the decay setting and the
-    // learning-rate scale into one range, cut to [lo, hi): a run split between shards keeps
-    // both on each side. With optimizer_update_segments all ranges go to the backend in one
-    // call (one launch on a GPU instead of one per run); without it, one optimizer_update per
-    // range, at the scaled rate the segments op would use.
+// The table's runs as optimizer segments cut to [lo, hi): neighbouring tensors that share the
+// decay setting and the learning-rate scale merge into one run, and a run split between shards
+// keeps both on each side. Returns the count, or -1 (with vit_fail) when out of memory.
+static int build_segments(const ParamTable *table, size_t lo, size_t hi, double layer_decay, OptimSegment **out) {
     OptimSegment *segs = malloc((size_t)(table->count ? table->count : 1) * sizeof *segs);  // runs <= tensors
     float *scale = malloc((size_t)(table->count ? table->count : 1) * sizeof *scale);
     if (!segs || !scale) {
         free(segs), free(scale);
-        return vit_fail("out of memory for %d optimizer segments", table->count);
+        return vit_fail("out of memory for %d optimizer segments", table->count), -1;
     }
-    entry_scales(table, o->layer_decay, scale);
-    int i = 0, nsegs = 0, fused = be->optimizer_update_segments != NULL;
+    entry_scales(table, layer_decay, scale);
+    int i = 0, nsegs = 0;
     while (i < table->count) {
         int decay = table->entries[i].decay, j = i;
         float sc = scale[i];
         size_t start = table->entries[i].offset, len = 0;
         while (j < table->count && table->entries[j].decay == decay && scale[j] == sc) len += table->entries[j++].size;
         size_t a = start > lo ? start : lo, b = start + len < hi ? start + len : hi;
-        if (a < b && fused) {
-            segs[nsegs++] = (OptimSegment){a, a - lo, b - a, decay != 0, sc};
-        } else if (a < b) {
-            s.weight_decay = decay ? o->weight_decay : 0.0f;
-            s.lr = lr * sc;
-            be->optimizer_update(be, params + a, grads + a, m ? m + (a - lo) : NULL, v ? v + (a - lo) : NULL, b - a,
-                                 &s);
-        }
+        if (a < b) segs[nsegs++] = (OptimSegment){a, a - lo, b - a, decay != 0, sc};
         i = j;
     }
-    if (fused && nsegs) {
-        s.weight_decay = o->weight_decay;  // the backend zeroes it for segments without decay
-        be->optimizer_update_segments(be, params, grads, m, v, segs, nsegs, &s);
-    }
-    free(segs), free(scale);
+    free(scale);
+    *out = segs;
+    return nsegs;
+}
+
+static OptimStep step_of(const OptimConfig *o, float lr, int t) {
+    return (OptimStep){o->kind, lr, o->momentum, o->beta1, o->beta2, o->rho, o->epsilon, o->weight_decay, t, 1.0f};
+}
+
+int optim_step_issue(Backend *be, double *sc, const ParamTable *table, float *params, float *grads, float *m, float *v,
+                     size_t lo, size_t hi, const OptimConfig *o, float lr, int t, int skip) {
+    OptimSegment *segs;
+    int nsegs = build_segments(table, lo, hi, o->layer_decay, &segs);
+    if (nsegs < 0) return VIT_ERR;
+    // What the host knows before the step: the skip decision so far, the rate, and adam's bias
+    // corrections (in double from t, as the host-scalar op computes them).
+    const double known[4] = {skip ? 1.0 : 0.0, lr, 1.0 - pow(o->beta1, t), sqrt(1.0 - pow(o->beta2, t))};
+    be->scalars_write(be, sc + STEP_SKIP, known, 4);
+    be->grad_norm_clip(be, sc, grads, table->total, o->clip_norm);
+    // weight_decay as given: the backend zeroes it for segments without decay.
+    const OptimStep s = step_of(o, lr, t);
+    if (nsegs) be->optimizer_update_scalars(be, params, grads, m, v, segs, nsegs, &s, sc);
+    free(segs);
     return VIT_OK;
+}
+
+int optim_step_result(Backend *be, const double *sc, double *norm) {
+    double h[STEP_SCALARS];
+    be->download(be, h, sc, sizeof h);  // the step's one wait (NaN bytes after a device failure)
+    *norm = h[STEP_NORM];
+    if (!isfinite(h[STEP_NORM])) return vit_fail("gradient norm is %g", h[STEP_NORM]);
+    return h[STEP_SKIP] != 0 ? vit_fail("update skipped") : VIT_OK;
+}
+
+// The host-scalar path, for a backend without the multi-segment op: the norm comes to the
+// host, which decides clipping and finiteness, then one optimizer_update per run at its
+// scaled rate (what the segments op would compute).
+static int step_on_host(Backend *be, const ParamTable *table, float *params, float *grads, float *m, float *v,
+                        size_t lo, size_t hi, const OptimConfig *o, float lr, int t, double *norm) {
+    double n = sqrt(be->sum_squares(be, grads, table->total));
+    *norm = n;
+    if (!isfinite(n)) return vit_fail("gradient norm is %g", n);
+    OptimStep s = step_of(o, lr, t);
+    if (o->clip_norm > 0 && n > o->clip_norm) s.grad_scale = (float)(o->clip_norm / n);
+    OptimSegment *segs;
+    int nsegs = build_segments(table, lo, hi, o->layer_decay, &segs);
+    if (nsegs < 0) return VIT_ERR;
+    for (int i = 0; i < nsegs; i++) {
+        const OptimSegment *g = &segs[i];
+        s.weight_decay = g->decay ? o->weight_decay : 0.0f;
+        s.lr = lr * g->lr_scale;
+        be->optimizer_update(be, params + g->param, grads + g->param, m ? m + g->slot : NULL, v ? v + g->slot : NULL,
+                             g->n, &s);
+    }
+    free(segs);
+    return VIT_OK;
+}
+
+int optim_step_range(Backend *be, const ParamTable *table, float *params, float *grads, float *m, float *v,
+                     size_t lo, size_t hi, const OptimConfig *o, float lr, int t, double *norm) {
+    *norm = NAN;
+    if (!be->optimizer_update_segments)
+        return step_on_host(be, table, params, grads, m, v, lo, hi, o, lr, t, norm);
+    // Device-side scalars (one small buffer for this call; the trainer keeps one per run).
+    double *sc = be->alloc(be, STEP_SCALARS * sizeof(double));
+    if (!sc) return VIT_ERR;
+    int rc = optim_step_issue(be, sc, table, params, grads, m, v, lo, hi, o, lr, t, 0);
+    if (rc == VIT_OK) rc = optim_step_result(be, sc, norm);
+    be->release(be, sc);
+    return rc;
 }
 
 void ema_apply(Backend *be, float *ema, const float *params, size_t n, const EmaConfig *e, long step) {
@@ -119,6 +168,11 @@ static void summary(Run *run) {
     run->win_loss = run->win_hits = run->win_seen = run->win_images = 0;
 }
 
+int run_alloc_scalars(Run *run) {
+    run->scalars = run->be->alloc(run->be, (STEP_SCALARS + METRICS) * sizeof(double));
+    return run->scalars ? VIT_OK : VIT_ERR;
+}
+
 // Clip and update (this rank's shard under --zero 1, then the all-gather), unless the window
 // saw a non-finite loss or the gradient norm is not finite: then the update is skipped
 // (--skip_nonfinite) or the run stops.
@@ -132,9 +186,20 @@ int run_update(Run *run, int *ok) {
         be->upload(be, m->grads, &bad, sizeof bad);
     }
     double norm = NAN;
+    // The step's scalars stay on the device (one buffer per run); the host reads them once,
+    // after the update is issued.
+    if (!run->scalars && run_alloc_scalars(run)) return VIT_ERR;
     prof_begin(s->prof, "update", "phase");
-    *ok = !run->window_bad && zero_slots_step(&run->slots, be, &m->table, m->params, m->grads, &s->opt,
-                                               (float)run->lr, (int)run->update + 1, &norm) == VIT_OK;
+    if (run->window_bad)
+        *ok = 0;
+    else if (be->optimizer_update_segments)
+        *ok = optim_step_issue(be, run->scalars, &m->table, m->params, m->grads, run->slots.m, run->slots.v,
+                               run->slots.lo, run->slots.hi, &s->opt, (float)run->lr, (int)run->update + 1,
+                               0) == VIT_OK &&
+              optim_step_result(be, run->scalars, &norm) == VIT_OK;
+    else
+        *ok = zero_slots_step(&run->slots, be, &m->table, m->params, m->grads, &s->opt, (float)run->lr,
+                              (int)run->update + 1, &norm) == VIT_OK;
     prof_end(s->prof);
     if (*ok && run->slots.sharded) {  // every rank updated its shard: share them (the norm agrees, so all do)
         prof_begin(s->prof, "allgather", "comm");

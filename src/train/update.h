@@ -8,7 +8,9 @@
 #include "optim/ema.h"
 #include "optim/optimizer.h"
 
-// Clips and applies one update with learning rate lr; t is the 1-based update count.
+// Clips and applies one update with learning rate lr; t is the 1-based update count. With
+// the backend's multi-segment op the norm, clip scale and skip decision stay on the device
+// (optim_step_issue below) and the host reads them once; without it they go through the host.
 // Returns the gradient's global norm before clipping in *norm (NaN/Inf are returned as
 // they are; the caller decides). Returns VIT_ERR when the norm is not finite, without
 // touching the parameters.
@@ -20,6 +22,17 @@ int optim_step(Backend *be, const ParamTable *table, float *params, float *grads
 // bit-identically to one optim_step.
 int optim_step_range(Backend *be, const ParamTable *table, float *params, float *grads, float *m, float *v,
                      size_t lo, size_t hi, const OptimConfig *o, float lr, int t, double *norm);
+
+// The same update with its scalars on the device, in two halves so that a step can be issued
+// (or captured as a CUDA graph) with no host wait inside. optim_step_issue writes the host's
+// figures into sc (STEP_SCALARS doubles from be->alloc: skip, lr, adam's bias corrections for
+// update t), then issues grad_norm_clip and optimizer_update_scalars; it waits for nothing.
+// optim_step_result is the one read: *norm, and VIT_ERR ("gradient norm is ...") when the norm
+// is not finite, in which case the device left parameters and slots untouched. On the CPU
+// backend the parameters and slots are bit-identical to the host-scalar path.
+int optim_step_issue(Backend *be, double *sc, const ParamTable *table, float *params, float *grads, float *m, float *v,
+                     size_t lo, size_t hi, const OptimConfig *o, float lr, int t, int skip);
+int optim_step_result(Backend *be, const double *sc, double *norm);
 
 // Layer-wise learning-rate decay as timm's param_groups_layer_decay groups a ViT (its
 // group_matcher): the patch embedding, class token and position embedding are layer 0, block

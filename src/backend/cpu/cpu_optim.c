@@ -21,18 +21,23 @@ typedef struct {
     double c1, sqrt_c2;               // kept to derive lr_t of a scaled learning rate
 } StepConsts;
 
-static StepConsts step_consts(const OptimStep *s) {
+// The constants with the bias corrections given: c1 = 1 - beta1^t, sqrt_c2 = sqrt(1 - beta2^t)
+// (from t on the host, or from the device-side step scalars: the same doubles either way).
+static StepConsts step_consts_with(const OptimStep *s, double c1, double sqrt_c2) {
     StepConsts c = {s->kind, s->lr, s->grad_scale, s->momentum, s->beta1, s->beta2, s->rho, s->epsilon, 0, 0, 0, 1, 1};
     if (s->kind == OPT_ADAM || s->kind == OPT_ADAMW) {
-        const double c1 = 1.0 - pow(c.b1, s->t), c2 = 1.0 - pow(c.b2, s->t);
         // Keras: lr_t = lr sqrt(c2)/c1, p -= lr_t m / (sqrt(v) + eps)
         // PyTorch: p -= lr (m/c1) / (sqrt(v/c2) + eps)
-        c.c1 = c1, c.sqrt_c2 = sqrt(c2);
+        c.c1 = c1, c.sqrt_c2 = sqrt_c2;
         c.lr_t = (float)(c.lr * c.sqrt_c2 / c1);
         c.inv_c1 = (float)(1.0 / c1);
-        c.inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
+        c.inv_sqrt_c2 = (float)(1.0 / sqrt_c2);
     }
     return c;
+}
+
+static StepConsts step_consts(const OptimStep *s) {
+    return step_consts_with(s, 1.0 - pow(s->beta1, s->t), sqrt(1.0 - pow(s->beta2, s->t)));
 }
 
 // The constants of a segment whose learning rate is the step's times lr_scale: exactly what
@@ -157,12 +162,11 @@ static AVX512 void update_range_avx512(float *p, const float *g, float *m, float
 // segments laid end to end, so the work is balanced however small and large tensors mix
 // (a model has ~200, many of a few hundred floats), and there is one fork/join per step
 // instead of one per segment. Elements are independent, so who runs which changes no bit.
-static void optimizer_update_segments(Backend *be, float *p, const float *g, float *m, float *v,
-                                      const OptimSegment *segs, int nsegs, const OptimStep *s) {
+static void update_segments(const float *g, float *p, float *m, float *v, const OptimSegment *segs, int nsegs,
+                            const OptimStep *s, const StepConsts c) {
     size_t total = 0;
     for (int i = 0; i < nsegs; i++) total += segs[i].n;
     if (!total) return;
-    const StepConsts c = step_consts(s);
     const float wd = s->weight_decay;
     void (*range)(float *, const float *, float *, float *, size_t, const StepConsts *, float) =
         cpu_isa() >= CPU_ISA_AVX512 ? update_range_avx512 : update_range;
@@ -184,6 +188,11 @@ static void optimizer_update_segments(Backend *be, float *p, const float *g, flo
             base += sg->n;
         }
     }
+}
+
+static void optimizer_update_segments(Backend *be, float *p, const float *g, float *m, float *v,
+                                      const OptimSegment *segs, int nsegs, const OptimStep *s) {
+    update_segments(g, p, m, v, segs, nsegs, s, step_consts(s));
 }
 
 // One range is one segment with its decay and learning rate as given.
@@ -208,8 +217,53 @@ static void ema_update(Backend *be, float *ema, const float *params, size_t n, f
     }
 }
 
+// ---- device-side step scalars (plain memory here) ---------------------------------------------
+
+static void scalars_write(Backend *be, double *dst, const double *src, int n) {
+    for (int i = 0; i < n; i++) dst[i] = src[i];
+}
+
+// The norm and clip scale exactly as the host computed them from sum_squares.
+static void grad_norm_clip(Backend *be, double *sc, const float *g, size_t n, float clip_norm) {
+    const double norm = sqrt(be->sum_squares(be, g, n));
+    sc[STEP_NORM] = norm;
+    sc[STEP_SCALE] = clip_norm > 0 && norm > clip_norm ? (double)(float)(clip_norm / norm) : 1.0;
+    if (!isfinite(norm)) sc[STEP_SKIP] = 1.0;
+}
+
+static void optimizer_update_scalars(Backend *be, float *p, const float *g, float *m, float *v,
+                                     const OptimSegment *segs, int nsegs, const OptimStep *s, const double *sc) {
+    if (sc[STEP_SKIP] != 0) return;
+    OptimStep st = *s;
+    st.lr = (float)sc[STEP_LR];
+    st.grad_scale = (float)sc[STEP_SCALE];
+    update_segments(g, p, m, v, segs, nsegs, &st, step_consts_with(&st, sc[STEP_C1], sc[STEP_SQRT_C2]));
+}
+
+static void metrics_accumulate(Backend *be, double *acc, const float *losses, const float *logits, const int *labels,
+                               int B, int K) {
+    double loss = 0;
+    long top1 = 0, top5 = 0;
+    for (int b = 0; b < B; b++) {
+        loss += losses[b];
+        const float *z = logits + (size_t)b * K, mine = z[labels[b]];
+        int above = 0, y = labels[b];
+        for (int k = 0; k < K; k++) above += z[k] > mine || (z[k] == mine && k < y);
+        top1 += above == 0;
+        top5 += above < 5;
+    }
+    acc[METRIC_LOSS] += loss;
+    acc[METRIC_TOP1] += (double)top1;
+    acc[METRIC_TOP5] += (double)top5;
+    acc[METRIC_NONFINITE] += !isfinite(loss);
+}
+
 void cpu_install_optimizer(Backend *be) {
     be->optimizer_update = optimizer_update;
     be->optimizer_update_segments = optimizer_update_segments;
     be->ema_update = ema_update;
+    be->scalars_write = scalars_write;
+    be->grad_norm_clip = grad_norm_clip;
+    be->optimizer_update_scalars = optimizer_update_scalars;
+    be->metrics_accumulate = metrics_accumulate;
 }

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "cuda_bf16_acts.h"
 #include "cuda_common.h"
 
 static const size_t WORKSPACE_BYTES = (size_t)32 << 20;  // cuBLASLt's advice for Hopper
@@ -264,5 +265,6 @@ Backend *backend_cuda_create(int device, CudaPrecision precision) {
     cuda_install_attention(be);
     cuda_install_optimizer(be);
     cuda_install_epilogues(be);  // after the ops: its fallbacks call them
+    if (cuda_install_bf16_acts(be)) return create_failed(be, "%s", vit_error());  // opt-in, after the ops
     return be;
 }

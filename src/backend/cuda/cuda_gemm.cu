@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cuda_bf16.h>
+#include "cuda_bf16_acts.h"
 #include "cuda_common.h"
 
 typedef struct {
@@ -36,11 +37,24 @@ typedef struct {
     cublasLtMatmulAlgo_t algo;
 } EpiEntry;
 
+// A gemm_bf16 product (VIT_CUDA_BF16_ACTS=1): bf16 A and B as given, strided batches.
+typedef struct {
+    int batch, M, N, K, transA, transB, has_bias, accumulate;
+    long long stride_a, stride_b, stride_c, stride_bias;
+    unsigned align_a, align_b, align_c, align_bias;
+    int fused_bias;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+} Bf16Entry;
+
 struct GemmCache {
     GemmEntry *entries;
     int count, capacity;
     EpiEntry *epi;
     int nepi, epicap;
+    Bf16Entry *b16;
+    int nb16, b16cap;
 };
 
 GemmCache *cuda_gemm_cache_create(void) { return (GemmCache *)calloc(1, sizeof(GemmCache)); }
@@ -65,8 +79,16 @@ void cuda_gemm_cache_destroy(GemmCache *c) {
     if (!c) return;
     for (int i = 0; i < c->count; i++) entry_free(&c->entries[i]);
     for (int i = 0; i < c->nepi; i++) epi_free(&c->epi[i]);
+    for (int i = 0; i < c->nb16; i++) {
+        Bf16Entry *e = &c->b16[i];
+        if (e->op) cublasLtMatmulDescDestroy(e->op);
+        if (e->la) cublasLtMatrixLayoutDestroy(e->la);
+        if (e->lb) cublasLtMatrixLayoutDestroy(e->lb);
+        if (e->lc) cublasLtMatrixLayoutDestroy(e->lc);
+    }
     free(c->entries);
     free(c->epi);
+    free(c->b16);
     free(c);
 }
 
@@ -474,4 +496,171 @@ void backend_cuda_epilogue_counts(Backend *be, long *fused, long *unfused) {
 const char *backend_cuda_attention_last(Backend *be) {
     const char *p = cuda_is_backend(be) ? cuda_state(be)->attention_last : NULL;
     return p ? p : "none";
+}
+
+// ---- gemm_bf16 (VIT_CUDA_BF16_ACTS=1; never run on a GPU yet: docs/gpu.md) -----------------
+// bf16 operands go to cuBLASLt as they are; an fp32 one (a weight, a gradient) is rounded into
+// the bf16 scratch first, the whole strided span at once so its batch stride stays. Products
+// in fp32 (CUBLAS_COMPUTE_32F), C fp32. A batch stride of 0 repeats one matrix (q, k and v
+// from one LayerNorm output); where cuBLASLt has no batched algorithm for the strides, the
+// batches run one product each.
+
+// Elements a strided operand spans: batch matrices of n, stride apart.
+static size_t span(int batch, long long stride, size_t n) { return batch > 1 ? (size_t)(batch - 1) * stride + n : n; }
+
+// The entry for `key`, built now if new (with bias_ptr for the heuristic); NULL with vit_fail
+// when none exists (nothing queued).
+static Bf16Entry *bf16_entry(CudaState *s, const Bf16Entry *key, const float *bias_ptr) {
+    GemmCache *c = s->gemm;
+    for (int i = 0; i < c->nb16; i++) {
+        Bf16Entry *x = &c->b16[i];
+        if (x->batch == key->batch && x->M == key->M && x->N == key->N && x->K == key->K &&
+            x->transA == key->transA && x->transB == key->transB && x->has_bias == key->has_bias &&
+            x->accumulate == key->accumulate && x->stride_a == key->stride_a && x->stride_b == key->stride_b &&
+            x->stride_c == key->stride_c && x->stride_bias == key->stride_bias && x->align_a == key->align_a &&
+            x->align_b == key->align_b && x->align_c == key->align_c && x->align_bias == key->align_bias)
+            return x;
+    }
+    if (c->nb16 == c->b16cap) {
+        int cap = c->b16cap ? 2 * c->b16cap : 16;
+        Bf16Entry *n = (Bf16Entry *)realloc(c->b16, (size_t)cap * sizeof *n);
+        if (!n) {
+            cuda_fail(s, "gemm_bf16", "out of host memory for the matmul cache");
+            return NULL;
+        }
+        c->b16 = n, c->b16cap = cap;
+    }
+    Bf16Entry e = *key;
+    e.op = NULL, e.la = e.lb = e.lc = NULL;
+    const char *why = "";
+    cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+    cublasLtMatmulPreference_t pref = NULL;
+    int M = e.M, N = e.N, K = e.K, bt = e.batch;
+    // cuBLASLt's A is our B, its B our A (cuda_gemm's layouts, with our strides).
+    LT(layout(&e.la, CUDA_R_16BF, e.transB ? K : N, e.transB ? N : K, e.transB ? K : N, bt, e.stride_b));
+    LT(layout(&e.lb, CUDA_R_16BF, e.transA ? M : K, e.transA ? K : M, e.transA ? M : K, bt, e.stride_a));
+    LT(layout(&e.lc, CUDA_R_32F, N, M, N, bt, e.stride_c));
+    LT(make_preference(s, &pref, e.align_a, e.align_b, e.align_c));
+    for (int attempt = 0; attempt < 2; attempt++) {
+        e.fused_bias = e.has_bias && attempt == 0;
+        if (attempt == 1 && !e.has_bias) break;
+        if (e.op) cublasLtMatmulDescDestroy(e.op);
+        e.op = NULL;
+        LT(cublasLtMatmulDescCreate(&e.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        int32_t ta = e.transB ? CUBLAS_OP_T : CUBLAS_OP_N, tb = e.transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+        LT(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+        LT(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+        if (e.fused_bias) {
+            uint32_t epi = CUBLASLT_EPILOGUE_BIAS;
+            int64_t bstride = e.stride_bias;
+            LT(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+            LT(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof bias_ptr));
+            if (bt > 1)
+                LT(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &bstride,
+                                                  sizeof bstride));
+        }
+        cublasLtMatmulHeuristicResult_t res;
+        int found = 0;
+        memset(&res, 0, sizeof res);
+        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(s->lt, e.op, e.la, e.lb, e.lc, e.lc, pref, 1, &res, &found);
+        if (st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
+            e.algo = res.algo;
+            cublasLtMatmulPreferenceDestroy(pref);
+            c->b16[c->nb16] = e;
+            return &c->b16[c->nb16++];
+        }
+        status = st != CUBLAS_STATUS_SUCCESS ? st : CUBLAS_STATUS_NOT_SUPPORTED;
+        why = "cublasLtMatmulAlgoGetHeuristic found no algorithm";
+    }
+fail:
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (e.op) cublasLtMatmulDescDestroy(e.op);
+    if (e.la) cublasLtMatrixLayoutDestroy(e.la);
+    if (e.lb) cublasLtMatrixLayoutDestroy(e.lb);
+    if (e.lc) cublasLtMatrixLayoutDestroy(e.lc);
+    vit_fail("cuda gemm_bf16: %dx%dx%d (batch %d, transA %d, transB %d%s): %s: %s", M, N, K, bt, e.transA, e.transB,
+             e.has_bias ? ", bias" : "", why, cublasLtGetStatusString(status));
+    return NULL;
+}
+
+// One product of bf16 operands a, b (device pointers, strides as in g).
+static int bf16_run(CudaState *s, const GemmBf16 *g, const void *a, const void *b) {
+    int want_fused = g->bias != NULL && g->alpha == 1.0f;
+    Bf16Entry key;
+    memset(&key, 0, sizeof key);
+    key.batch = g->batch, key.M = g->M, key.N = g->N, key.K = g->K;
+    key.transA = g->transA != 0, key.transB = g->transB != 0, key.has_bias = want_fused;
+    key.accumulate = g->accumulate != 0;
+    int bt = g->batch;
+    key.stride_a = bt > 1 ? g->stride_a : 0, key.stride_b = bt > 1 ? g->stride_b : 0;
+    key.stride_c = bt > 1 ? g->stride_c : 0, key.stride_bias = bt > 1 && want_fused ? g->stride_bias : 0;
+    key.align_a = alignment(a, (size_t)key.stride_a * 2, bt);
+    key.align_b = alignment(b, (size_t)key.stride_b * 2, bt);
+    key.align_c = alignment(g->C, (size_t)key.stride_c * 4, bt);
+    key.align_bias = want_fused ? alignment(g->bias, (size_t)key.stride_bias * 4, bt) : 0;
+    Bf16Entry *e = bf16_entry(s, &key, g->bias);
+    if (!e) return VIT_ERR;
+    if (e->fused_bias) {
+        cublasStatus_t st = cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias,
+                                                           sizeof g->bias);
+        if (st != CUBLAS_STATUS_SUCCESS)
+            return cuda_fail(s, "gemm_bf16", "bias pointer: %s", cublasLtGetStatusString(st));
+    }
+    float alpha = g->alpha, beta = g->accumulate ? 1.0f : 0.0f;
+    cublasStatus_t st = cublasLtMatmul(s->lt, e->op, &alpha, b, e->la, a, e->lb, &beta, g->C, e->lc, g->C, e->lc,
+                                       &e->algo, s->workspace, s->workspace_bytes, s->stream);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return cuda_fail(s, "gemm_bf16", "%dx%dx%d (batch %d): cublasLtMatmul: %s", g->M, g->N, g->K, bt,
+                         cublasLtGetStatusString(st));
+    if (g->bias && !e->fused_bias)
+        for (int i = 0; i < bt; i++)
+            cuda_add_bias(s, g->C + i * g->stride_c, g->bias + i * g->stride_bias, (size_t)g->M, g->N);
+    return cuda_check_launch(s, "gemm_bf16");
+}
+
+int cuda_gemm_bf16(Backend *be, const GemmBf16 *g) {
+    CudaState *s = cuda_state(be);
+    if (cuda_failed(s)) return VIT_ERR;
+    int bt = g->batch, M = g->M, N = g->N, K = g->K;
+    if (bt < 1 || M < 0 || N < 0 || K < 0) return vit_fail("cuda gemm_bf16: bad shape %dx%dx%d (batch %d)", M, N, K, bt);
+    if (M == 0 || N == 0) return VIT_OK;
+    if (K == 0) {  // an empty sum: C = (C) + bias, batch by batch
+        for (int i = 0; i < bt; i++) {
+            float *C = g->C + i * g->stride_c;
+            if (!g->accumulate) cuda_check(s, cudaMemsetAsync(C, 0, (size_t)M * N * sizeof(float), s->stream), "gemm_bf16");
+            if (g->bias) cuda_add_bias(s, C, g->bias + i * g->stride_bias, (size_t)M, N);
+        }
+        return cuda_failed(s);
+    }
+    // fp32 operands to bf16, each span 256-byte aligned in the scratch.
+    size_t nA = span(bt, g->stride_a, (size_t)M * K), nB = span(bt, g->stride_b, (size_t)K * N);
+    size_t offB = g->a_bf16 ? 0 : (nA * 2 + 255) / 256 * 256, need = offB + (g->b_bf16 ? 0 : nB * 2);
+    char *buf = NULL;
+    if (need) {
+        buf = (char *)cuda_scratch(s, &s->bf16, &s->bf16_bytes, need, "gemm_bf16 (fp32 operands)");
+        if (!buf) return VIT_ERR;
+    }
+    const void *a = g->A, *b = g->B;
+    if (!g->a_bf16) {
+        to_bf16_kernel<<<cuda_blocks(s, nA, 256), 256, 0, s->stream>>>((__nv_bfloat16 *)buf, (const float *)g->A, nA);
+        a = buf;
+    }
+    if (!g->b_bf16) {
+        to_bf16_kernel<<<cuda_blocks(s, nB, 256), 256, 0, s->stream>>>((__nv_bfloat16 *)(buf + offB),
+                                                                       (const float *)g->B, nB);
+        b = buf + offB;
+    }
+    if (cuda_check_launch(s, "gemm_bf16 (fp32 operands)")) return VIT_ERR;
+    if (bf16_run(s, g, a, b) == VIT_OK) return VIT_OK;
+    if (bt == 1 || cuda_failed(s)) return VIT_ERR;
+    // No batched algorithm for these strides: one product per batch (nothing was queued).
+    for (int i = 0; i < bt; i++) {
+        GemmBf16 one = *g;
+        one.batch = 1;
+        one.C = g->C + i * g->stride_c;
+        one.bias = g->bias ? g->bias + i * g->stride_bias : NULL;
+        if (bf16_run(s, &one, (const char *)a + (size_t)(i * g->stride_a) * 2, (const char *)b + (size_t)(i * g->stride_b) * 2))
+            return VIT_ERR;
+    }
+    return VIT_OK;
 }

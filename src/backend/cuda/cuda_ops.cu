@@ -3,6 +3,10 @@
 // the CPU sums in double, and __fmul_rn/__fadd_rn where the CPU's plain float expression
 // would otherwise be contracted into an fma here and round differently.
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cuda_bf16.h>
+#include "cuda_bf16_acts.h"
 #include "cuda_common.h"
 #include "cuda_reduce.h"
 #include "util/rng.h"
@@ -74,13 +78,19 @@ static void bias_backward(Backend *be, float *dbias, const float *dout, int M, i
 }
 
 // ---- layernorm -------------------------------------------------------------------------
+// Stores of a kernel's output: fp32 as computed, or rounded to bf16 (nearest even) where the
+// output is a product's operand (the *_bf16 ops); one kernel serves both.
+static __device__ __forceinline__ void put(float *p, float v) { *p = v; }
+static __device__ __forceinline__ void put(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+
 // One warp per row; statistics in double as on the CPU.
-__global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp, const float *scale,
+template <typename O>
+__global__ void layernorm_forward_kernel(O *out, float *mean, float *rstd, const float *inp, const float *scale,
                                          const float *bias, int rows, int C, float eps) {
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= rows) return;
     const float *x = inp + (size_t)row * C;
-    float *y = out + (size_t)row * C;
+    O *y = out + (size_t)row * C;
     double m = 0;
     for (int j = lane; j < C; j += 32) m += x[j];
     m = warp_sum_d(m) / C;
@@ -88,7 +98,7 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
     for (int j = lane; j < C; j += 32) v += (x[j] - m) * (x[j] - m);
     v = warp_sum_d(v) / C;
     float s = (float)(1.0 / sqrt(v + eps)), mf = (float)m;
-    for (int j = lane; j < C; j += 32) y[j] = __fadd_rn(__fmul_rn(__fmul_rn(x[j] - mf, s), scale[j]), bias[j]);
+    for (int j = lane; j < C; j += 32) put(&y[j], __fadd_rn(__fmul_rn(__fmul_rn(x[j] - mf, s), scale[j]), bias[j]));
     if (lane == 0) {
         mean[row] = mf;
         rstd[row] = s;
@@ -278,7 +288,8 @@ static __device__ __forceinline__ float dropped(float y, size_t i, float keep, f
 
 // sum = x + dropout(y), then LayerNorm of the row when out is set; one warp per row, the
 // statistics in double as layernorm_forward_kernel (each lane re-reads only what it wrote).
-__global__ void residual_layernorm_kernel(float *sum, float *out, float *mean, float *rstd, const float *x,
+template <typename O>
+__global__ void residual_layernorm_kernel(float *sum, O *out, float *mean, float *rstd, const float *x,
                                           const float *y, const float *scale, const float *bias, int rows, int C,
                                           float eps, float rate, float keep, float inv, uint64_t seed, uint32_t step,
                                           uint32_t site) {
@@ -300,8 +311,8 @@ __global__ void residual_layernorm_kernel(float *sum, float *out, float *mean, f
     for (int j = lane; j < C; j += 32) v += (sr[j] - m) * (sr[j] - m);
     v = warp_sum_d(v) / C;
     float s = (float)(1.0 / sqrt(v + eps)), mf = (float)m;
-    float *o = out + base;
-    for (int j = lane; j < C; j += 32) o[j] = __fadd_rn(__fmul_rn(__fmul_rn(sr[j] - mf, s), scale[j]), bias[j]);
+    O *o = out + base;
+    for (int j = lane; j < C; j += 32) put(&o[j], __fadd_rn(__fmul_rn(__fmul_rn(sr[j] - mf, s), scale[j]), bias[j]));
     if (lane == 0) {
         mean[row] = mf;
         rstd[row] = s;
@@ -320,9 +331,10 @@ static void residual_layernorm_forward(Backend *be, float *sum, float *out, floa
     LAUNCH_CHECK(s, "residual_layernorm_forward");
 }
 
-__global__ void gelu_dropout_forward_kernel(float *out, const float *inp, size_t n, int tanh_approx, float keep,
+template <typename O>
+__global__ void gelu_dropout_forward_kernel(O *out, const float *inp, size_t n, int tanh_approx, float keep,
                                             float inv, uint64_t seed, uint32_t step, uint32_t site) {
-    CUDA_FOR(i, n) out[i] = dropped(gelu_value(inp[i], tanh_approx), i, keep, inv, seed, step, site);
+    CUDA_FOR(i, n) put(&out[i], dropped(gelu_value(inp[i], tanh_approx), i, keep, inv, seed, step, site));
 }
 
 static void gelu_dropout_forward(Backend *be, float *out, const float *inp, size_t n, int tanh_approx, float rate,
@@ -593,6 +605,77 @@ static void xent_backward(Backend *be, float *dlogits, const float *probs, const
     xent_backward_kernel<<<cuda_blocks(s, (size_t)B * K, 256), 256, 0, s->stream>>>(dlogits, probs, labels, B, K,
                                                                                    smoothing, sc);
     LAUNCH_CHECK(s, "xent_backward");
+}
+
+// ---- bf16 activations (VIT_CUDA_BF16_ACTS=1; backend.h) -------------------------------------
+// The same kernels as the fp32 ops with bf16 stores, so each output is the fp32 op's rounded.
+
+static void layernorm_forward_bf16(Backend *be, uint16_t *out, float *mean, float *rstd, const float *inp,
+                                   const float *scale, const float *bias, int rows, int C, float eps) {
+    CudaState *s = cuda_state(be);
+    SKIP_IF_FAILED(s);
+    if (rows <= 0) return;
+    layernorm_forward_kernel<<<(rows + 7) / 8, 256, 0, s->stream>>>((__nv_bfloat16 *)out, mean, rstd, inp, scale, bias,
+                                                                    rows, C, eps);
+    LAUNCH_CHECK(s, "layernorm_forward_bf16");
+}
+
+static void residual_layernorm_forward_bf16(Backend *be, float *sum, uint16_t *out, float *mean, float *rstd,
+                                            const float *x, const float *y, const float *scale, const float *bias,
+                                            int rows, int C, float eps, float rate, uint64_t seed, uint32_t step,
+                                            uint32_t site) {
+    CudaState *s = cuda_state(be);
+    SKIP_IF_FAILED(s);
+    if (rows <= 0) return;
+    float keep = 1.0f - rate, inv = 1.0f / keep;
+    residual_layernorm_kernel<<<(rows + 7) / 8, 256, 0, s->stream>>>(sum, (__nv_bfloat16 *)out, mean, rstd, x, y, scale,
+                                                                     bias, rows, C, eps, rate, keep, inv, seed, step,
+                                                                     site);
+    LAUNCH_CHECK(s, "residual_layernorm_forward_bf16");
+}
+
+// Rate 0 keeps every element (rng_keep's u < 1) and scales by exactly 1: GELU alone.
+static void gelu_dropout_forward_bf16(Backend *be, uint16_t *out, const float *inp, size_t n, int tanh_approx,
+                                      float rate, uint64_t seed, uint32_t step, uint32_t site) {
+    CudaState *s = cuda_state(be);
+    SKIP_IF_FAILED(s);
+    if (!n) return;
+    float keep = rate > 0 ? 1.0f - rate : 1.0f, inv = 1.0f / keep;
+    gelu_dropout_forward_kernel<<<cuda_blocks(s, n, 256), 256, 0, s->stream>>>((__nv_bfloat16 *)out, inp, n,
+                                                                               tanh_approx, keep, inv, seed, step,
+                                                                               site);
+    LAUNCH_CHECK(s, "gelu_dropout_forward_bf16");
+}
+
+__global__ void round_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
+    CUDA_FOR(i, n) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+// The attention kernels write fp32 (what their backward pass reads); the bf16 copy is one
+// more pass over out here. Writing both from the kernels' epilogues is what remains.
+static int attention_forward_bf16(Backend *be, float *out, uint16_t *out_bf16, float *state, float *scratch,
+                                  const float *q, const float *k, const float *v, int B, int T, int H, int hd) {
+    CudaState *s = cuda_state(be);
+    if (be->attention_forward(be, out, state, scratch, q, k, v, B, T, H, hd)) return VIT_ERR;
+    size_t n = (size_t)B * T * H * hd;
+    if (!n) return VIT_OK;
+    round_bf16_kernel<<<cuda_blocks(s, n, 256), 256, 0, s->stream>>>((__nv_bfloat16 *)out_bf16, out, n);
+    return cuda_check_launch(s, "attention_forward_bf16");
+}
+
+int cuda_install_bf16_acts(Backend *be) {
+    CudaState *s = cuda_state(be);
+    const char *sw = getenv("VIT_CUDA_BF16_ACTS");
+    if (sw && *sw && strcmp(sw, "0") && strcmp(sw, "1")) return vit_fail("VIT_CUDA_BF16_ACTS=%s: expected 0 or 1", sw);
+    if (!sw || strcmp(sw, "1") || s->precision != CUDA_BF16) return VIT_OK;  // fp32 and tf32 products: no bf16
+    be->gemm_bf16 = cuda_gemm_bf16;
+    be->layernorm_forward_bf16 = layernorm_forward_bf16;
+    be->residual_layernorm_forward_bf16 = residual_layernorm_forward_bf16;
+    be->gelu_dropout_forward_bf16 = gelu_dropout_forward_bf16;
+    be->attention_forward_bf16 = attention_forward_bf16;
+    size_t used = strlen(s->details);
+    snprintf(s->details + used, sizeof s->details - used, ", bf16 activations");
+    return VIT_OK;
 }
 
 void cuda_install_ops(Backend *be) {

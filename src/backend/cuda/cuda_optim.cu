@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cuda_common.h"
+#include "cuda_reduce.h"
 
 #define MUL __fmul_rn
 #define ADD __fadd_rn
@@ -269,7 +270,168 @@ static void ema_update(Backend *be, float *ema, const float *params, size_t n, f
     cuda_check_launch(s, "ema_update");
 }
 
+// ---- device-side step scalars ------------------------------------------------------------------
+// The figures of an update stay in a small device buffer (backend.h's StepScalar indices), so
+// that a step holds no host wait and a captured graph replays with new host values written
+// ahead of it by scalars_write.
+
+struct ScalarArgs {
+    double v[STEP_SCALARS];
+};
+
+// The values ride in the launch's arguments: the host's copy is free on return, and a replayed
+// graph never reads stale host memory.
+__global__ void scalars_write_kernel(double *dst, ScalarArgs a, int n) {
+    if (threadIdx.x < (unsigned)n) dst[threadIdx.x] = a.v[threadIdx.x];
+}
+
+static void scalars_write(Backend *be, double *dst, const double *src, int n) {
+    CudaState *s = cuda_state(be);
+    if (s->failed || n <= 0) return;
+    if (n > STEP_SCALARS) {
+        cuda_fail(s, "scalars_write", "%d doubles: at most %d", n, (int)STEP_SCALARS);
+        return;
+    }
+    ScalarArgs a;
+    memset(&a, 0, sizeof a);
+    memcpy(a.v, src, (size_t)n * sizeof(double));
+    scalars_write_kernel<<<1, 32, 0, s->stream>>>(dst, a, n);
+    cuda_check_launch(s, "scalars_write");
+}
+
+// sum_squares' partition (cuda_ops.cu): the same fixed grid and block sums, hence its bits.
+enum { NORM_BLOCKS = 1024, NORM_THREADS = 256 };
+
+__global__ void norm_partial_kernel(double *part, const float *x, size_t n) {
+    __shared__ double sh[32];
+    double acc = 0;
+    CUDA_FOR(i, n) acc += (double)x[i] * x[i];
+    acc = block_sum_d(acc, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = acc;
+}
+
+// The partials' sum as sum_squares' finishing kernel, then norm, clip scale and skip as the
+// host computed them (double sqrt and division are correctly rounded on the device too).
+__global__ void norm_finish_kernel(double *sc, const double *part, int n, float clip_norm) {
+    __shared__ double sh[32];
+    double acc = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) acc += part[i];
+    acc = block_sum_d(acc, sh);
+    if (threadIdx.x == 0) {
+        const double norm = sqrt(acc);
+        sc[STEP_NORM] = norm;
+        sc[STEP_SCALE] = clip_norm > 0 && norm > clip_norm ? (double)__double2float_rn(__ddiv_rn(clip_norm, norm)) : 1.0;
+        if (!isfinite(norm)) sc[STEP_SKIP] = 1.0;
+    }
+}
+
+static void grad_norm_clip(Backend *be, double *sc, const float *g, size_t n, float clip_norm) {
+    CudaState *s = cuda_state(be);
+    if (s->failed) return;
+    double *part = (double *)cuda_scratch(s, &s->reduce, &s->reduce_bytes, NORM_BLOCKS * sizeof(double),
+                                          "grad_norm_clip");
+    if (!part) return;
+    if (n)
+        norm_partial_kernel<<<NORM_BLOCKS, NORM_THREADS, 0, s->stream>>>(part, g, n);
+    else
+        cudaMemsetAsync(part, 0, NORM_BLOCKS * sizeof(double), s->stream);  // sum_squares of nothing is 0
+    norm_finish_kernel<<<1, NORM_THREADS, 0, s->stream>>>(sc, part, NORM_BLOCKS, clip_norm);
+    cuda_check_launch(s, "grad_norm_clip");
+}
+
+// segments_kernel with lr, grad scale and adam's corrections read from sc (as step_args
+// derives them on the host), and nothing written when the update is skipped.
+template <int KIND>
+__global__ void segments_scalars_kernel(float *p, const float *g, float *m, float *v, const OptimChunk *chunks,
+                                        StepArgs a, float wd, const double *sc) {
+    if (sc[STEP_SKIP] != 0) return;
+    const OptimChunk c = chunks[blockIdx.x];
+    StepArgs b = a;
+    const float lr = __double2float_rn(sc[STEP_LR]);
+    b.gs = __double2float_rn(sc[STEP_SCALE]);
+    b.lr = MUL(lr, c.lr_scale);
+    if (KIND == OPT_ADAM) {
+        b.c1 = sc[STEP_C1], b.sqrt_c2 = sc[STEP_SQRT_C2];
+        b.inv_c1 = __double2float_rn(__ddiv_rn(1.0, b.c1));
+        b.inv_sqrt_c2 = __double2float_rn(__ddiv_rn(1.0, b.sqrt_c2));
+        b.lr_t = __double2float_rn(__ddiv_rn(__dmul_rn((double)b.lr, b.sqrt_c2), b.c1));
+    }
+    const float decay = SUB(1.0f, MUL(b.lr, c.decay ? wd : 0.0f));
+    for (unsigned i = threadIdx.x; i < c.n; i += blockDim.x)
+        update_element<KIND>(p, g, m, v, c.param + i, c.slot + i, b, decay);
+}
+
+static void optimizer_update_scalars(Backend *be, float *p, const float *g, float *m, float *v,
+                                     const OptimSegment *segs, int nsegs, const OptimStep *st, const double *sc) {
+    CudaState *s = cuda_state(be);
+    const char *op = "optimizer_update_scalars";
+    if (s->failed || nsegs <= 0 || !slots_ok(s, op, st->kind, m, v)) return;
+    // The chunk table is built (with a wait) only when the segments change: warm it up eagerly
+    // before capturing a step, so the graph holds no host work.
+    if (!same_segments(s, segs, nsegs) && build_chunks(s, segs, nsegs)) return;
+    if (!s->optim_nchunks) return;
+    const StepArgs a = step_args(st);  // the constants that do not change between updates
+    const float wd = st->weight_decay;
+    const OptimChunk *chunks = (const OptimChunk *)s->optim_chunks;
+    const unsigned blocks = (unsigned)s->optim_nchunks;
+    switch (st->kind) {
+    case OPT_SGD:
+        segments_scalars_kernel<OPT_SGD><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, wd, sc);
+        break;
+    case OPT_ADAM:
+    case OPT_ADAMW:
+        segments_scalars_kernel<OPT_ADAM><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, wd, sc);
+        break;
+    case OPT_RMSPROP:
+        segments_scalars_kernel<OPT_RMSPROP><<<blocks, SEG_THREADS, 0, s->stream>>>(p, g, m, v, chunks, a, wd, sc);
+        break;
+    }
+    cuda_check_launch(s, op);
+}
+
+// One thread per sample ranks its label (count_hits' rule); then one thread adds the losses in
+// order from 0 in double, as the host loop did, and the counts.
+enum { METRIC_THREADS = 256 };
+
+__global__ void metrics_kernel(double *acc, const float *losses, const float *logits, const int *labels, int B, int K) {
+    __shared__ int top1[METRIC_THREADS], top5[METRIC_THREADS];
+    int h1 = 0, h5 = 0;
+    for (int b = threadIdx.x; b < B; b += blockDim.x) {
+        const float *z = logits + (size_t)b * K;
+        const int y = labels[b];
+        const float mine = z[y];
+        int above = 0;
+        for (int k = 0; k < K; k++) above += z[k] > mine || (z[k] == mine && k < y);
+        h1 += above == 0;
+        h5 += above < 5;
+    }
+    top1[threadIdx.x] = h1, top5[threadIdx.x] = h5;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double loss = 0;
+        for (int b = 0; b < B; b++) loss += losses[b];
+        long long t1 = 0, t5 = 0;
+        for (int i = 0; i < (int)blockDim.x; i++) t1 += top1[i], t5 += top5[i];
+        acc[METRIC_LOSS] += loss;
+        acc[METRIC_TOP1] += (double)t1;
+        acc[METRIC_TOP5] += (double)t5;
+        acc[METRIC_NONFINITE] += !isfinite(loss);
+    }
+}
+
+static void metrics_accumulate(Backend *be, double *acc, const float *losses, const float *logits, const int *labels,
+                               int B, int K) {
+    CudaState *s = cuda_state(be);
+    if (s->failed || B <= 0) return;
+    metrics_kernel<<<1, METRIC_THREADS, 0, s->stream>>>(acc, losses, logits, labels, B, K);
+    cuda_check_launch(s, "metrics_accumulate");
+}
+
 void cuda_install_optimizer(Backend *be) {
+    be->scalars_write = scalars_write;
+    be->grad_norm_clip = grad_norm_clip;
+    be->optimizer_update_scalars = optimizer_update_scalars;
+    be->metrics_accumulate = metrics_accumulate;
     be->optimizer_update = optimizer_update;
     be->optimizer_update_segments = optimizer_update_segments;
     be->ema_update = ema_update;
