@@ -99,6 +99,8 @@ expect_error "class only in val/" "val/hexagon: a class only in val/" train $TIN
 rm -r "$tmp/extra/val/hexagon" "$tmp/extra/val/square"
 expect_error "class only in train/" "train/square: a class only in train/" train $TINY --dataset_dir "$tmp/extra" \
     --save_dir=
+expect_error "prep: a class only in train/" "extra/val: train class 'square' has no folder here" \
+    prep --raw_data_dir "$tmp/extra" --output_dir "$tmp/tfr-extra"
 mkdir -p "$tmp/bad" && cp -r "$tmp/shapes/train" "$tmp/shapes/val" "$tmp/bad/"
 head -c 300 "$FX/large_300x200.jpg" >"$tmp/bad/train/circle/cut.jpg"
 "$VIT" train $TINY --image_size 32 --dataset_dir "$tmp/bad" --save_dir= >"$tmp/out" 2>"$tmp/err"

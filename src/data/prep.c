@@ -259,6 +259,14 @@ static int list_val_folders(const char *vdir, Listing *l) {
         else
             rc = add_folder(l, &l->val, join(vdir, vc.v[i]), cls);
     }
+    // Training refuses a class that only one split has (imagefolder.c); so does prep.
+    for (size_t c = 0; rc == VIT_OK && vc.n < l->classes.n && c < l->classes.n; c++) {
+        size_t i = 0;
+        while (i < vc.n && strcmp(vc.v[i], l->classes.v[c])) i++;
+        if (i == vc.n)
+            rc = vit_fail("%s: train class '%s' has no folder here: every class needs images in both splits", vdir,
+                          l->classes.v[c]);
+    }
     if (rc == VIT_OK && l->val.n == 0) rc = vit_fail("%s: no images (.JPEG, .jpg, .png) in the class folders", vdir);
     names_free(&vc);
     return rc;
