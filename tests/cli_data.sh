@@ -39,7 +39,7 @@ fi
 
 if [ -z "$VIT_SKIP_LONG" ]; then
     # The demo's recipe at 2 epochs: this compares the two data paths, not the accuracy.
-    flags=$(sed "s|--dataset_dir [^ ]*||; s|--epochs [0-9]*|--epochs 2|" "$(dirname "$0")/demo.flags")
+    flags="$(sed "s|--dataset_dir [^ ]*||; s|--epochs [0-9]*|--epochs 2|" "$(dirname "$0")/demo.flags") --log_dir="
     # shellcheck disable=SC2086
     "$VIT" train $flags --dataset_dir "$FM" --save_dir= --json >"$tmp/idx.json" 2>"$tmp/idx.err"
     check "IDX run" $?

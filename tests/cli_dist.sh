@@ -18,7 +18,7 @@ fi
 # in exact arithmetic (the key bias) into lr-sized steps; sgd keeps noise at noise size.
 RUN="--run_name . --from_scratch --dataset_dir $FM --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
      --dropout 0 --optimizer sgd --initial_lr 0.05 --warmup_steps 5 --epochs 1 --steps_per_epoch 20 --seed 3
-     --deterministic --threads 1 --batch_size 16 --json"
+     --deterministic --threads 1 --batch_size 16 --json --log_dir="
 for accum in 1 2; do
     "$VIT" train $RUN --grad_accum_steps $accum --validation_steps 5 --save_dir "$tmp/one$accum" \
         >"$tmp/one$accum.json" 2>"$tmp/one$accum.err"

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Bad input gets a one-line error naming the flag or file, a nonzero exit, never a crash.
 . "$(dirname "$0")/lib.sh"
-SMALL="--from_scratch --save_dir= --model ViT-Ti_4 --hidden_size 16 --num_layers 1 --num_heads 2 --mlp_dim 32 --epochs 1 --steps_per_epoch 1 --validation_steps 0 --grad_accum_steps 1 --batch_size 2"
+SMALL="--from_scratch --save_dir= --log_dir= --model ViT-Ti_4 --hidden_size 16 --num_layers 1 --num_heads 2 --mlp_dim 32 --epochs 1 --steps_per_epoch 1 --validation_steps 0 --grad_accum_steps 1 --batch_size 2"
 
 
 

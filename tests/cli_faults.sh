@@ -7,7 +7,7 @@
 
 RUN="--run_name . --from_scratch --dataset_dir $FM --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
      --dropout 0.1 --optimizer adamw --initial_lr 1e-3 --warmup_steps 5 --epochs 2 --steps_per_epoch 30
-     --grad_accum_steps 2 --validation_steps 4 --seed 5 --threads 1 --batch_size 16 --json"
+     --grad_accum_steps 2 --validation_steps 4 --seed 5 --threads 1 --batch_size 16 --json --log_dir="
 CK=ViT-Ti_4-ckpt
 
 "$VIT" train $RUN --save_dir "$tmp/full" >"$tmp/full.json" 2>"$tmp/full.err"

@@ -4,7 +4,7 @@
 . "$(dirname "$0")/lib.sh"
 
 # Same seed, same run: identical losses and accuracy (synthetic data, dropout on).
-SMALL="--synthetic_data --from_scratch --save_dir= --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64 --image_size 16
+SMALL="--synthetic_data --from_scratch --save_dir= --log_dir= --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64 --image_size 16
        --num_classes 5 --batch_size 8 --grad_accum_steps 2 --epochs 2 --steps_per_epoch 6 --validation_steps 2
        --optimizer adamw --initial_lr 1e-3 --warmup_steps 2 --seed 7 --json"
 "$VIT" train $SMALL >"$tmp/a.json" 2>"$tmp/a.err"
@@ -23,7 +23,7 @@ check "2 epochs x 6 micro-steps / accumulation 2 = 6 updates (got $steps)" $?
 RUN="--run_name . --synthetic_data --from_scratch --model ViT-Ti_4 --hidden_size 32 --num_layers 2 --num_heads 2 --mlp_dim 64
      --image_size 16 --num_classes 5 --batch_size 8 --grad_accum_steps 2 --epochs 2 --steps_per_epoch 6
      --validation_steps 2 --optimizer adamw --dropout 0.1 --initial_lr 1e-3 --warmup_steps 2 --seed 11
-     --checkpoint_every_steps 2 --json"
+     --checkpoint_every_steps 2 --json --log_dir="
 "$VIT" train $RUN --save_dir "$tmp/full" >"$tmp/full.json" 2>"$tmp/full.err"
 check "full run with checkpoints" $?
 mid="$tmp/full/ViT-Ti_4-ckpt-step-0000002.safetensors"
@@ -63,7 +63,7 @@ check "export -> import gives the same evaluation ($e2)" $?
 "$VIT" train --synthetic_data --from_scratch --model ViT-Ti_4 --hidden_size 64 --num_layers 2 --num_heads 2 \
     --mlp_dim 128 --image_size 32 --num_classes 5 --batch_size 4 --grad_accum_steps 1 --epochs 1 \
     --steps_per_epoch 100000 --validation_steps 0 --checkpoint_every_steps 1 --keep_checkpoints 3 \
-    --run_name . --save_dir "$tmp/killed" --seed 3 >/dev/null 2>&1 &
+    --run_name . --save_dir "$tmp/killed" --log_dir= --seed 3 >/dev/null 2>&1 &
 pid=$!
 sleep 3
 kill -9 $pid 2>/dev/null
@@ -81,7 +81,7 @@ check "after kill -9: $n checkpoints kept (--keep_checkpoints 3), $bad unreadabl
 # The demo: a small ViT learns Fashion-MNIST to >= 85% test accuracy in 3 epochs.
 if [ -z "$VIT_SKIP_LONG" ] && [ -d "$FM" ]; then
     # shellcheck disable=SC2046
-    "$VIT" train $(cat "$(dirname "$0")/demo.flags") --run_name . --save_dir "$tmp/saves" --json >"$tmp/demo.json" 2>"$tmp/demo.err"
+    "$VIT" train $(cat "$(dirname "$0")/demo.flags") --run_name . --save_dir "$tmp/saves" --log_dir "$tmp/logs" --json >"$tmp/demo.json" 2>"$tmp/demo.err"
     check "demo run succeeds" $?
     cat "$tmp/demo.json"
     top1=$(json_field "$tmp/demo.json" val_top1)
