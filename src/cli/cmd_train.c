@@ -275,6 +275,7 @@ typedef struct {
     int have_ck;
     const char *resume;
     char resume_file[4096];    // rank 0: the checkpoint (or weights) --resume_from_checkpoint_path means
+    Checkpoint resume_ck;      // rank 0, full resume: that checkpoint, open until the model source takes it
     int full_resume;           // it is a checkpoint: the run continues in its folders
     RunFolders folders;        // the run's checkpoint and log folders
     int trained;               // an update was made: a failure keeps what the run wrote
@@ -326,10 +327,9 @@ static int resume_settings(TrainCmd *t) {
     if (t->rank == 0 && *given) {
         char path[sizeof t->resume_file];
         cli_expand_home(given, path, sizeof path);
-        if (run_resume_file(path, t->resume_file, sizeof t->resume_file) ||
-            run_resume_settings(&t->p, t->resume_file))
-            return VIT_ERR;
+        if (run_resume_file(path, t->resume_file, sizeof t->resume_file, &t->resume_ck)) return VIT_ERR;
         t->full_resume = run_is_full_resume(t->resume_file);
+        if (t->full_resume && run_resume_settings(&t->p, t->resume_file, &t->resume_ck)) return VIT_ERR;
     }
     if (dist_bcast(&t->full_resume, sizeof t->full_resume, 0)) return VIT_ERR;
     if (!t->full_resume) return VIT_OK;
@@ -369,7 +369,11 @@ static int settings(TrainCmd *t) {
 static int open_model_source(TrainCmd *t) {
     const Options *o = t->o;
     t->resume = *o->resume_from_checkpoint_path ? t->resume_file : "";  // resolved by resume_settings
-    if (model_source_open(&t->src, &t->p, t->resume, o->synthetic_data ? NULL : &t->train)) return VIT_ERR;
+    // Rank 0 of a full resume verified the checkpoint already (resume_settings): it is taken over.
+    int rc = t->rank == 0 && t->full_resume
+                 ? model_source_adopt(&t->src, &t->p, t->resume_file, &t->resume_ck)
+                 : model_source_open(&t->src, &t->p, t->resume, o->synthetic_data ? NULL : &t->train);
+    if (rc) return VIT_ERR;
     t->c = t->src.cfg;
     t->have_ck = t->src.kind == SOURCE_CHECKPOINT;
     if (!t->have_ck) return VIT_OK;
@@ -699,6 +703,7 @@ static void cleanup(TrainCmd *t) {
     events_close(t->events);
     events_close(t->eval_events);
     model_source_close(&t->src);
+    checkpoint_close(&t->resume_ck);  // still open when the run failed before taking it
     dataset_free(&t->train);
     dataset_free(&t->val);
     free(t->slot_m), free(t->slot_v), free(t->ema_host), free(t->meta), free(t->meta_text);
@@ -732,6 +737,7 @@ int cmd_train(int argc, char **argv) {
         char path[4096];
         snprintf(path, sizeof path, "%s", t->o->evaluate_checkpoint_path);
         flags_free(&t->p);
+        checkpoint_close(&t->resume_ck);
         if (t->devnull) fclose(t->devnull);
         free(t);
         return evaluate_handover(argc, argv, path);

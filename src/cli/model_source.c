@@ -90,6 +90,25 @@ char **model_source_class_names(const ModelSource *s, int classes) {
     return names;
 }
 
+// The model of the checkpoint open in s->ck.
+static int checkpoint_source(ModelSource *s) {
+    if (!s->ck.has_checksums) fprintf(stderr, "note: %s has no checksums: loaded unverified\n", s->path);
+    if (s->ema && !s->ck.has_ema)
+        return vit_fail("--ema: %s holds no moving average of the weights (its run had no --model_ema)", s->path);
+    s->cfg = s->ck.cfg;
+    return VIT_OK;
+}
+
+int model_source_adopt(ModelSource *s, const ParsedOptions *p, const char *path, Checkpoint *ck) {
+    memset(s, 0, sizeof *s);
+    s->head_glorot = !strcasecmp(p->o.head_init, "glorot");
+    s->kind = SOURCE_CHECKPOINT;
+    snprintf(s->path, sizeof s->path, "%s", path);
+    s->ck = *ck;
+    memset(ck, 0, sizeof *ck);  // s owns it now
+    return checkpoint_source(s);
+}
+
 int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkpoint, const Dataset *data) {
     const Options *o = &p->o;
     memset(s, 0, sizeof *s);
@@ -110,12 +129,7 @@ int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkp
     if (*checkpoint && (!given || is_checkpoint_file(checkpoint))) {
         s->kind = SOURCE_CHECKPOINT;
         cli_expand_home(checkpoint, s->path, sizeof s->path);
-        if (checkpoint_open(&s->ck, s->path)) return VIT_ERR;
-        if (!s->ck.has_checksums) fprintf(stderr, "note: %s has no checksums: loaded unverified\n", s->path);
-        if (s->ema && !s->ck.has_ema)
-            return vit_fail("--ema: %s holds no moving average of the weights (its run had no --model_ema)", s->path);
-        s->cfg = s->ck.cfg;
-        return VIT_OK;
+        return checkpoint_open(&s->ck, s->path) ? VIT_ERR : checkpoint_source(s);
     }
     if (!*checkpoint && o->from_scratch) {
         s->kind = SOURCE_SCRATCH;

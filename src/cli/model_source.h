@@ -31,6 +31,10 @@ typedef struct {
 // supplies image size, channels and classes as cli_model_config does.
 int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkpoint, const Dataset *data);
 
+// The same for a checkpoint already open and verified (train's resume, run_resume_file):
+// s takes ck over (ck is left empty), so the file is not read a second time.
+int model_source_adopt(ModelSource *s, const ParsedOptions *p, const char *path, Checkpoint *ck);
+
 // Fills m->params (uploaded to m's backend): the checkpoint's parameters (with --ema its moving
 // average of them, for evaluate, predict and export) (and its optimizer
 // slots into slot_m/slot_v when given), the weights adapted to the model, or the random

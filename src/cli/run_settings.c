@@ -74,20 +74,17 @@ static int list_checkpoints(const char *dir, CkCandidate **out, int *n) {
 }
 
 // The most recently written checkpoint of a folder that verifies (a write cut short leaves
-// only a *.tmp.* file; a file damaged since is skipped with one line saying why).
-static int newest_checkpoint(const char *dir, char *path, size_t cap) {
+// only a *.tmp.* file; a file damaged since is skipped with one line saying why), left open
+// in *ck.
+static int newest_checkpoint(const char *dir, char *path, size_t cap, Checkpoint *ck) {
     CkCandidate *c;
     int n, found = 0;
     if (list_checkpoints(dir, &c, &n)) return VIT_ERR;
     if (!n) return vit_fail("--resume_from_checkpoint_path %s: no *-ckpt-*.safetensors checkpoint in the folder", dir);
     for (int i = 0; i < n && !found; i++) {
-        Checkpoint ck;
         snprintf(path, cap, "%s/%s", dir, c[i].name);
-        found = checkpoint_open(&ck, path) == VIT_OK;
-        if (found)
-            checkpoint_close(&ck);
-        else
-            fprintf(stderr, "skipping a checkpoint that does not verify: %s\n", vit_error());
+        found = checkpoint_open(ck, path) == VIT_OK;
+        if (!found) fprintf(stderr, "skipping a checkpoint that does not verify: %s\n", vit_error());
     }
     free(c);
     if (!found)
@@ -125,18 +122,18 @@ static int newest_run(const char *dir, char *run, size_t cap) {
     return VIT_OK;
 }
 
-int run_resume_file(const char *given, char *file, size_t cap) {
+int run_resume_file(const char *given, char *file, size_t cap, Checkpoint *ck) {
     if (!is_dir(given)) {
         if (snprintf(file, cap, "%s", given) >= (int)cap) return vit_fail("--resume_from_checkpoint_path: path too long");
-        return VIT_OK;
+        return run_is_full_resume(file) ? checkpoint_open(ck, file) : VIT_OK;
     }
     CkCandidate *c;
     int n;
     if (list_checkpoints(given, &c, &n)) return VIT_ERR;
     free(c);
-    if (n) return newest_checkpoint(given, file, cap);
+    if (n) return newest_checkpoint(given, file, cap, ck);
     char run[4096];
-    return newest_run(given, run, sizeof run) || newest_checkpoint(run, file, cap);
+    return newest_run(given, run, sizeof run) || newest_checkpoint(run, file, cap, ck);
 }
 
 // ---- the checkpoint's settings ----
@@ -203,13 +200,9 @@ static int take_flag(ParsedOptions *p, const Checkpoint *ck, const char *file, i
     return VIT_OK;
 }
 
-int run_resume_settings(ParsedOptions *p, const char *file) {
-    if (!run_is_full_resume(file)) return VIT_OK;  // weights only: the flags say everything
-    Checkpoint ck;
-    if (checkpoint_open(&ck, file)) return VIT_ERR;
+int run_resume_settings(ParsedOptions *p, const char *file, const Checkpoint *ck) {
     int rc = VIT_OK;
-    for (int i = 0; i < g_flag_count && rc == VIT_OK; i++) rc = take_flag(p, &ck, file, i);
-    checkpoint_close(&ck);
+    for (int i = 0; i < g_flag_count && rc == VIT_OK; i++) rc = take_flag(p, ck, file, i);
     return rc;
 }
 

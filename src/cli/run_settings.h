@@ -14,17 +14,20 @@
 #include <stddef.h>
 #include <stdio.h>
 #include "flags.h"
+#include "train/checkpoint.h"
 
 // --resume_from_checkpoint_path as given: a file (returned as is), a folder holding
 // checkpoints (its newest that verifies), or a --save_dir holding run folders (the newest
-// run's newest checkpoint, the choice named on stderr).
-int run_resume_file(const char *given, char *file, size_t cap);
+// run's newest checkpoint, the choice named on stderr). For a full resume (a .safetensors
+// file) the checkpoint is left open, verified, in *ck (the caller closes it or hands it to
+// model_source_adopt): a resume reads and checks the file once.
+int run_resume_file(const char *given, char *file, size_t cap, Checkpoint *ck);
 
 // Whether the resume file is a full checkpoint (.safetensors), not weights only (.npz).
 int run_is_full_resume(const char *file);
 
-// The checkpoint's recorded settings into p as above (rank 0; a no-op for weights only).
-int run_resume_settings(ParsedOptions *p, const char *file);
+// The recorded settings of the checkpoint `file`, open in ck, into p as above (rank 0).
+int run_resume_settings(ParsedOptions *p, const char *file, const Checkpoint *ck);
 
 typedef struct {
     char name[256];
