@@ -7,6 +7,7 @@
 #include "util/status.h"
 #ifdef VIT_CUDA
 #include "backend/cuda_backend.h"
+#include "util/fs.h"
 #endif
 
 int cli_check_supported(const ParsedOptions *p) {
@@ -189,8 +190,7 @@ int cli_open_data(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Da
     if (strcasecmp(o->data_format, "auto") && strcasecmp(o->data_format, "idx") &&
         strcasecmp(o->data_format, "tfrecord") && strcasecmp(o->data_format, "folder"))
         return vit_fail("--data_format %s: expected auto, idx, tfrecord or folder", o->data_format);
-    struct stat st;
-    if (stat(o->dataset_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+    if (!path_is_dir(o->dataset_dir))
         return vit_fail("--dataset_dir %s: no such folder", o->dataset_dir);
     // auto: IDX files, else train/ + val/ class folders (train/ holding folders is enough to
     // tell: a missing val/ is then named as such), else TFRecord shards.
@@ -198,9 +198,9 @@ int cli_open_data(const ParsedOptions *p, const ViTConfig *c, Dataset *train, Da
     char probe[2100];
     snprintf(probe, sizeof probe, "%s/train", o->dataset_dir);
     int is_idx = idx_dir_looks_like_idx(o->dataset_dir);
-    int has_train_dir = stat(probe, &st) == 0 && S_ISDIR(st.st_mode);
+    int has_train_dir = path_is_dir(probe);
     snprintf(probe, sizeof probe, "%s/val", o->dataset_dir);
-    int has_val_dir = stat(probe, &st) == 0 && S_ISDIR(st.st_mode);
+    int has_val_dir = path_is_dir(probe);
     int folders = (has_train_dir && has_val_dir) || dataset_has_class_folders(o->dataset_dir, "train");
     int rc;
     if (!strcasecmp(fmt, "idx") || (!strcasecmp(fmt, "auto") && is_idx)) {

@@ -3,12 +3,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include "common.h"
 #include "model/weights.h"
 #include "model/hf_config.h"
 #include "model/weights_torch.h"
 #include "util/status.h"
+#include "util/fs.h"
 
 static int is_checkpoint_file(const char *path) {
     size_t n = strlen(path);
@@ -121,8 +121,7 @@ int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkp
     if (*checkpoint) {
         char path[sizeof s->path];
         cli_expand_home(checkpoint, path, sizeof path);
-        struct stat st;
-        if (!(stat(path, &st) == 0 && S_ISDIR(st.st_mode)) &&
+        if (!path_is_dir(path) &&
             check_model_file(given ? "resume_from_checkpoint_path" : "checkpoint", path))
             return VIT_ERR;
     }
@@ -141,8 +140,7 @@ int model_source_open(ModelSource *s, const ParsedOptions *p, const char *checkp
     else if (cli_weights_file(p, s->path, sizeof s->path))
         return VIT_ERR;
     if (cli_model_config(p, data, &s->cfg)) return VIT_ERR;
-    struct stat st;
-    if (stat(s->path, &st) == 0 && S_ISDIR(st.st_mode) && open_hf_folder(s, p, data)) return VIT_ERR;
+    if (path_is_dir(s->path) && open_hf_folder(s, p, data)) return VIT_ERR;
     if (is_checkpoint_file(s->path) ? read_torch_weights(s) : npz_read(&s->weights, s->path)) return VIT_ERR;
     if (!flags_given(p, "representation_size")) s->cfg.representation = weights_npz_representation(&s->weights);
     return VIT_OK;

@@ -9,11 +9,7 @@
 #include "optim/optimizer.h"
 #include "train/checkpoint.h"
 #include "util/status.h"
-
-static int is_dir(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
+#include "util/fs.h"
 
 static int is_checkpoint_name(const char *name) {
     size_t len = strlen(name);
@@ -105,7 +101,7 @@ static int newest_run(const char *dir, char *run, size_t cap) {
         if (e->d_name[0] == '.' || snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name) >= (int)sizeof sub) continue;
         CkCandidate *c;
         int n;
-        if (!is_dir(sub) || list_checkpoints(sub, &c, &n)) continue;
+        if (!path_is_dir(sub) || list_checkpoints(sub, &c, &n)) continue;
         if (n && (!runs++ || later(c[0].mtime, best))) {
             best = c[0].mtime;
             snprintf(run, cap, "%s", sub);
@@ -123,7 +119,7 @@ static int newest_run(const char *dir, char *run, size_t cap) {
 }
 
 int run_resume_file(const char *given, char *file, size_t cap, Checkpoint *ck) {
-    if (!is_dir(given)) {
+    if (!path_is_dir(given)) {
         if (snprintf(file, cap, "%s", given) >= (int)cap) return vit_fail("--resume_from_checkpoint_path: path too long");
         return run_is_full_resume(file) ? checkpoint_open(ck, file) : VIT_OK;
     }
@@ -302,7 +298,7 @@ static int make_dirs(const char *flag, const char *dir, size_t *made) {
         }
         part[k] = c;
     }
-    if (!is_dir(dir)) return vit_fail("--%s %s: not a folder", flag, dir);
+    if (!path_is_dir(dir)) return vit_fail("--%s %s: not a folder", flag, dir);
     if (access(dir, W_OK) != 0) return vit_fail("--%s %s: not writable", flag, dir);
     return VIT_OK;
 }

@@ -12,6 +12,7 @@
 #include <zlib.h>
 
 #include "util/status.h"
+#include "util/fs.h"
 
 enum { IDX_MAX_SIDE = 4096 };
 #define IDX_MAGIC_IMAGES 0x00000803u
@@ -28,17 +29,12 @@ static char *join(const char *dir, const char *prefix, const char *suffix) {
     return p;
 }
 
-static int is_file(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 // Picks <dir>/<prefix><suffix> or its .gz sibling; *out is malloc'd.
 static int find_file(char **out, const char *dir, const char *prefix, const char *suffix) {
     *out = NULL;
     char *plain = join(dir, prefix, suffix);
     if (!plain) return vit_fail("%s: out of memory", dir);
-    if (is_file(plain)) {
+    if (path_is_file(plain)) {
         *out = plain;
         return VIT_OK;
     }
@@ -50,7 +46,7 @@ static int find_file(char **out, const char *dir, const char *prefix, const char
     }
     snprintf(gz, n, "%s.gz", plain);
     free(plain);
-    if (is_file(gz)) {
+    if (path_is_file(gz)) {
         *out = gz;
         return VIT_OK;
     }
@@ -261,7 +257,7 @@ int idx_dir_looks_like_idx(const char *dir) {
     if (!dir || !*dir) return 0;
     char *p = join(dir, "train", "-images-idx3-ubyte");
     char *q = join(dir, "train", "-images-idx3-ubyte.gz");
-    int ok = (p && is_file(p)) || (q && is_file(q));
+    int ok = (p && path_is_file(p)) || (q && path_is_file(q));
     free(p);
     free(q);
     return ok;

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include "dataset.h"
 #include "util/status.h"
+#include "util/fs.h"
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
@@ -127,8 +128,7 @@ void dataset_describe_folder(const char *dir, int max, char *buf, size_t n) {
 int dataset_has_class_folders(const char *dir, const char *sub) {
     char path[4096 + 64];
     snprintf(path, sizeof path, "%s/%s", dir, sub);
-    struct stat st;
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return 0;
+    if (!path_is_dir(path)) return 0;
     char **names;
     int n;
     if (list(path, 1, &names, &n)) return 0;
@@ -187,9 +187,8 @@ static int open_folder(Dataset *train, Dataset *val, const char *dir, int with_v
     snprintf(vdir, sizeof vdir, "%s/val", dir);
     memset(train, 0, sizeof *train);
     memset(val, 0, sizeof *val);
-    struct stat st;
     char seen[1024];
-    if (stat(tdir, &st) != 0 || !S_ISDIR(st.st_mode) || (with_val && (stat(vdir, &st) != 0 || !S_ISDIR(st.st_mode)))) {
+    if (!path_is_dir(tdir) || (with_val && !path_is_dir(vdir))) {
         dataset_describe_folder(dir, 6, seen, sizeof seen);
         return vit_fail("%s: found %s; a folder dataset needs train/<class>/ and val/<class>/ folders (rename a "
                         "validation/ folder to val/, point --dataset_dir at the folder holding both, or pass "

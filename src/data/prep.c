@@ -21,6 +21,7 @@
 #include "util/clock.h"
 #include "util/rng.h"
 #include "util/status.h"
+#include "util/fs.h"
 
 // The validation labels' file in raw_dir: the name the ImageNet 2012 tools use, then the name
 // the recipe's README downloads it under (wget -O synset_labels.txt).
@@ -68,16 +69,6 @@ static char *join(const char *a, const char *b) {
     char *s = malloc(n);
     if (s) snprintf(s, n, "%s/%s", a, b);
     return s;
-}
-
-static int is_dir(const char *path) {
-    struct stat s;
-    return stat(path, &s) == 0 && S_ISDIR(s.st_mode);
-}
-
-static int is_file(const char *path) {
-    struct stat s;
-    return stat(path, &s) == 0 && S_ISREG(s.st_mode);
 }
 
 // Only image extensions count, so README files or .txt lists in the folders are ignored; the
@@ -182,7 +173,7 @@ static int list_train(const char *raw, Listing *l) {
     char *tdir = join(raw, "train");
     if (!tdir) return vit_fail("out of memory");
     int rc = VIT_OK;
-    if (!is_dir(tdir))
+    if (!path_is_dir(tdir))
         rc = vit_fail("%s: no such folder (expected train/<class>/ images)", tdir);
     else if (list_dir(tdir, 1, &l->classes))
         rc = VIT_ERR;
@@ -201,12 +192,12 @@ static int list_train(const char *raw, Listing *l) {
 // sorted order of the image names (the ImageNet 2012 devkit's ground truth as synsets).
 static int list_val_labelled(const char *raw, const char *labels, Listing *l) {
     char *vdir = join(raw, "validation");
-    if (vdir && !is_dir(vdir)) {
+    if (vdir && !path_is_dir(vdir)) {
         free(vdir);
         vdir = join(raw, "val");
     }
     if (!vdir) return vit_fail("out of memory");
-    if (!is_dir(vdir)) {
+    if (!path_is_dir(vdir)) {
         vit_fail("%s: no validation/ or val/ folder for the labels in %s", raw, labels);
         free(vdir);
         return VIT_ERR;
@@ -274,7 +265,7 @@ static int list_val_folders(const char *vdir, Listing *l) {
 
 static int has_subfolders(const char *dir) {
     Names sub = {0};
-    int yes = is_dir(dir) && list_dir(dir, 1, &sub) == VIT_OK && sub.n > 0;
+    int yes = path_is_dir(dir) && list_dir(dir, 1, &sub) == VIT_OK && sub.n > 0;
     names_free(&sub);
     return yes;
 }
@@ -282,9 +273,9 @@ static int has_subfolders(const char *dir) {
 static int list_val(const PrepOptions *o, Listing *l) {
     int given = o->val_labels && *o->val_labels;
     char *labels = given ? strdup(o->val_labels) : join(o->raw_dir, LABELS_FILES[0]);
-    if (labels && !given && !is_file(labels)) {
+    if (labels && !given && !path_is_file(labels)) {
         char *other = join(o->raw_dir, LABELS_FILES[1]);
-        if (other && is_file(other)) {
+        if (other && path_is_file(other)) {
             free(labels);
             labels = other;
         } else {
@@ -293,7 +284,7 @@ static int list_val(const PrepOptions *o, Listing *l) {
     }
     if (!labels) return vit_fail("out of memory");
     int rc;
-    if (given || is_file(labels)) {
+    if (given || path_is_file(labels)) {
         rc = list_val_labelled(o->raw_dir, labels, l);
     } else {
         char *val = join(o->raw_dir, "val"), *validation = join(o->raw_dir, "validation");
@@ -490,7 +481,7 @@ static void *worker(void *arg) {
 }
 
 static int make_dir(const char *path) {
-    if (mkdir(path, 0777) == 0 || (errno == EEXIST && is_dir(path))) return VIT_OK;
+    if (mkdir(path, 0777) == 0 || (errno == EEXIST && path_is_dir(path))) return VIT_OK;
     return vit_fail("%s: cannot create folder: %s", path, strerror(errno == EEXIST ? ENOTDIR : errno));
 }
 
@@ -502,7 +493,7 @@ static int make_dirs(const char *path) {
     for (char *q = p + 1; rc == VIT_OK && *q; q++) {
         if (*q != '/') continue;
         *q = 0;
-        if (!is_dir(p)) rc = make_dir(p);
+        if (!path_is_dir(p)) rc = make_dir(p);
         *q = '/';
     }
     if (rc == VIT_OK) rc = make_dir(p);
@@ -586,7 +577,7 @@ int prep_run(const PrepOptions *o, PrepStats *st) {
     if (o->val_shards < 1 || o->val_shards > 99999)
         return vit_fail("--val_shards %d: must be between 1 and 99999", o->val_shards);
     if (o->workers < 0) return vit_fail("--data_workers %d: must be >= 0", o->workers);
-    if (!is_dir(o->raw_dir)) {
+    if (!path_is_dir(o->raw_dir)) {
         struct stat s;
         if (stat(o->raw_dir, &s) != 0) return vit_fail("--raw_data_dir %s: %s", o->raw_dir, strerror(errno));
         return vit_fail("--raw_data_dir %s: not a folder", o->raw_dir);

@@ -19,6 +19,7 @@
 #include "event.pb-c.h"
 #include "util/crc32c.h"
 #include "util/status.h"
+#include "util/fs.h"
 
 #define FRAME_HEAD 12          // length + its CRC
 #define FRAME_TAIL 4           // CRC of the data
@@ -66,11 +67,6 @@ static int utf8_valid(const unsigned char *s) {
 
 // ---- folders and the file name ----
 
-static int is_dir(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 // mkdir -p: every missing component of dir, in order.
 static int make_dirs(const char *dir) {
     char *p = strdup(dir);
@@ -81,7 +77,7 @@ static int make_dirs(const char *dir) {
         if (*s != '/' && *s != '\0') continue;
         char keep = *s;
         *s = '\0';
-        if (mkdir(p, 0777) != 0 && !(errno == EEXIST && is_dir(p))) {
+        if (mkdir(p, 0777) != 0 && !(errno == EEXIST && path_is_dir(p))) {
             int err = errno;
             int rc = err == EEXIST   ? vit_fail("%s: cannot create folder: %s exists and is not a folder", dir, p)
                      : strlen(p) < n ? vit_fail("%s: cannot create folder %s: %s", dir, p, strerror(err))
